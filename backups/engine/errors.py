@@ -1,0 +1,37 @@
+"""Engine errors: each carries a message that names the problem and what to do."""
+
+
+class EngineError(Exception):
+    """A failure the user can act on; str(error) is shown as is, without a traceback."""
+
+
+class SourceError(EngineError):
+    """The source cannot be read: missing path, failed command, unreachable pod."""
+
+
+class NoSpaceError(EngineError):
+    """The destination has (or would have) no space left."""
+
+
+class Cancelled(EngineError):
+    """The run was cancelled (Ctrl-C, SIGTERM, a user, a timeout)."""
+
+
+class ArchiveError(EngineError):
+    """An archive is missing, truncated, corrupt or does not match its manifest."""
+
+
+class UnsafeArchiveError(ArchiveError):
+    """An archive tries to write outside its target or is larger than it claims."""
+
+
+class UnsupportedFormatError(EngineError):
+    """A manifest or archive was written by a newer version of this project."""
+
+
+class FencedError(EngineError):
+    """This worker no longer owns the run (it was declared abandoned): publish nothing."""
+
+
+class TargetError(EngineError):
+    """A restore target is unusable: not empty, not writable, on another filesystem."""

@@ -1,0 +1,78 @@
+"""How the engine talks back to whoever runs it: progress, cancellation, publishing."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Progress:
+    """A snapshot of a run's progress; totals are None while unknown."""
+
+    bytes_done: int = 0
+    bytes_total: int | None = None
+    files_done: int = 0
+    files_total: int | None = None
+    current: str = ""
+    started: float = field(default_factory=time.monotonic)
+
+    def rate(self) -> float:
+        """Return bytes per second since the start."""
+        elapsed = time.monotonic() - self.started
+        return self.bytes_done / elapsed if elapsed > 0 else 0.0
+
+    def eta(self) -> float | None:
+        """Return the estimated seconds left, or None when it cannot be known."""
+        rate = self.rate()
+        if not self.bytes_total or rate <= 0:
+            return None
+        return max(0.0, (self.bytes_total - self.bytes_done) / rate)
+
+
+class Hooks:
+    """Callbacks the engine calls while it works. The defaults do nothing.
+
+    `progress` is called often (per chunk or file); implementations rate-limit themselves.
+    `check` raises `errors.Cancelled` when the run must stop; the engine calls it between
+    chunks and files, so a cancel takes effect within a fraction of a second.
+    `publish(action)` runs `action` (the final rename, or a deletion) only if the run is
+    still owned by this process; a fenced implementation raises `errors.FencedError`.
+    `warn` records a non-fatal problem (a file that changed while read, a skipped FIFO).
+    `log` records a line for the run's log.
+    """
+
+    def progress(self, progress: Progress) -> None:
+        """Receive a progress snapshot."""
+
+    def check(self) -> None:
+        """Raise errors.Cancelled when the run must stop."""
+
+    def publish(self, action: Callable[[], None]) -> None:
+        """Run the commit action; override to fence it against lost ownership."""
+        action()
+
+    def warn(self, message: str) -> None:
+        """Record a warning."""
+
+    def log(self, message: str) -> None:
+        """Record a log line."""
+
+
+class RecordingHooks(Hooks):
+    """Hooks that keep what they are told; handy for tests and the CLI."""
+
+    def __init__(self) -> None:
+        self.warnings: list[str] = []
+        self.lines: list[str] = []
+        self.last: Progress | None = None
+
+    def progress(self, progress: Progress) -> None:
+        self.last = progress
+
+    def warn(self, message: str) -> None:
+        self.warnings.append(message)
+
+    def log(self, message: str) -> None:
+        self.lines.append(message)

@@ -1,0 +1,218 @@
+"""Manifests: what an archive holds, file by file, kept as JSON beside it.
+
+The format is part of the contract (`format`, `run`, `source`, `started_at`, `finished_at`,
+`archive`, `totals`, `entries`). Paths are relative to the source root; bytes that are not
+valid UTF-8 are kept as Python surrogate escapes, which JSON writes as `\\udcXX`, so any name
+round-trips exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from .atomic import AtomicFile, raise_if_no_space
+from .errors import ArchiveError, UnsupportedFormatError
+
+FORMAT = 1
+FILE, DIR, SYMLINK, HARDLINK = "file", "dir", "symlink", "hardlink"
+TYPES = (FILE, DIR, SYMLINK, HARDLINK)
+
+
+@dataclass(slots=True)
+class Entry:
+    """One member of an archive. `sha256` is set for files, `target` for links."""
+
+    path: str
+    type: str
+    size: int = 0
+    mode: int = 0
+    mtime: int | float = 0
+    sha256: str | None = None
+    target: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the contract's JSON object for this entry."""
+        return {
+            "path": self.path,
+            "type": self.type,
+            "size": self.size,
+            "mode": self.mode,
+            "mtime": self.mtime,
+            "sha256": self.sha256,
+            "target": self.target,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Entry:
+        """Build an entry from its JSON object."""
+        return cls(
+            path=data["path"],
+            type=data["type"],
+            size=int(data.get("size") or 0),
+            mode=int(data.get("mode") or 0),
+            mtime=data.get("mtime") or 0,
+            sha256=data.get("sha256"),
+            target=data.get("target"),
+        )
+
+
+@dataclass
+class Manifest:
+    """A loaded manifest: the header fields and the entries."""
+
+    header: dict[str, Any]
+    entries: list[Entry] = field(default_factory=list)
+
+    @property
+    def archive_sha256(self) -> str:
+        return self.header["archive"]["sha256"]
+
+    @property
+    def total_bytes(self) -> int:
+        return int(self.header["totals"]["bytes"])
+
+    @property
+    def total_files(self) -> int:
+        return int(self.header["totals"]["files"])
+
+    def by_path(self) -> dict[str, Entry]:
+        """Return the entries keyed by path."""
+        return {entry.path: entry for entry in self.entries}
+
+
+class EntrySpool:
+    """Collect entries on disk as they are found, so memory stays flat on huge trees.
+
+    `totals` counts regular files and their bytes; `write` streams the full manifest.
+    """
+
+    def __init__(self, folder: Path | None = None) -> None:
+        self._file = tempfile.TemporaryFile(dir=folder, prefix=".manifest-spool-")
+        self._buffer: list[str] = []
+        self.count = 0
+        self.files = 0
+        self.bytes = 0
+
+    def add(self, entry: Entry) -> None:
+        """Record one entry."""
+        if entry.type == FILE:
+            self.files += 1
+            self.bytes += entry.size
+        self._buffer.append(json.dumps(entry.to_dict(), separators=(",", ":")))
+        self.count += 1
+        if len(self._buffer) >= 4096:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._buffer:
+            prefix = b",\n" if self.count > len(self._buffer) else b""
+            self._file.write(prefix + ",\n".join(self._buffer).encode())
+            self._buffer.clear()
+
+    def entries(self) -> Iterator[Entry]:
+        """Yield the recorded entries in order."""
+        for line in self._iter_json():
+            yield Entry.from_dict(line)
+
+    def _iter_json(self) -> Iterator[dict[str, Any]]:
+        self._flush()
+        self._file.seek(0)
+        for line in self._file:
+            line = line.strip().rstrip(b",").lstrip(b",")
+            if line:
+                yield json.loads(line)
+        self._file.seek(0, os.SEEK_END)
+
+    def write(self, out: BinaryIO, header: dict[str, Any]) -> None:
+        """Write the manifest JSON: header fields, totals, then every entry."""
+        self._flush()
+        head = dict(header, format=FORMAT, totals={"files": self.files, "bytes": self.bytes})
+        text = json.dumps(head, indent=1)
+        out.write(text[:-2].encode() + b',\n "entries": [\n')
+        self._file.seek(0)
+        while chunk := self._file.read(1 << 20):
+            out.write(chunk)
+        out.write(b"\n ]\n}\n")
+        self._file.seek(0, os.SEEK_END)
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def write_manifest(final: Path, header: dict[str, Any], spool: EntrySpool) -> None:
+    """Write `final` crash-safely (temp, fsync, rename) from a header and a spool."""
+    with AtomicFile(final) as out:
+        try:
+            spool.write(out.file, header)
+        except OSError as error:
+            raise_if_no_space(error, final)
+            raise
+        out.finish()
+        out.publish()
+
+
+def build_spool(entries: Iterable[Entry]) -> EntrySpool:
+    """Return a spool holding `entries` (for small, already known lists)."""
+    spool = EntrySpool()
+    for entry in entries:
+        spool.add(entry)
+    return spool
+
+
+def load_manifest(path: Path) -> Manifest:
+    """Read a manifest, refusing a newer format or a damaged file with a clear message."""
+    try:
+        with open(path, "rb") as handle:
+            data = json.load(handle)
+    except FileNotFoundError:
+        raise ArchiveError(
+            f"The manifest {path} is missing; run import_archives or verify the archive."
+        ) from None
+    except (ValueError, UnicodeDecodeError) as error:
+        raise ArchiveError(f"The manifest {path} is damaged and cannot be read: {error}") from None
+    return parse_manifest(data, path)
+
+
+def parse_manifest(data: Any, origin: Path | str = "manifest") -> Manifest:
+    """Validate a decoded manifest object and return it."""
+    if not isinstance(data, dict) or "format" not in data:
+        raise ArchiveError(f"{origin} is not a backup manifest (no 'format' field).")
+    fmt = data["format"]
+    if not isinstance(fmt, int) or fmt < 1:
+        raise ArchiveError(f"{origin} has an invalid manifest format {fmt!r}.")
+    if fmt > FORMAT:
+        raise UnsupportedFormatError(
+            f"{origin} uses manifest format {fmt}, newer than the {FORMAT} this version "
+            "reads; upgrade the backup control plane to read it."
+        )
+    try:
+        entries = [Entry.from_dict(item) for item in data.get("entries", [])]
+        header = {key: value for key, value in data.items() if key != "entries"}
+        header["archive"]["sha256"]  # noqa: B018 - required field
+        header["totals"]["bytes"]  # noqa: B018 - required field
+    except (KeyError, TypeError, ValueError) as error:
+        raise ArchiveError(f"{origin} is missing a required field: {error}") from None
+    return Manifest(header=header, entries=entries)
+
+
+def sidecar_text(sha256: str, archive_name: str) -> bytes:
+    """Return the `.sha256` sidecar contents, in `sha256sum -c` format."""
+    return f"{sha256}  {archive_name}\n".encode()
+
+
+def read_sidecar(path: Path) -> str:
+    """Return the hex digest recorded in a `.sha256` sidecar."""
+    try:
+        text = path.read_text(errors="replace").strip()
+    except FileNotFoundError:
+        raise ArchiveError(f"The checksum file {path} is missing.") from None
+    digest = text.split()[0] if text else ""
+    if len(digest) != 64:
+        raise ArchiveError(f"The checksum file {path} is damaged: {text[:80]!r}.")
+    return digest.lower()
