@@ -1,0 +1,135 @@
+"""Admin pages for policies and sources (with their validation), and read-only history."""
+
+from __future__ import annotations
+
+from django.contrib import admin
+
+from backups.audit import audit_record
+from backups.models import AuditEvent, Manifest, Policy, Run, Source
+
+
+class AuditedAdmin(admin.ModelAdmin):
+    """Record every change made through the admin in the audit log."""
+
+    def save_model(self, request, obj, form, change):
+        super().save_model(request, obj, form, change)
+        action = f"{obj._meta.model_name}.{'change' if change else 'create'}"
+        detail = {"fields": sorted(form.changed_data)} if change else {}
+        audit_record(actor=request.user, action=action, outcome="succeeded", obj=obj, detail=detail)
+
+    def delete_model(self, request, obj):
+        audit_record(
+            actor=request.user,
+            action=f"{obj._meta.model_name}.delete",
+            outcome="succeeded",
+            obj=obj,
+        )
+        super().delete_model(request, obj)
+
+    def delete_queryset(self, request, queryset):
+        for obj in queryset:
+            self.delete_model(request, obj)
+
+
+@admin.register(Policy)
+class PolicyAdmin(AuditedAdmin):
+    list_display = [
+        "name",
+        "schedule",
+        "rpo_s",
+        "rto_s",
+        "compression",
+        "keep_last",
+        "keep_daily",
+        "keep_weekly",
+        "keep_monthly",
+    ]
+    list_filter = ["compression", "verify_after_backup"]
+    search_fields = ["name", "schedule"]
+    fieldsets = [
+        (None, {"fields": ["name", "schedule", "rpo_s", "rto_s"]}),
+        (
+            "Retention",
+            {
+                "fields": [
+                    "keep_last",
+                    "keep_hourly",
+                    "keep_daily",
+                    "keep_weekly",
+                    "keep_monthly",
+                    "keep_yearly",
+                ]
+            },
+        ),
+        (
+            "Archives and checks",
+            {
+                "fields": [
+                    "compression",
+                    "compression_level",
+                    "verify_after_backup",
+                    "drill_every_s",
+                    "run_timeout_s",
+                    "check_queries",
+                ]
+            },
+        ),
+    ]
+
+
+@admin.register(Source)
+class SourceAdmin(AuditedAdmin):
+    list_display = ["name", "kind", "location", "policy", "owner", "enabled"]
+    list_filter = ["kind", "enabled", "policy", "owner"]
+    search_fields = ["name", "location", "owner", "notes"]
+    list_select_related = ["policy"]
+    prepopulated_fields = {"slug": ["name"]}
+    fields = ["name", "slug", "kind", "location", "excludes", "policy", "owner", "enabled", "notes"]
+
+
+@admin.register(Run)
+class RunAdmin(admin.ModelAdmin):
+    list_display = ["id", "kind", "source", "status", "trigger", "queued_at", "size", "keep"]
+    list_filter = ["kind", "status", "trigger", "source__kind"]
+    search_fields = ["=id", "source__name", "sha256", "archive"]
+    list_select_related = ["source"]
+    date_hierarchy = "queued_at"
+    raw_id_fields = ["backup", "requested_by"]
+    # History is written by the workers; the admin may only pin a backup ("keep").
+    readonly_fields = [
+        field.name for field in Run._meta.concrete_fields if field.name not in ("keep",)
+    ]
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(Manifest)
+class ManifestAdmin(admin.ModelAdmin):
+    list_display = ["run", "files", "bytes", "entries", "path"]
+    search_fields = ["=run__id", "path"]
+    list_select_related = ["run__source"]
+    readonly_fields = ["run", "path", "files", "bytes", "entries"]
+
+    def has_add_permission(self, request):
+        return False
+
+
+@admin.register(AuditEvent)
+class AuditEventAdmin(admin.ModelAdmin):
+    list_display = ["at", "actor_name", "action", "object_repr", "outcome"]
+    list_filter = ["outcome", "action"]
+    search_fields = ["actor_name", "action", "object_repr", "source__name"]
+    date_hierarchy = "at"
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False

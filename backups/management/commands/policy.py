@@ -1,0 +1,74 @@
+"""`policy add NAME …`: create a backup policy from the command line."""
+
+from __future__ import annotations
+
+import argparse
+
+from backups.cli import CliCommand, usage_error
+from backups.engine.durations import parse_duration
+from backups.models import Compression, Policy
+from backups.services import policy_create
+
+KEEP_RULES = ("last", "hourly", "daily", "weekly", "monthly", "yearly")
+
+
+def duration(text: str) -> int:
+    """An argparse type for `90s`, `15m`, `6h`, `7d`."""
+    try:
+        return parse_duration(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def count(text: str) -> int:
+    """An argparse type for a count that cannot be negative."""
+    try:
+        number = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"{number} is negative: a keep count is 0 or more")
+    return number
+
+
+class Command(CliCommand):
+    help = "Manage backup policies."
+
+    def add_arguments(self, parser):
+        actions = self.subcommands(parser)
+        add = actions.add_parser("add", help="Create a policy.")
+        add.add_argument("name")
+        add.add_argument("--schedule", default="", help="cron expression, e.g. '0 * * * *'")
+        add.add_argument("--rpo", type=duration, help="recovery point objective, e.g. 6h")
+        add.add_argument("--rto", type=duration, help="recovery time objective, e.g. 1h")
+        add.add_argument("--compression", choices=Compression.values, default=Compression.ZSTD)
+        add.add_argument("--level", type=int, help="compression level")
+        for rule in KEEP_RULES:
+            add.add_argument(f"--keep-{rule}", type=count, default=0, metavar="N")
+        add.add_argument("--drill-every", type=duration, help="restore drill interval, e.g. 7d")
+        add.add_argument("--run-timeout", type=duration, default=3600)
+        add.add_argument(
+            "--no-verify", action="store_true", help="do not verify after every backup"
+        )
+        add.add_argument("--json", action="store_true")
+
+    def handle(self, *args, **options):
+        name = options["name"]
+        if Policy.objects.filter(name=name).exists():
+            raise usage_error(f"A policy named {name!r} already exists.")
+        policy = policy_create(
+            name=name,
+            schedule=options["schedule"],
+            rpo_s=options["rpo"],
+            rto_s=options["rto"],
+            compression=options["compression"],
+            compression_level=options["level"],
+            drill_every_s=options["drill_every"],
+            run_timeout_s=options["run_timeout"],
+            verify_after_backup=not options["no_verify"],
+            **{f"keep_{rule}": options[f"keep_{rule}"] for rule in KEEP_RULES},
+        )
+        if options["json"]:
+            self.print_json({"name": policy.name, "id": policy.pk})
+        else:
+            self.stdout.write(f"Created policy {policy.name!r}.")

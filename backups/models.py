@@ -1,0 +1,481 @@
+"""The catalog: policies, sources, runs, manifests and the audit log.
+
+The Run table is the truth about every backup, restore and verification; pages and
+commands read it, never the queue's tables.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.core.validators import MaxValueValidator, MinValueValidator
+from django.db import models
+from django.db.models import F, Q
+from django.utils import timezone
+from django.utils.text import slugify
+
+from backups.engine import compression as engine_compression
+from backups.engine.locations import KINDS, check_location
+from backups.fields import SecondsField
+from backups.validators import validate_cron, validate_excludes
+
+LOG_LIMIT_CHARS = 64 * 1024
+WARNINGS_LIMIT = 200
+
+
+class Compression(models.TextChoices):
+    ZSTD = engine_compression.ZSTD, "zstd"
+    GZIP = engine_compression.GZIP, "gzip"
+    NONE = engine_compression.NONE, "none"
+
+
+COMPRESSION_LEVELS = {Compression.ZSTD: (1, 22), Compression.GZIP: (1, 9), Compression.NONE: (0, 0)}
+
+
+class Policy(models.Model):
+    """How often a source is backed up, how long backups are kept, and the targets to meet."""
+
+    name = models.CharField(max_length=100, unique=True)
+    schedule = models.CharField(
+        max_length=100,
+        blank=True,
+        validators=[validate_cron],
+        help_text="Cron expression in the server's time zone, e.g. '0 * * * *'. Empty: manual.",
+    )
+    rpo_s = SecondsField("RPO", null=True, blank=True, help_text="Most data you accept to lose.")
+    rto_s = SecondsField("RTO", null=True, blank=True, help_text="Longest restore you accept.")
+    keep_last = models.PositiveIntegerField(default=0)
+    keep_hourly = models.PositiveIntegerField(default=0)
+    keep_daily = models.PositiveIntegerField(default=0)
+    keep_weekly = models.PositiveIntegerField(default=0)
+    keep_monthly = models.PositiveIntegerField(default=0)
+    keep_yearly = models.PositiveIntegerField(default=0)
+    compression = models.CharField(
+        max_length=8, choices=Compression.choices, default=Compression.ZSTD
+    )
+    compression_level = models.PositiveSmallIntegerField(
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(1), MaxValueValidator(22)],
+        help_text="zstd 1-22 (default 3), gzip 1-9 (default 6).",
+    )
+    drill_every_s = SecondsField(
+        "drill every",
+        null=True,
+        blank=True,
+        help_text="How often a restore drill proves the RTO, e.g. 7d. Empty: never.",
+    )
+    verify_after_backup = models.BooleanField(
+        default=True, help_text="Check checksum and contents after every backup."
+    )
+    run_timeout_s = SecondsField(
+        "run timeout", default=3600, help_text="A run that takes longer is stopped."
+    )
+    check_queries = models.JSONField(
+        default=list,
+        blank=True,
+        help_text='SQLite checks run on verify: [{"sql": "SELECT COUNT(*) FROM t", '
+        '"expect": "> 0"}].',
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        verbose_name_plural = "policies"
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def clean(self) -> None:
+        low, high = COMPRESSION_LEVELS[self.compression]
+        if self.compression_level is not None and not low <= self.compression_level <= high:
+            message = (
+                "no compression takes no level"
+                if self.compression == Compression.NONE
+                else f"{self.compression} levels go from {low} to {high}"
+            )
+            raise ValidationError({"compression_level": message})
+        if self.run_timeout_s is not None and self.run_timeout_s < 60:
+            raise ValidationError({"run_timeout_s": "A run timeout below one minute is unsafe."})
+        if not isinstance(self.check_queries, list) or not all(
+            isinstance(q, dict) and isinstance(q.get("sql"), str) for q in self.check_queries
+        ):
+            raise ValidationError(
+                {"check_queries": 'Give a list of {"sql": "...", "expect": "> 0"} objects.'}
+            )
+
+    @property
+    def keep_rules(self) -> dict[str, int]:
+        """Return the retention counts by rule name."""
+        return {
+            "last": self.keep_last,
+            "hourly": self.keep_hourly,
+            "daily": self.keep_daily,
+            "weekly": self.keep_weekly,
+            "monthly": self.keep_monthly,
+            "yearly": self.keep_yearly,
+        }
+
+
+class Source(models.Model):
+    """Something that is backed up: a directory, a SQLite file, a pod path, a database."""
+
+    class Kind(models.TextChoices):
+        DIRECTORY = "directory", "directory"
+        SQLITE = "sqlite", "SQLite database"
+        KUBERNETES = "kubernetes", "Kubernetes pod path"
+        POSTGRES = "postgres", "PostgreSQL database"
+
+    name = models.CharField(max_length=100, unique=True)
+    slug = models.SlugField(max_length=100, unique=True, blank=True)
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+    location = models.CharField(
+        max_length=1000,
+        help_text="directory/sqlite: an absolute path; kubernetes: "
+        "NAMESPACE/POD[/CONTAINER]:/ABS/PATH; postgres: a libpq URI without a password.",
+    )
+    excludes = models.JSONField(
+        default=list, blank=True, validators=[validate_excludes], help_text="Glob patterns."
+    )
+    policy = models.ForeignKey(
+        Policy, null=True, blank=True, on_delete=models.PROTECT, related_name="sources"
+    )
+    enabled = models.BooleanField(default=True)
+    owner = models.CharField(max_length=100, blank=True, help_text="Who is paged for it.")
+    notes = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def clean(self) -> None:
+        if not self.slug and self.name:
+            self.slug = slugify(self.name)[:100]
+            if not self.slug:
+                raise ValidationError({"name": "The name needs at least one letter or digit."})
+        if self.kind and self.kind not in KINDS:
+            raise ValidationError({"kind": f"Unknown kind {self.kind!r}."})
+        if self.kind and self.location:
+            try:
+                check_location(self.kind, self.location)
+            except ValueError as error:
+                raise ValidationError({"location": str(error)}) from None
+
+    @property
+    def archive_dir(self):
+        """Return the folder holding this source's archives."""
+        return settings.ARCHIVE_ROOT / self.slug
+
+
+class RunQuerySet(models.QuerySet):
+    def backups(self):
+        return self.filter(kind=Run.Kind.BACKUP)
+
+    def active(self):
+        return self.filter(status__in=Run.ACTIVE)
+
+    def restorable(self):
+        """Backups whose archive should exist and be complete."""
+        return self.filter(kind=Run.Kind.BACKUP, status__in=Run.GOOD)
+
+
+class Run(models.Model):
+    """One backup, restore or verification, from request to result.
+
+    One table for the three kinds: they share the life cycle, the progress, the log and the
+    per-source lock, and pages list them together; the few kind-specific columns (the
+    backup a restore uses, its target, a verify's checks) are nullable.
+    """
+
+    class Kind(models.TextChoices):
+        BACKUP = "backup"
+        RESTORE = "restore"
+        VERIFY = "verify"
+
+    class Status(models.TextChoices):
+        QUEUED = "queued"
+        RUNNING = "running"
+        SUCCEEDED = "succeeded"
+        WARNING = "warning"
+        FAILED = "failed"
+        ABANDONED = "abandoned"
+        CANCELLED = "cancelled"
+        PRUNING = "pruning"
+        PRUNED = "pruned"
+
+    class Trigger(models.TextChoices):
+        SCHEDULE = "schedule"
+        MANUAL = "manual"
+        CLI = "cli"
+        API = "api"
+
+    ACTIVE = (Status.QUEUED, Status.RUNNING)
+    GOOD = (Status.SUCCEEDED, Status.WARNING)
+    FINISHED = (
+        Status.SUCCEEDED,
+        Status.WARNING,
+        Status.FAILED,
+        Status.ABANDONED,
+        Status.CANCELLED,
+    )
+
+    source = models.ForeignKey(Source, on_delete=models.PROTECT, related_name="runs")
+    kind = models.CharField(max_length=8, choices=Kind.choices, default=Kind.BACKUP)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.QUEUED)
+    trigger = models.CharField(max_length=8, choices=Trigger.choices, default=Trigger.MANUAL)
+    requested_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
+    )
+    # Backups and in-place restores touch the source's live data: at most one at a time.
+    exclusive = models.BooleanField(default=True)
+    keep = models.BooleanField(default=False, help_text="Never removed by retention.")
+
+    queued_at = models.DateTimeField(default=timezone.now)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    # Who executes the run (host:pid:nonce); publishing checks it to fence out a worker
+    # that lost the run while it was paused.
+    worker = models.CharField(max_length=200, blank=True)
+
+    bytes_done = models.BigIntegerField(default=0)
+    bytes_total = models.BigIntegerField(null=True, blank=True)
+    files_done = models.BigIntegerField(default=0)
+    files_total = models.BigIntegerField(null=True, blank=True)
+    current_item = models.CharField(max_length=1000, blank=True)
+
+    archive = models.CharField(max_length=1000, blank=True)
+    size = models.BigIntegerField(null=True, blank=True)
+    sha256 = models.CharField(max_length=64, blank=True)
+    payload_bytes = models.BigIntegerField(null=True, blank=True)
+    payload_files = models.BigIntegerField(null=True, blank=True)
+
+    error = models.TextField(blank=True)
+    warnings = models.JSONField(default=list, blank=True)
+    log = models.TextField(blank=True)
+
+    backup = models.ForeignKey(
+        "self",
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="uses",
+        limit_choices_to={"kind": "backup"},
+    )
+    target = models.CharField(max_length=1000, blank=True)
+    in_place = models.BooleanField(default=False)
+    paths = models.JSONField(default=list, blank=True)
+    drill = models.BooleanField(default=False)
+    checks = models.JSONField(default=list, blank=True)
+    # For restores and drills: how long getting the data back took (the measured RTO).
+    restore_seconds = models.FloatField(null=True, blank=True)
+    # For backups: the newest verification's verdict (None: never verified).
+    verified = models.BooleanField(null=True, blank=True)
+    verified_at = models.DateTimeField(null=True, blank=True)
+
+    objects = RunQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-queued_at", "-id"]
+        permissions = [("run_restore", "Can restore backups")]
+        indexes = [
+            models.Index(fields=["source", "kind", "status", "-started_at"]),
+            models.Index(fields=["status", "heartbeat_at"]),
+            models.Index(fields=["-queued_at", "-id"]),
+        ]
+        constraints = [
+            # The database is the lock: a second backup (or in-place restore) of a source
+            # cannot even be queued while one is queued or running, on any host.
+            models.UniqueConstraint(
+                fields=["source"],
+                condition=Q(exclusive=True, status__in=["queued", "running"]),
+                name="one_exclusive_run_per_source",
+            ),
+            models.CheckConstraint(
+                condition=Q(finished_at__isnull=True)
+                | Q(started_at__isnull=True)
+                | Q(finished_at__gte=F("started_at")),
+                name="run_finishes_after_it_starts",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.kind} #{self.pk} of {self.source_id and self.source.name} ({self.status})"
+
+    @property
+    def is_active(self) -> bool:
+        return self.status in self.ACTIVE
+
+    @property
+    def duration_s(self) -> float | None:
+        if self.started_at and self.finished_at:
+            return (self.finished_at - self.started_at).total_seconds()
+        return None
+
+    @property
+    def stem(self) -> str:
+        """Return the archive file stem: `<YYYYmmddTHHMMSSZ>-<run id>`."""
+        moment = (self.started_at or self.queued_at).astimezone(dt.UTC)
+        return f"{moment:%Y%m%dT%H%M%SZ}-{self.pk}"
+
+    # State transitions. Each saves only the fields it changes, so a progress update from
+    # the worker never overwrites a status set by someone else.
+
+    def mark_running(self, worker: str) -> None:
+        """Record that `worker` started executing the run."""
+        now = timezone.now()
+        self.status = self.Status.RUNNING
+        self.started_at = self.heartbeat_at = now
+        self.worker = worker
+        self.save(update_fields=["status", "started_at", "heartbeat_at", "worker"])
+
+    def beat(self, **progress) -> None:
+        """Refresh the heartbeat and store progress fields (bytes_done=..., ...)."""
+        self.heartbeat_at = timezone.now()
+        for name, value in progress.items():
+            setattr(self, name, value)
+        self.save(update_fields=["heartbeat_at", *progress])
+
+    def _finish(self, status: str, fields: list[str]) -> None:
+        self.status = status
+        self.finished_at = timezone.now()
+        if self.started_at is None:
+            self.started_at = self.finished_at
+            fields.append("started_at")
+        self.save(update_fields=["status", "finished_at", *fields])
+
+    def mark_succeeded(self, warnings: list[str] | None = None, **result) -> None:
+        """Record success (or `warning` when there were warnings) and the result fields."""
+        for name, value in result.items():
+            setattr(self, name, value)
+        self.warnings = list(warnings or [])[:WARNINGS_LIMIT]
+        status = self.Status.WARNING if self.warnings else self.Status.SUCCEEDED
+        self._finish(status, ["warnings", *result])
+
+    def mark_failed(self, error: str, **result) -> None:
+        """Record a failure with a message a user can act on."""
+        self.error = error
+        for name, value in result.items():
+            setattr(self, name, value)
+        self._finish(self.Status.FAILED, ["error", *result])
+
+    def mark_cancelled(self, reason: str = "Cancelled.") -> None:
+        """Record that the run was stopped on request."""
+        self.error = reason
+        self._finish(self.Status.CANCELLED, ["error"])
+
+    def mark_abandoned(self, reason: str) -> None:
+        """Record that the run's worker went away without finishing it."""
+        self.error = reason
+        self._finish(self.Status.ABANDONED, ["error"])
+
+    def append_log(self, line: str) -> None:
+        """Add a timestamped line to the bounded log (oldest lines are dropped)."""
+        stamp = timezone.now().strftime("%H:%M:%S")
+        text = f"{self.log}{stamp} {line}\n"
+        if len(text) > LOG_LIMIT_CHARS:
+            text = text[-LOG_LIMIT_CHARS:].split("\n", 1)[-1]
+        self.log = text
+        self.save(update_fields=["log"])
+
+
+class Manifest(models.Model):
+    """The catalog copy of a backup's manifest.json, browsable folder by folder."""
+
+    run = models.OneToOneField(Run, on_delete=models.CASCADE, primary_key=True)
+    path = models.CharField(max_length=1000)
+    files = models.BigIntegerField(default=0)
+    bytes = models.BigIntegerField(default=0)
+    entries = models.BigIntegerField(default=0)
+
+    def __str__(self) -> str:
+        return f"manifest of run #{self.run_id}"
+
+
+class ManifestDir(models.Model):
+    """A folder inside a backup; entries hang off it so a folder is one indexed lookup."""
+
+    manifest = models.ForeignKey(Manifest, on_delete=models.CASCADE, related_name="dirs")
+    path = models.TextField(help_text="Relative to the source root; '' is the root.")
+    parent = models.ForeignKey("self", null=True, on_delete=models.CASCADE, related_name="+")
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["manifest", "path"], name="unique_dir_per_manifest")
+        ]
+
+    def __str__(self) -> str:
+        return self.path or "/"
+
+
+class ManifestEntry(models.Model):
+    """One file, folder or link in a backup.
+
+    Kept small on purpose (a million of them is normal): the folder and the name form the
+    primary key, so there is no surrogate id and no second index, the hash is 32 raw bytes
+    and the mtime whole seconds (the exact value stays in manifest.json).
+    """
+
+    class Type(models.TextChoices):
+        FILE = "f", "file"
+        DIR = "d", "dir"
+        SYMLINK = "l", "symlink"
+        HARDLINK = "h", "hardlink"
+
+    pk = models.CompositePrimaryKey("directory", "name")
+    directory = models.ForeignKey(ManifestDir, on_delete=models.CASCADE, related_name="+")
+    name = models.TextField()
+    type = models.CharField(max_length=1, choices=Type.choices)
+    size = models.BigIntegerField(default=0)
+    mode = models.IntegerField(default=0)
+    mtime = models.BigIntegerField(default=0)
+    sha256 = models.BinaryField(max_length=32, null=True)
+    target = models.TextField(null=True)
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def sha256_hex(self) -> str:
+        return bytes(self.sha256).hex() if self.sha256 else ""
+
+
+class AuditEvent(models.Model):
+    """Who did what, to which object, when, and how it ended."""
+
+    class Outcome(models.TextChoices):
+        REQUESTED = "requested"
+        SUCCEEDED = "succeeded"
+        FAILED = "failed"
+        DENIED = "denied"
+
+    at = models.DateTimeField(default=timezone.now, db_index=True)
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
+    )
+    # The actor's name survives the deletion of their account.
+    actor_name = models.CharField(max_length=150, blank=True)
+    action = models.CharField(max_length=50, db_index=True)
+    object_type = models.CharField(max_length=50, blank=True)
+    object_id = models.CharField(max_length=50, blank=True)
+    object_repr = models.CharField(max_length=300, blank=True)
+    source = models.ForeignKey(
+        Source, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    outcome = models.CharField(max_length=10, choices=Outcome.choices)
+    detail = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        ordering = ["-at", "-id"]
+
+    def __str__(self) -> str:
+        return (
+            f"{self.at:%Y-%m-%d %H:%M} {self.actor_name or 'system'} {self.action} {self.outcome}"
+        )

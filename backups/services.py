@@ -1,0 +1,56 @@
+"""Workflows over the catalog: creating policies and sources with full validation."""
+
+from __future__ import annotations
+
+from django.db import transaction
+from django.utils.text import slugify
+
+from backups.models import Policy, Source
+
+
+@transaction.atomic
+def policy_create(*, name: str, **fields) -> Policy:
+    """Create a policy after validating every field; raise ValidationError otherwise."""
+    policy = Policy(name=name, **fields)
+    policy.full_clean()
+    policy.save()
+    return policy
+
+
+@transaction.atomic
+def source_create(
+    *,
+    name: str,
+    kind: str,
+    location: str,
+    policy: Policy | None = None,
+    excludes: list[str] | None = None,
+    **fields,
+) -> Source:
+    """Create a source after validating its kind and location; raise ValidationError."""
+    source = Source(
+        name=name,
+        slug=slugify(name)[:100],
+        kind=kind,
+        location=location,
+        policy=policy,
+        excludes=list(excludes or []),
+        **fields,
+    )
+    source.full_clean()
+    source.save()
+    return source
+
+
+def source_to_dict(source: Source) -> dict:
+    """Return the JSON object describing a source."""
+    return {
+        "name": source.name,
+        "slug": source.slug,
+        "kind": source.kind,
+        "location": source.location,
+        "policy": source.policy.name if source.policy_id else None,
+        "excludes": source.excludes,
+        "enabled": source.enabled,
+        "owner": source.owner,
+    }

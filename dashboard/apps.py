@@ -1,0 +1,8 @@
+"""The dashboard app: pages and their templates."""
+
+from django.apps import AppConfig
+
+
+class DashboardConfig(AppConfig):
+    default_auto_field = "django.db.models.BigAutoField"
+    name = "dashboard"

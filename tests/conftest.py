@@ -1,0 +1,68 @@
+"""Shared fixtures: named users for the permission matrix, an isolated ARCHIVE_ROOT."""
+
+from __future__ import annotations
+
+import pytest
+
+
+@pytest.fixture(autouse=True)
+def _fast_and_isolated(settings, tmp_path):
+    # MD5 keeps logins fast; every test writes archives under its own folder.
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+    settings.ARCHIVE_ROOT = tmp_path / "archives"
+    settings.ARCHIVE_ROOT.mkdir()
+
+
+def _user(django_user_model, username, *, staff=False, superuser=False, perms=()):
+    from django.contrib.auth.models import Permission
+
+    user = django_user_model.objects.create_user(
+        username, password="pw", is_staff=staff, is_superuser=superuser
+    )
+    for codename in perms:
+        user.user_permissions.add(
+            Permission.objects.get(content_type__app_label="backups", codename=codename)
+        )
+    return user
+
+
+@pytest.fixture
+def admin_user(django_user_model):
+    """A superuser: may do everything."""
+    return _user(django_user_model, "root", staff=True, superuser=True)
+
+
+@pytest.fixture
+def operator(django_user_model):
+    """Staff who may restore."""
+    return _user(django_user_model, "olivia", staff=True, perms=["run_restore", "view_run"])
+
+
+@pytest.fixture
+def viewer(django_user_model):
+    """Staff who see everything and may restore nothing."""
+    return _user(django_user_model, "victor", staff=True, perms=["view_run"])
+
+
+@pytest.fixture
+def data_dir(tmp_path):
+    """A small directory tree to back up."""
+    root = tmp_path / "data"
+    (root / "sub").mkdir(parents=True)
+    (root / "a.txt").write_text("alpha\n")
+    (root / "sub" / "b.bin").write_bytes(bytes(range(256)) * 10)
+    return root
+
+
+@pytest.fixture
+def policy(db):
+    from backups.services import policy_create
+
+    return policy_create(name="hourly", schedule="0 * * * *", rpo_s=7200, rto_s=1800, keep_last=3)
+
+
+@pytest.fixture
+def source(db, data_dir, policy):
+    from backups.services import source_create
+
+    return source_create(name="files", kind="directory", location=str(data_dir), policy=policy)

@@ -1,0 +1,60 @@
+"""Every page needs a login, but /healthz and /metrics; the overview lists sources."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from django.urls import reverse
+
+pytestmark = pytest.mark.django_db
+
+
+def test_overview_redirects_anonymous_users_to_login(client):
+    response = client.get(reverse("overview"))
+    assert response.status_code == 302
+    assert response["Location"].startswith(reverse("login"))
+
+
+def test_overview_lists_sources_for_a_viewer(client, viewer, source):
+    client.force_login(viewer)
+    response = client.get(reverse("overview"))
+    assert response.status_code == 200
+    assert source.name in response.text and source.location in response.text
+
+
+def test_healthz_answers_without_login(client):
+    response = client.get("/healthz")
+    assert response.status_code == 200
+    assert response.json()["status"] == "ok"
+
+
+def test_healthz_is_503_when_the_database_does_not_answer():
+    # A real unreachable database: nothing listens on port 1.
+    code = (
+        "from django.test import Client; r = Client(HTTP_HOST='localhost').get('/healthz'); "
+        "print(r.status_code, r.json()['status'])"
+    )
+    result = subprocess.run(
+        [sys.executable, "manage.py", "shell", "-c", code],
+        cwd=Path(__file__).resolve().parent.parent,
+        env=dict(os.environ, DATABASE_URL="postgresql://postgres@127.0.0.1:1/none"),
+        capture_output=True,
+        text=True,
+    )
+    assert result.stdout.split()[-2:] == ["503", "error"], result.stderr
+
+
+def test_metrics_need_the_bearer_token_when_one_is_set(client, settings, source):
+    settings.METRICS_TOKEN = "s3cret"
+    assert client.get("/metrics").status_code == 401
+    assert client.get("/metrics", HTTP_AUTHORIZATION="Bearer wrong").status_code == 401
+    response = client.get("/metrics", HTTP_AUTHORIZATION="Bearer s3cret")
+    assert response.status_code == 200
+    assert 'backup_sources{kind="directory"} 1.0' in response.text
+
+
+def test_metrics_are_open_without_a_token(client, settings):
+    settings.METRICS_TOKEN = None
+    assert client.get("/metrics").status_code == 200
