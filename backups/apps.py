@@ -3,7 +3,20 @@
 from django.apps import AppConfig
 
 
+def _reap_on_worker_start(sender, proc_name, **kwargs):
+    # Every worker start finishes off what a killed predecessor left: runs whose
+    # heartbeat stopped become abandoned and their temporary files are removed.
+    from backups.services.execution import reap_abandoned
+
+    reap_abandoned()
+
+
 class BackupsConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
     name = "backups"
     verbose_name = "Backups"
+
+    def ready(self) -> None:
+        from django_q.signals import post_spawn
+
+        post_spawn.connect(_reap_on_worker_start, dispatch_uid="backups-reap-on-spawn")

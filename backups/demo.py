@@ -6,7 +6,7 @@ import sqlite3
 from pathlib import Path
 
 from backups.models import Policy, Source
-from backups.services import policy_create, source_create
+from backups.services.catalog import policy_create, source_create
 
 DEMO_POLICY = "demo-every-15-minutes"
 

@@ -7,6 +7,7 @@ commands read it, never the queue's tables.
 from __future__ import annotations
 
 import datetime as dt
+from pathlib import Path
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
@@ -236,6 +237,7 @@ class Run(models.Model):
     # Backups and in-place restores touch the source's live data: at most one at a time.
     exclusive = models.BooleanField(default=True)
     keep = models.BooleanField(default=False, help_text="Never removed by retention.")
+    cancel_requested = models.BooleanField(default=False)
 
     queued_at = models.DateTimeField(default=timezone.now)
     started_at = models.DateTimeField(null=True, blank=True)
@@ -325,6 +327,18 @@ class Run(models.Model):
         moment = (self.started_at or self.queued_at).astimezone(dt.UTC)
         return f"{moment:%Y%m%dT%H%M%SZ}-{self.pk}"
 
+    @property
+    def archive_path(self) -> Path | None:
+        return Path(self.archive) if self.archive else None
+
+    @property
+    def manifest_path(self) -> Path | None:
+        """Return the manifest beside the archive: `<stem>.manifest.json`."""
+        if not self.archive:
+            return None
+        archive = Path(self.archive)
+        return archive.with_name(archive.name.split(".", 1)[0] + ".manifest.json")
+
     # State transitions. Each saves only the fields it changes, so a progress update from
     # the worker never overwrites a status set by someone else.
 
@@ -343,38 +357,40 @@ class Run(models.Model):
             setattr(self, name, value)
         self.save(update_fields=["heartbeat_at", *progress])
 
-    def _finish(self, status: str, fields: list[str]) -> None:
+    def _finish(self, status: str, fields: list[str]) -> bool:
+        """Save the final state, but only while this copy's worker still owns the run.
+
+        A worker that was paused past its heartbeat finds its run already declared
+        abandoned; it must not overwrite that verdict. Return whether the write happened.
+        """
         self.status = status
         self.finished_at = timezone.now()
         if self.started_at is None:
             self.started_at = self.finished_at
             fields.append("started_at")
-        self.save(update_fields=["status", "finished_at", *fields])
+        values = {name: getattr(self, name) for name in ["status", "finished_at", *fields]}
+        owned = Run.objects.filter(pk=self.pk, status__in=self.ACTIVE, worker=self.worker)
+        return owned.update(**values) == 1
 
-    def mark_succeeded(self, warnings: list[str] | None = None, **result) -> None:
+    def mark_succeeded(self, warnings: list[str] | None = None, **result) -> bool:
         """Record success (or `warning` when there were warnings) and the result fields."""
         for name, value in result.items():
             setattr(self, name, value)
         self.warnings = list(warnings or [])[:WARNINGS_LIMIT]
         status = self.Status.WARNING if self.warnings else self.Status.SUCCEEDED
-        self._finish(status, ["warnings", *result])
+        return self._finish(status, ["warnings", *result])
 
-    def mark_failed(self, error: str, **result) -> None:
+    def mark_failed(self, error: str, **result) -> bool:
         """Record a failure with a message a user can act on."""
         self.error = error
         for name, value in result.items():
             setattr(self, name, value)
-        self._finish(self.Status.FAILED, ["error", *result])
+        return self._finish(self.Status.FAILED, ["error", *result])
 
-    def mark_cancelled(self, reason: str = "Cancelled.") -> None:
+    def mark_cancelled(self, reason: str = "Cancelled.") -> bool:
         """Record that the run was stopped on request."""
         self.error = reason
-        self._finish(self.Status.CANCELLED, ["error"])
-
-    def mark_abandoned(self, reason: str) -> None:
-        """Record that the run's worker went away without finishing it."""
-        self.error = reason
-        self._finish(self.Status.ABANDONED, ["error"])
+        return self._finish(self.Status.CANCELLED, ["error"])
 
     def append_log(self, line: str) -> None:
         """Add a timestamped line to the bounded log (oldest lines are dropped)."""
@@ -404,7 +420,6 @@ class ManifestDir(models.Model):
 
     manifest = models.ForeignKey(Manifest, on_delete=models.CASCADE, related_name="dirs")
     path = models.TextField(help_text="Relative to the source root; '' is the root.")
-    parent = models.ForeignKey("self", null=True, on_delete=models.CASCADE, related_name="+")
 
     class Meta:
         constraints = [

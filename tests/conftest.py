@@ -56,13 +56,13 @@ def data_dir(tmp_path):
 
 @pytest.fixture
 def policy(db):
-    from backups.services import policy_create
+    from backups.services.catalog import policy_create
 
     return policy_create(name="hourly", schedule="0 * * * *", rpo_s=7200, rto_s=1800, keep_last=3)
 
 
 @pytest.fixture
 def source(db, data_dir, policy):
-    from backups.services import source_create
+    from backups.services.catalog import source_create
 
     return source_create(name="files", kind="directory", location=str(data_dir), policy=policy)

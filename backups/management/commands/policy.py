@@ -7,7 +7,7 @@ import argparse
 from backups.cli import CliCommand, usage_error
 from backups.engine.durations import parse_duration
 from backups.models import Compression, Policy
-from backups.services import policy_create
+from backups.services.catalog import policy_create
 
 KEEP_RULES = ("last", "hourly", "daily", "weekly", "monthly", "yearly")
 

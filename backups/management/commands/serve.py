@@ -7,6 +7,7 @@ separate services (see README).
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import signal
 import subprocess
@@ -21,10 +22,8 @@ _PR_SET_PDEATHSIG = 1
 def _die_with_parent() -> None:
     # Runs in the child before exec: if `serve` is killed, even with SIGKILL, the kernel
     # sends SIGTERM to the child, so no orphaned web server or worker survives.
-    try:
+    with contextlib.suppress(OSError):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-    except OSError:
-        pass
 
 
 class Command(BaseCommand):

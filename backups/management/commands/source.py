@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from backups.cli import CliCommand, usage_error
 from backups.models import Policy, Source
-from backups.services import source_create, source_to_dict
+from backups.services.catalog import source_create, source_to_dict
 
 
 class Command(CliCommand):

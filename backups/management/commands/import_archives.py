@@ -1,0 +1,49 @@
+"""`import_archives [--root DIR]`: rebuild runs and manifests from the archives on disk."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from django.conf import settings
+
+from backups.cli import CliCommand, usage_error
+from backups.engine.errors import EngineError
+from backups.services.importer import import_archives
+
+
+class Command(CliCommand):
+    help = "Rebuild the catalog from ARCHIVE_ROOT (idempotent)."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--root", type=Path, default=None)
+        parser.add_argument("--json", action="store_true")
+
+    def handle(self, *args, **options):
+        root = options["root"] or settings.ARCHIVE_ROOT
+        try:
+            report = import_archives(root)
+        except EngineError as error:
+            raise usage_error(str(error)) from None
+        if options["json"]:
+            self.print_json(
+                {
+                    "imported": report.imported,
+                    "known": report.known,
+                    "sources_created": report.sources_created,
+                    "refused": report.refused,
+                }
+            )
+        else:
+            self.stdout.write(
+                f"Imported {len(report.imported)} backup(s), {report.known} already known"
+                + (
+                    f"; recreated source(s) {', '.join(report.sources_created)}"
+                    if report.sources_created
+                    else ""
+                )
+                + "."
+            )
+            for line in report.refused:
+                self.stderr.write(f"refused: {line}")
+        if report.refused:
+            raise usage_error(f"{len(report.refused)} manifest(s) could not be imported.")

@@ -1,0 +1,1 @@
+"""Workflows that touch several models or the engine; commands, tasks and views call these."""

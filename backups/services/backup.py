@@ -1,0 +1,122 @@
+"""Back up a source: request a run (the database is the per-source lock), execute it."""
+
+from __future__ import annotations
+
+import logging
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from backups.engine.backup import BackupRequest, plan_backup, run_backup
+from backups.models import Run, Source
+from backups.services.execution import RunHooks, remove_dead_temps
+from backups.services.manifests import manifest_store
+from backups.services.queue import run_enqueue
+
+logger = logging.getLogger(__name__)
+
+
+class SourceBusy(Exception):
+    """The source already has a backup (or in-place restore) queued or running."""
+
+    def __init__(self, source: Source, active: Run | None) -> None:
+        self.active = active
+        what = f"{active.kind} #{active.pk} ({active.status})" if active else "another run"
+        super().__init__(
+            f"Source {source.name!r} is busy: {what} is in progress. "
+            "Wait for it to finish or cancel it."
+        )
+
+
+def backup_request(*, source: Source, trigger: str, user=None, enqueue: bool = True) -> Run:
+    """Create a queued backup run for `source`; raise SourceBusy if one is active.
+
+    With `enqueue`, the run is handed to the workers once the transaction commits.
+    """
+    try:
+        with transaction.atomic():
+            run = Run.objects.create(
+                source=source, kind=Run.Kind.BACKUP, trigger=trigger, requested_by=user
+            )
+    except IntegrityError:
+        active = Run.objects.filter(source=source, exclusive=True, status__in=Run.ACTIVE).first()
+        raise SourceBusy(source, active) from None
+    if enqueue:
+        run_enqueue(run)
+    return run
+
+
+def last_good_backup(source: Source) -> Run | None:
+    """Return the newest backup of `source` whose archive is complete."""
+    return Run.objects.restorable().filter(source=source).order_by("-started_at", "-pk").first()
+
+
+def backup_execute(run: Run, hooks: RunHooks) -> dict:
+    """Write the archive, sidecar and manifest of a claimed backup run; return its result."""
+    source = run.source
+    policy = source.policy
+    folder = source.archive_dir
+    folder.mkdir(parents=True, exist_ok=True)
+    removed = remove_dead_temps(folder)
+    if removed:
+        hooks.log(f"removed {len(removed)} temporary file(s) left by dead runs")
+    previous = last_good_backup(source)
+    started = run.started_at or timezone.now()
+    request = BackupRequest(
+        kind=source.kind,
+        location=source.location,
+        dest_dir=folder,
+        stem=run.stem,
+        compression=policy.compression if policy else "zstd",
+        level=policy.compression_level if policy else None,
+        excludes=list(source.excludes),
+        manifest_header={
+            "run": run.pk,
+            "source": {"name": source.name, "kind": source.kind, "location": source.location},
+            "started_at": started.isoformat(),
+            "trigger": run.trigger,
+        },
+        reserve_bytes=(previous.size or 0) + settings.DISK_RESERVE_BYTES if previous else 0,
+    )
+    hooks.log(f"backing up {source.kind} {source.location} to {folder}")
+    result = run_backup(request, hooks)
+    hooks.log(f"published {result.archive.name} ({result.size} bytes, sha256 {result.sha256})")
+    manifest_store(run, result.manifest)
+    return {
+        "archive": str(result.archive),
+        "size": result.size,
+        "sha256": result.sha256,
+        "payload_bytes": result.bytes,
+        "payload_files": result.files,
+    }
+
+
+def backup_after_success(run: Run) -> None:
+    """Queue a verification of a fresh backup when its policy asks for one."""
+    policy = run.source.policy
+    if policy is None or not policy.verify_after_backup:
+        return
+    from backups.services.verify import verify_request
+
+    verify_request(backup=run, trigger=run.trigger, user=run.requested_by)
+
+
+def backup_plan(source: Source) -> dict:
+    """Return what a backup of `source` would read, and how long it should take."""
+    plan = plan_backup(kind=source.kind, location=source.location, excludes=source.excludes)
+    recent = list(
+        Run.objects.restorable()
+        .filter(source=source, payload_bytes__gt=0)
+        .order_by("-started_at")[:5]
+    )
+    rates = [r.payload_bytes / r.duration_s for r in recent if r.duration_s]
+    estimate = plan.bytes / (sum(rates) / len(rates)) if rates and plan.bytes else None
+    return {
+        "source": source.name,
+        "files": plan.files,
+        "bytes": plan.bytes,
+        "excluded": list(plan.excluded),
+        "excluded_count": plan.excluded_count,
+        "estimated_duration_s": round(estimate, 1) if estimate is not None else None,
+    }

@@ -1,0 +1,308 @@
+"""Execute a run: claim it once, keep its heartbeat, report progress, fence its commit.
+
+Whoever executes a run (a django-q worker, or the CLI with `--inline`) calls `run_execute`.
+It claims the run with a conditional UPDATE, so a run delivered twice executes once. A
+thread then refreshes the heartbeat and the progress once a second with another
+conditional UPDATE that only matches while this worker still owns the run and nobody asked
+to cancel it: when it stops matching, the engine's next `check()` stops the work, and
+`publish()` re-checks ownership inside the transaction that commits the result.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import socket
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import close_old_connections, connection, transaction
+from django.utils import timezone
+
+from backups.engine.atomic import stale_temps
+from backups.engine.errors import Cancelled, EngineError, FencedError
+from backups.engine.hooks import Hooks, Progress
+from backups.models import Run
+
+logger = logging.getLogger(__name__)
+
+LOG_LINES = 400
+
+
+def worker_identity() -> str:
+    """Name this executor uniquely: host, process and a nonce for this execution."""
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+
+
+class RunHooks(Hooks):
+    """Engine hooks backed by the Run row: progress, heartbeat, cancel, fenced publish."""
+
+    def __init__(self, run: Run, *, interrupt: threading.Event | None = None) -> None:
+        self.run = run
+        self.warnings: list[str] = []
+        self.lines: deque[str] = deque(maxlen=LOG_LINES)
+        self.current = Progress()
+        self.listeners: list[Callable[[Progress], None]] = []
+        self.interrupt = interrupt or threading.Event()
+        self.interrupt_reason = "Interrupted (Ctrl-C or SIGTERM); nothing was published."
+        timeout = run.source.policy.run_timeout_s if run.source.policy_id else 3600
+        self.deadline = time.monotonic() + timeout if timeout else None
+        self.timeout_s = timeout
+        self._lost: EngineError | None = None
+        self._log_dirty = False
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat_loop, name=f"beat-{run.pk}", daemon=True)
+
+    # Engine side -----------------------------------------------------------------------
+
+    def progress(self, progress: Progress) -> None:
+        self.current = progress
+        for listener in self.listeners:
+            listener(progress)
+
+    def check(self) -> None:
+        if self._lost is not None:
+            raise self._lost
+        if self.interrupt.is_set():
+            raise Cancelled(self.interrupt_reason)
+        if self.deadline is not None and time.monotonic() > self.deadline:
+            raise Cancelled(
+                f"Timed out after {self.timeout_s} s (the policy's run timeout); "
+                "nothing was published."
+            )
+
+    def publish(self, action: Callable[[], None]) -> None:
+        with transaction.atomic():
+            owned = (
+                Run.objects.select_for_update()
+                .filter(
+                    pk=self.run.pk,
+                    status=Run.Status.RUNNING,
+                    worker=self.run.worker,
+                    cancel_requested=False,
+                )
+                .exists()
+            )
+            if not owned:
+                raise FencedError(
+                    f"Run #{self.run.pk} is no longer owned by this worker ({self.run.worker}): "
+                    "it was cancelled or declared abandoned; nothing was published."
+                )
+            action()
+
+    def warn(self, message: str) -> None:
+        self.warnings.append(message)
+        self.log(f"warning: {message}")
+
+    def log(self, message: str) -> None:
+        self.lines.append(f"{timezone.now():%H:%M:%S} {message}")
+        self._log_dirty = True
+
+    # Heartbeat side --------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the heartbeat thread."""
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop the heartbeat thread; the caller writes the final state."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=30)
+
+    def log_text(self) -> str:
+        return "\n".join(self.lines) + ("\n" if self.lines else "")
+
+    def progress_fields(self) -> dict:
+        """Return the progress columns of the Run for the latest progress snapshot."""
+        progress = self.current
+        return {
+            "bytes_done": progress.bytes_done,
+            "bytes_total": progress.bytes_total,
+            "files_done": progress.files_done,
+            "files_total": progress.files_total,
+            "current_item": progress.current[-1000:],
+        }
+
+    def beat(self) -> bool:
+        """Write heartbeat, progress and log if this worker still owns the run."""
+        values = {"heartbeat_at": timezone.now(), **self.progress_fields()}
+        if self._log_dirty:
+            values["log"] = self.log_text()
+            self._log_dirty = False
+        owned = Run.objects.filter(
+            pk=self.run.pk,
+            status=Run.Status.RUNNING,
+            worker=self.run.worker,
+            cancel_requested=False,
+        )
+        if owned.update(**values) == 1:
+            return True
+        state = Run.objects.filter(pk=self.run.pk).values("status", "cancel_requested").first()
+        if state and state["cancel_requested"] and state["status"] == Run.Status.RUNNING:
+            self._lost = Cancelled("Cancelled on request; nothing was published.")
+        elif self._lost is None:
+            self._lost = FencedError(
+                f"Run #{self.run.pk} was taken from this worker "
+                f"(now {state['status'] if state else 'deleted'}); stopping without publishing."
+            )
+        return False
+
+    def _beat_loop(self) -> None:
+        interval = min(1.0, settings.HEARTBEAT_INTERVAL_S)
+        try:
+            while not self._stop.wait(interval):
+                try:
+                    self.beat()
+                except Exception:  # a database hiccup must not kill the run; retry next beat
+                    logger.exception("heartbeat of run %s failed", self.run.pk)
+        finally:
+            connection.close()
+
+
+def run_claim(run_id: int, worker: str) -> Run | None:
+    """Take a queued run for `worker`; None when someone else already took it."""
+    now = timezone.now()
+    claimed = Run.objects.filter(pk=run_id, status=Run.Status.QUEUED).update(
+        status=Run.Status.RUNNING, started_at=now, heartbeat_at=now, worker=worker
+    )
+    if not claimed:
+        return None
+    return Run.objects.select_related("source__policy", "backup").get(pk=run_id)
+
+
+def _handler(kind: str):
+    # Imported here: each workflow imports the engine, which the models do not need.
+    if kind == Run.Kind.BACKUP:
+        from backups.services.backup import backup_execute
+
+        return backup_execute
+    if kind == Run.Kind.RESTORE:
+        from backups.services.restore import restore_execute
+
+        return restore_execute
+    from backups.services.verify import verify_execute
+
+    return verify_execute
+
+
+def run_execute(
+    run_id: int,
+    *,
+    interrupt: threading.Event | None = None,
+    on_progress: Callable[[Progress], None] | None = None,
+) -> Run:
+    """Execute a queued run to its end and return it; a no-op if it was already claimed."""
+    close_old_connections()
+    run = run_claim(run_id, worker_identity())
+    if run is None:
+        logger.info("run %s was already claimed; not executing it twice", run_id)
+        return Run.objects.get(pk=run_id)
+    hooks = RunHooks(run, interrupt=interrupt)
+    if on_progress:
+        hooks.listeners.append(on_progress)
+    hooks.start()
+    result, error = None, None
+    try:
+        result = _handler(run.kind)(run, hooks)
+    except FencedError as fenced:
+        logger.warning("run %s: %s", run.pk, fenced)
+        hooks.stop()
+        run.refresh_from_db()
+        return run
+    except EngineError as failure:
+        error = failure
+    except Exception as failure:
+        logger.exception("run %s failed unexpectedly", run.pk)
+        error = EngineError(
+            f"Internal error ({type(failure).__name__}: {failure}). Nothing was published; "
+            "the worker log has the details."
+        )
+    hooks.stop()
+    final = {"log": hooks.log_text(), **hooks.progress_fields()}
+    if error is None:
+        run.mark_succeeded(warnings=hooks.warnings, **final, **(result or {}))
+        after_success(run)
+    elif isinstance(error, Cancelled):
+        run.mark_cancelled(str(error))
+        Run.objects.filter(pk=run.pk).update(**final)
+    else:
+        run.mark_failed(str(error), warnings=hooks.warnings, **final)
+    run.refresh_from_db()
+    after_finish(run)
+    return run
+
+
+def after_finish(run: Run) -> None:
+    """Record what every ended run of its kind must leave behind (a restore's audit)."""
+    if run.kind == Run.Kind.RESTORE:
+        from backups.services.restore import restore_audit_outcome
+
+        restore_audit_outcome(run)
+
+
+def after_success(run: Run) -> None:
+    """Queue what follows a successful run (a verification after a backup, per policy)."""
+    if run.kind == Run.Kind.BACKUP:
+        from backups.services.backup import backup_after_success
+
+        backup_after_success(run)
+
+
+def reap_abandoned(*, now=None) -> list[int]:
+    """Mark runs whose heartbeat stopped as abandoned, and remove their temporary files.
+
+    Only runs whose heartbeat is older than ABANDON_AFTER_S are touched, so a live run,
+    which beats every second, is never declared dead.
+    """
+    now = now or timezone.now()
+    cutoff = now - timedelta(seconds=settings.ABANDON_AFTER_S)
+    stale = list(
+        Run.objects.filter(status=Run.Status.RUNNING, heartbeat_at__lt=cutoff).values_list(
+            "pk", "heartbeat_at"
+        )
+    )
+    reaped = []
+    for pk, heartbeat in stale:
+        # Conditional on the heartbeat we saw: a run that beat in between stays alive.
+        reason = (
+            f"The worker stopped answering (no heartbeat since {heartbeat:%Y-%m-%d %H:%M:%S} "
+            "UTC): it was killed or its host was lost. Temporary files were removed; "
+            "the next scheduled run goes ahead."
+        )
+        updated = Run.objects.filter(
+            pk=pk, status=Run.Status.RUNNING, heartbeat_at=heartbeat
+        ).update(status=Run.Status.ABANDONED, finished_at=now, error=reason)
+        if updated:
+            reaped.append(pk)
+    for source_dir in {run.source.archive_dir for run in Run.objects.filter(pk__in=reaped)}:
+        remove_dead_temps(source_dir)
+    return reaped
+
+
+def temp_run_id(name: str) -> int | None:
+    """Return the run id in a temporary file's name (`<stamp>-<id>.<ext>.tmp`)."""
+    stem = name.split(".", 1)[0]
+    head, _, tail = stem.rpartition("-")
+    return int(tail) if head and tail.isdigit() else None
+
+
+def remove_dead_temps(folder) -> list[str]:
+    """Remove `.tmp` files in `folder` that belong to no active run; return their names."""
+    temps = list(stale_temps(folder))
+    ids = {temp_run_id(path.name) for path in temps}
+    live = set(
+        Run.objects.filter(pk__in=ids - {None}, status__in=Run.ACTIVE).values_list("pk", flat=True)
+    )
+    removed = []
+    for path in temps:
+        run_id = temp_run_id(path.name)
+        if run_id is not None and run_id not in live:
+            path.unlink(missing_ok=True)
+            removed.append(path.name)
+    return removed

@@ -1,0 +1,88 @@
+"""`serve` (make run): web server and workers start together and stop together."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def children_of(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM])
+def test_serve_answers_then_stops_web_and_workers_without_leftovers(tmp_path, stop_signal):
+    port = free_port()
+    env = dict(
+        os.environ,
+        DATABASE_URL=f"sqlite:///{tmp_path / 'serve.sqlite3'}",
+        ARCHIVE_ROOT=str(tmp_path / "archives"),
+    )
+    subprocess.run([sys.executable, "manage.py", "migrate", "-v0"], cwd=ROOT, env=env, check=True)
+    proc = subprocess.Popen(
+        [sys.executable, "manage.py", "serve", "--addr", f"127.0.0.1:{port}"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as r:
+                    assert r.status == 200
+                    break
+            except OSError:
+                assert time.monotonic() < deadline, "the web server never answered"
+                assert proc.poll() is None, proc.stdout.read().decode()
+                time.sleep(0.3)
+        assert len(children_of(proc.pid)) == 2  # runserver and qcluster
+        # qcluster forks its own sentinel, pusher, monitor and workers: all must go.
+        kids, frontier = [], [proc.pid]
+        while frontier:
+            found = children_of(frontier.pop())
+            kids += found
+            frontier += found
+        assert len(kids) > 2
+        proc.send_signal(stop_signal)
+        assert proc.wait(timeout=30) == 0
+        deadline = time.monotonic() + 10
+        while any(alive(pid) for pid in kids) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not any(alive(pid) for pid in kids)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
