@@ -6,7 +6,11 @@ import pytest
 
 
 @pytest.fixture(autouse=True)
-def _fast_and_isolated(settings, tmp_path):
+def _fast_and_isolated(request, tmp_path):
+    # The engine's tests also run without Django (`-p no:django`): nothing to set then.
+    if not request.config.pluginmanager.hasplugin("django"):
+        return
+    settings = request.getfixturevalue("settings")
     # MD5 keeps logins fast; every test writes archives under its own folder.
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
     settings.ARCHIVE_ROOT = tmp_path / "archives"
