@@ -22,6 +22,8 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.db import close_old_connections, connection, transaction
+from django.db.models import DateTimeField, F, Value
+from django.db.models.functions import Greatest
 from django.utils import timezone
 
 from backups.engine.atomic import stale_temps
@@ -277,7 +279,12 @@ def reap_abandoned(*, now=None) -> list[int]:
         )
         updated = Run.objects.filter(
             pk=pk, status=Run.Status.RUNNING, heartbeat_at=heartbeat
-        ).update(status=Run.Status.ABANDONED, finished_at=now, error=reason)
+        ).update(
+            status=Run.Status.ABANDONED,
+            # Hosts' clocks differ: never end a run before the moment its worker started it.
+            finished_at=Greatest(Value(now, output_field=DateTimeField()), F("started_at")),
+            error=reason,
+        )
         if updated:
             reaped.append(pk)
     for source_dir in {run.source.archive_dir for run in Run.objects.filter(pk__in=reaped)}:
