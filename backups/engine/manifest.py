@@ -13,6 +13,7 @@ import os
 import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from json.encoder import encode_basestring_ascii as _json_str
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -86,6 +87,24 @@ class Manifest:
         return {entry.path: entry for entry in self.entries}
 
 
+def _encode_entry(entry: Entry) -> str:
+    """Return the compact JSON of an entry, as json.dumps would write it, ~8x faster.
+
+    A backup spools one entry per file, 50,000 of them for a tree of small files; the
+    generic encoder's cost per call showed up in the benchmark.
+    """
+    mtime = entry.mtime
+    sha256 = entry.sha256
+    target = entry.target
+    return (
+        f'{{"path":{_json_str(entry.path)},"type":{_json_str(entry.type)},'
+        f'"size":{int(entry.size)},"mode":{int(entry.mode)},'
+        f'"mtime":{mtime if type(mtime) is int else json.dumps(mtime)},'
+        f'"sha256":{"null" if sha256 is None else _json_str(sha256)},'
+        f'"target":{"null" if target is None else _json_str(target)}}}'
+    )
+
+
 class EntrySpool:
     """Collect entries on disk as they are found, so memory stays flat on huge trees.
 
@@ -104,7 +123,7 @@ class EntrySpool:
         if entry.type == FILE:
             self.files += 1
             self.bytes += entry.size
-        self._buffer.append(json.dumps(entry.to_dict(), separators=(",", ":")))
+        self._buffer.append(_encode_entry(entry))
         self.count += 1
         if len(self._buffer) >= 4096:
             self._flush()
@@ -216,3 +235,45 @@ def read_sidecar(path: Path) -> str:
     if len(digest) != 64:
         raise ArchiveError(f"The checksum file {path} is damaged: {text[:80]!r}.")
     return digest.lower()
+
+
+def iter_manifest(path: Path) -> tuple[dict[str, Any], Iterator[Entry]]:
+    """Return a manifest's header and an iterator over its entries, in flat memory.
+
+    Manifests written by EntrySpool keep one entry per line after `"entries": [`, which is
+    read line by line; any other valid layout falls back to a full JSON parse.
+    """
+    try:
+        handle = open(path, "rb")  # noqa: SIM115 - closed by the generator below
+    except FileNotFoundError:
+        raise ArchiveError(f"The manifest {path} is missing.") from None
+    head = bytearray()
+    for line in handle:
+        if line.strip() == b'"entries": [':
+            break
+        head += line
+    else:
+        handle.close()
+        manifest = load_manifest(path)
+        return manifest.header, iter(manifest.entries)
+    try:
+        header = json.loads(bytes(head).rstrip().rstrip(b",") + b"}")
+    except ValueError as error:
+        handle.close()
+        raise ArchiveError(f"The manifest {path} is damaged and cannot be read: {error}") from None
+    header = parse_manifest(header, path).header
+
+    def entries() -> Iterator[Entry]:
+        with handle:
+            for line in handle:
+                line = line.strip()
+                if line == b"]":
+                    return
+                if line:
+                    try:
+                        yield Entry.from_dict(json.loads(line.rstrip(b",")))
+                    except (ValueError, KeyError) as error:
+                        raise ArchiveError(f"The manifest {path} is damaged: {error}") from None
+            raise ArchiveError(f"The manifest {path} is truncated.")
+
+    return header, entries()

@@ -1,0 +1,102 @@
+"""Parse and validate source locations (the contract's LOC forms), without Django."""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+DIRECTORY, SQLITE, KUBERNETES, POSTGRES = "directory", "sqlite", "kubernetes", "postgres"
+KINDS = (DIRECTORY, SQLITE, KUBERNETES, POSTGRES)
+
+# Kubernetes names are DNS-1123 labels (namespaces, containers) or subdomains (pods).
+_LABEL = r"[a-z0-9](?:[-a-z0-9]{0,61}[a-z0-9])?"
+_SUBDOMAIN = r"[a-z0-9](?:[-.a-z0-9]{0,251}[a-z0-9])?"
+_POD_LOCATION = re.compile(
+    rf"^(?P<namespace>{_LABEL})/(?P<pod>{_SUBDOMAIN})(?:/(?P<container>{_LABEL}))?:(?P<path>/.*)$"
+)
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+
+
+@dataclass(frozen=True)
+class PodPath:
+    """A path inside a Kubernetes pod."""
+
+    namespace: str
+    pod: str
+    container: str | None
+    path: str
+
+    def __str__(self) -> str:
+        container = f"/{self.container}" if self.container else ""
+        return f"{self.namespace}/{self.pod}{container}:{self.path}"
+
+
+def parse_pod_path(location: str) -> PodPath:
+    """Parse `NAMESPACE/POD[/CONTAINER]:/ABS/PATH`, raising ValueError with a clear message."""
+    match = _POD_LOCATION.match(location.strip())
+    if not match:
+        raise ValueError(
+            f"{location!r} is not a pod location: use NAMESPACE/POD[/CONTAINER]:/ABS/PATH, "
+            "e.g. prod/api-0/app:/var/lib/data (lower-case Kubernetes names, absolute path)"
+        )
+    return PodPath(**match.groupdict())
+
+
+def check_postgres_uri(location: str) -> str:
+    """Validate a libpq URI without a password; return the database name."""
+    parts = urlsplit(location)
+    if parts.scheme not in ("postgresql", "postgres"):
+        raise ValueError(
+            f"{location!r} is not a PostgreSQL URI: use postgresql://USER@HOST:PORT/DBNAME"
+        )
+    if parts.password is not None or "password=" in parts.query:
+        raise ValueError(
+            "The PostgreSQL URI contains a password; remove it and provide the password "
+            "through PGPASSWORD or a pgpass file on the worker hosts, never in the dashboard."
+        )
+    dbname = parts.path.lstrip("/")
+    if not dbname:
+        raise ValueError(f"{location!r} names no database: add /DBNAME at the end.")
+    return dbname
+
+
+def check_location(kind: str, location: str, *, must_exist: bool = True) -> None:
+    """Validate `location` for a source of `kind`; raise ValueError naming the problem."""
+    if kind not in KINDS:
+        raise ValueError(f"Unknown source kind {kind!r}: use one of {', '.join(KINDS)}.")
+    if not location or not location.strip():
+        raise ValueError("The location is empty.")
+    if kind == KUBERNETES:
+        parse_pod_path(location)
+    elif kind == POSTGRES:
+        check_postgres_uri(location)
+    else:
+        _check_local_path(kind, location, must_exist)
+
+
+def _check_local_path(kind: str, location: str, must_exist: bool) -> None:
+    if not os.path.isabs(location):
+        raise ValueError(f"{location!r} is a relative path: give the absolute path.")
+    if not must_exist:
+        return
+    if kind == DIRECTORY:
+        if not os.path.exists(location):
+            raise ValueError(f"The directory {location} does not exist.")
+        if not os.path.isdir(location):
+            raise ValueError(f"{location} is not a directory.")
+        if not os.access(location, os.R_OK | os.X_OK):
+            raise ValueError(f"The directory {location} is not readable by this user.")
+    elif kind == SQLITE:
+        if not os.path.exists(location):
+            raise ValueError(f"The database file {location} does not exist.")
+        if not os.path.isfile(location):
+            raise ValueError(f"{location} is not a file.")
+        try:
+            with open(location, "rb") as handle:
+                magic = handle.read(len(_SQLITE_MAGIC))
+        except OSError as error:
+            raise ValueError(f"The database file {location} cannot be read: {error}") from None
+        if magic and magic != _SQLITE_MAGIC:
+            raise ValueError(f"{location} is not a SQLite database file.")
