@@ -101,7 +101,9 @@ def run_inline(run: Run, display: ProgressLine) -> Run:
     if display.enabled:
         threading.Thread(target=tick, daemon=True).start()
     try:
-        return run_execute(run.pk, interrupt=interrupt, on_progress=display.from_progress)
+        return run_execute(
+            run.pk, interrupt=interrupt, on_progress=display.from_progress, inline=True
+        )
     finally:
         ticker_stop.set()
         for sig, handler in previous.items():
@@ -137,6 +139,7 @@ def execute_and_report(command: CliCommand, run: Run, options: dict) -> None:
     display.enabled = display.enabled and not options["json"]
     if options["inline"]:
         run = run_inline(run, display)
+        run.refresh_from_db()
     elif options["wait"]:
         run = follow(run, display)
     else:
@@ -166,6 +169,8 @@ def report(command: CliCommand, run: Run, as_json: bool) -> None:
             f"{format_bytes(run.size)}\n  archive {run.archive}\n  sha256  {run.sha256}"
         )
     command.stdout.write(line)
+    if run.kind == Run.Kind.BACKUP and run.verified is not None:
+        command.stdout.write(f"  verified: {'ok' if run.verified else 'FAILED'}")
     for warning in run.warnings[:20]:
         command.stdout.write(f"  warning: {warning}")
     if len(run.warnings) > 20:

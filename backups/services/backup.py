@@ -92,14 +92,14 @@ def backup_execute(run: Run, hooks: RunHooks) -> dict:
     }
 
 
-def backup_after_success(run: Run) -> None:
-    """Queue a verification of a fresh backup when its policy asks for one."""
+def backup_after_success(run: Run, *, enqueue: bool = True) -> Run | None:
+    """Request a verification of a fresh backup when its policy asks for one."""
     policy = run.source.policy
     if policy is None or not policy.verify_after_backup:
-        return
+        return None
     from backups.services.verify import verify_request
 
-    verify_request(backup=run, trigger=run.trigger, user=run.requested_by)
+    return verify_request(backup=run, trigger=run.trigger, user=run.requested_by, enqueue=enqueue)
 
 
 def backup_plan(source: Source) -> dict:

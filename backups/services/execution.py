@@ -198,8 +198,13 @@ def run_execute(
     *,
     interrupt: threading.Event | None = None,
     on_progress: Callable[[Progress], None] | None = None,
+    inline: bool = False,
 ) -> Run:
-    """Execute a queued run to its end and return it; a no-op if it was already claimed."""
+    """Execute a queued run to its end and return it; a no-op if it was already claimed.
+
+    `inline` (the CLI's `--inline`, no worker around): follow-up runs such as the
+    verification a policy asks for run in this process too instead of being queued.
+    """
     close_old_connections()
     run = run_claim(run_id, worker_identity())
     if run is None:
@@ -229,7 +234,7 @@ def run_execute(
     final = {"log": hooks.log_text(), **hooks.progress_fields()}
     if error is None:
         run.mark_succeeded(warnings=hooks.warnings, **final, **(result or {}))
-        after_success(run)
+        after_success(run, inline=inline)
     elif isinstance(error, Cancelled):
         run.mark_cancelled(str(error))
         Run.objects.filter(pk=run.pk).update(**final)
@@ -248,12 +253,14 @@ def after_finish(run: Run) -> None:
         restore_audit_outcome(run)
 
 
-def after_success(run: Run) -> None:
-    """Queue what follows a successful run (a verification after a backup, per policy)."""
+def after_success(run: Run, *, inline: bool = False) -> None:
+    """Start what follows a successful run (a verification after a backup, per policy)."""
     if run.kind == Run.Kind.BACKUP:
         from backups.services.backup import backup_after_success
 
-        backup_after_success(run)
+        follow_up = backup_after_success(run, enqueue=not inline)
+        if follow_up is not None and inline:
+            run_execute(follow_up.pk, inline=True)
 
 
 def reap_abandoned(*, now=None) -> list[int]:

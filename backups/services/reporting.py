@@ -24,6 +24,9 @@ def run_to_dict(run: Run) -> dict:
         "error": run.error or None,
         "warnings": run.warnings,
     }
+    if run.kind == Run.Kind.BACKUP:
+        data["verified"] = run.verified
+        data["keep"] = run.keep
     if run.kind in (Run.Kind.RESTORE, Run.Kind.VERIFY):
         data["backup"] = run.backup_id
     if run.kind == Run.Kind.RESTORE:

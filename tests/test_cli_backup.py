@@ -1,0 +1,145 @@
+"""`backup`, `runs` and `import_archives` end to end, with real tar, zstd and sha256sum."""
+
+import json
+import subprocess
+from io import StringIO
+
+import pytest
+from django.core.management import CommandError, call_command
+
+from backups.models import Manifest, ManifestEntry, Run, Source
+from backups.services.backup import backup_request
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def call_json(*args) -> dict:
+    out = StringIO()
+    try:
+        call_command(*args, "--json", stdout=out)
+    except SystemExit as exit_:
+        assert exit_.code == 0, out.getvalue()
+    return json.loads(out.getvalue())
+
+
+def test_inline_backup_publishes_an_archive_that_plain_tools_verify_and_restore(
+    source, data_dir, tmp_path
+):
+    run = call_json("backup", source.name, "--inline")
+    assert run["status"] == "succeeded" and run["kind"] == "backup" and run["trigger"] == "cli"
+    archive = run["archive"]
+    assert archive.endswith(".tar.zst") and f"-{run['id']}." in archive
+    folder = source.archive_dir
+    check = subprocess.run(
+        "sha256sum -c *.sha256", shell=True, cwd=folder, capture_output=True, text=True
+    )
+    assert check.returncode == 0, check.stdout + check.stderr
+    digest = subprocess.run(["sha256sum", archive], capture_output=True, text=True).stdout.split()[
+        0
+    ]
+    assert run["sha256"] == digest
+    out = tmp_path / "plain"
+    out.mkdir()
+    subprocess.run(f"zstd -d < '{archive}' | tar -xf - -C '{out}'", shell=True, check=True)
+    assert (out / "a.txt").read_text() == "alpha\n"
+    assert (out / "sub" / "b.bin").read_bytes() == (data_dir / "sub" / "b.bin").read_bytes()
+    assert run["files"] == 2 and run["bytes"] == 6 + 2560
+
+
+def test_the_catalog_holds_the_manifest_folder_by_folder(source, data_dir):
+    run = call_json("backup", source.name, "--inline")
+    manifest = Manifest.objects.get(run_id=run["id"])
+    assert manifest.files == 2
+    names = set(
+        ManifestEntry.objects.filter(
+            directory__manifest=manifest, directory__path="sub"
+        ).values_list("name", flat=True)
+    )
+    assert names == {"b.bin"}
+    entry = ManifestEntry.objects.get(
+        directory__manifest=manifest, directory__path="", name="a.txt"
+    )
+    expected = subprocess.run(
+        ["sha256sum", str(data_dir / "a.txt")], capture_output=True, text=True
+    ).stdout.split()[0]
+    assert entry.sha256_hex == expected
+
+
+def test_a_second_backup_of_a_busy_source_exits_3_naming_the_running_run(source):
+    active = backup_request(source=source, trigger=Run.Trigger.CLI, enqueue=False)
+    with pytest.raises(CommandError) as caught:
+        call_command("backup", source.name, "--inline")
+    assert caught.value.returncode == 3
+    assert f"#{active.pk}" in str(caught.value)
+    assert Run.objects.filter(source=source).count() == 1
+
+
+def test_backup_of_an_unknown_source_exits_2(source):
+    with pytest.raises(CommandError) as caught:
+        call_command("backup", "nope")
+    assert caught.value.returncode == 2
+    assert "files" in str(caught.value)
+
+
+def test_dry_run_prints_the_plan_and_writes_nothing(source):
+    source.excludes = ["*.bin"]
+    source.save()
+    plan = call_json("backup", source.name, "--dry-run")
+    assert plan["files"] == 1 and plan["bytes"] == 6
+    assert plan["excluded_count"] == 1
+    assert not Run.objects.exists()
+    assert not any(source.archive_dir.iterdir()) if source.archive_dir.exists() else True
+
+
+def test_a_failing_source_fails_the_run_with_exit_1_and_publishes_nothing(source, data_dir):
+    import shutil
+
+    shutil.rmtree(data_dir)
+    with pytest.raises(SystemExit) as exit_:
+        call_command("backup", source.name, "--inline", stdout=StringIO(), stderr=StringIO())
+    assert exit_.value.code == 1
+    run = Run.objects.get(source=source)
+    assert run.status == Run.Status.FAILED and str(data_dir) in run.error
+    assert not source.archive_dir.exists() or not list(source.archive_dir.glob("*.tar*"))
+
+
+def test_runs_lists_newest_first_and_filters(source):
+    first = call_json("backup", source.name, "--inline")
+    second = call_json("backup", source.name, "--inline")
+    listed = call_json("runs", "--kind", "backup")
+    assert [run["id"] for run in listed["runs"]] == [second["id"], first["id"]]
+    assert call_json("runs", "--status", "failed") == {"runs": []}
+    assert call_json("runs", str(first["id"]))["sha256"] == first["sha256"]
+
+
+def test_import_archives_rebuilds_a_lost_catalog_idempotently(source):
+    made = call_json("backup", source.name, "--inline")
+    Manifest.objects.all().delete()
+    Run.objects.filter(kind="verify").delete()
+    Run.objects.all().delete()
+    Source.objects.all().delete()
+
+    report = call_json("import_archives")
+    assert report["imported"] == [made["id"]] and report["sources_created"] == ["files"]
+    run = Run.objects.get(pk=made["id"])
+    assert (run.sha256, run.archive, run.status) == (made["sha256"], made["archive"], "succeeded")
+    assert Manifest.objects.get(run=run).files == 2
+
+    again = call_json("import_archives")
+    assert again["imported"] == [] and again["known"] == 1
+    assert Run.objects.count() == 1
+    # The id sequence moved past the imported run: the next run gets a fresh id.
+    assert call_json("backup", "files", "--dry-run")["files"] == 2
+
+
+def test_import_refuses_a_manifest_with_a_newer_format(source):
+    made = call_json("backup", source.name, "--inline")
+    manifest_path = Run.objects.get(pk=made["id"]).manifest_path
+    text = manifest_path.read_text().replace('"format": 1', '"format": 99', 1)
+    manifest_path.write_text(text)
+    Run.objects.filter(kind="verify").delete()
+    Run.objects.all().delete()
+    with pytest.raises(CommandError) as caught:
+        call_command("import_archives", stdout=StringIO(), stderr=StringIO())
+    assert caught.value.returncode == 2
+    assert not Run.objects.exists()
