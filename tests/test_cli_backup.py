@@ -143,3 +143,18 @@ def test_import_refuses_a_manifest_with_a_newer_format(source):
         call_command("import_archives", stdout=StringIO(), stderr=StringIO())
     assert caught.value.returncode == 2
     assert not Run.objects.exists()
+
+
+def test_a_backup_held_by_a_dead_worker_is_reaped_and_the_new_backup_goes_ahead(source):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from backups.services.execution import run_claim
+
+    stuck = run_claim(backup_request(source=source, trigger="cli", enqueue=False).pk, "gone:1:x")
+    Run.objects.filter(pk=stuck.pk).update(heartbeat_at=timezone.now() - timedelta(hours=1))
+    run = call_json("backup", source.name, "--inline")
+    assert run["status"] == "succeeded"
+    stuck.refresh_from_db()
+    assert stuck.status == Run.Status.ABANDONED

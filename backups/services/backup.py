@@ -10,7 +10,7 @@ from django.utils import timezone
 
 from backups.engine.backup import BackupRequest, plan_backup, run_backup
 from backups.models import Run, Source
-from backups.services.execution import RunHooks, remove_dead_temps
+from backups.services.execution import RunHooks, reap_abandoned, remove_dead_temps
 from backups.services.manifests import manifest_store
 from backups.services.queue import run_enqueue
 
@@ -34,14 +34,21 @@ def backup_request(*, source: Source, trigger: str, user=None, enqueue: bool = T
 
     With `enqueue`, the run is handed to the workers once the transaction commits.
     """
-    try:
-        with transaction.atomic():
-            run = Run.objects.create(
-                source=source, kind=Run.Kind.BACKUP, trigger=trigger, requested_by=user
-            )
-    except IntegrityError:
-        active = Run.objects.filter(source=source, exclusive=True, status__in=Run.ACTIVE).first()
-        raise SourceBusy(source, active) from None
+    for attempt in (1, 2):
+        try:
+            with transaction.atomic():
+                run = Run.objects.create(
+                    source=source, kind=Run.Kind.BACKUP, trigger=trigger, requested_by=user
+                )
+            break
+        except IntegrityError:
+            # The run holding the lock may belong to a dead worker: reap, then try once more.
+            if attempt == 1 and reap_abandoned():
+                continue
+            active = Run.objects.filter(
+                source=source, exclusive=True, status__in=Run.ACTIVE
+            ).first()
+            raise SourceBusy(source, active) from None
     if enqueue:
         run_enqueue(run)
     return run
