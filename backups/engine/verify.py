@@ -1,0 +1,430 @@
+"""Verify an archive without restoring it, or prove it restores (a drill).
+
+Each check returns `{"name", "ok", "detail"}` and never raises for ordinary damage: a
+missing, truncated or altered archive gives a failed result whose detail says what is
+wrong. Only cancellation (errors.Cancelled) propagates.
+
+- `checksum`: the stored bytes against the manifest's sha256 and the `.sha256` file.
+- `contents`: every member against the manifest (paths, types, sizes, per-file sha256).
+- `database` (SQLite): the snapshot restored to scratch passes `PRAGMA integrity_check`
+  and the configured check queries.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import operator
+import os
+import re
+import shutil
+import sqlite3
+import subprocess
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from .atomic import format_bytes
+from .errors import ArchiveError, Cancelled, EngineError
+from .hooks import Hooks, Progress
+from .locations import DIRECTORY, KUBERNETES, POSTGRES, SQLITE
+from .manifest import Manifest, load_manifest, read_sidecar
+from .restore import (
+    CHUNK,
+    ArchiveReader,
+    ContentCheck,
+    RestoreRequest,
+    _Meter,
+    decompress_verified,
+    listed,
+    member_key,
+    payload_limit,
+    run_restore,
+    scan_archive,
+    sidecar_path,
+    sqlite_uri,
+)
+from .tarstream import Member, TarScanner
+
+CHECKSUM, CONTENTS, DATABASE, DRILL = "checksum", "contents", "database", "drill"
+CHECKS = (CHECKSUM, CONTENTS, DATABASE)
+_EXPECT = re.compile(r"^\s*(>=|<=|==|!=|=|>|<)\s*(-?\d+(?:\.\d+)?)\s*$")
+_OPERATORS = {
+    ">": operator.gt,
+    ">=": operator.ge,
+    "=": operator.eq,
+    "==": operator.eq,
+    "!=": operator.ne,
+    "<": operator.lt,
+    "<=": operator.le,
+}
+_LISTED = 5
+
+
+def _result(name: str, ok: bool, detail: str, **extra) -> dict:
+    return {"name": name, "ok": ok, "detail": detail, **extra}
+
+
+def verify_archive(
+    *,
+    archive: Path,
+    manifest: Path,
+    kind: str,
+    checks: Sequence[str] = (CHECKSUM, CONTENTS),
+    sqlite_queries: Sequence[dict] = (),
+    hooks: Hooks,
+) -> list[dict]:
+    """Run the named checks on an archive; return one result per check, failures included.
+
+    `sqlite_queries` are `{"sql": ..., "expect": "> 0"}` items for the `database` check.
+    """
+    archive, manifest = Path(archive), Path(manifest)
+    try:
+        loaded = load_manifest(manifest)
+    except EngineError as error:
+        return [_result(name, False, f"Cannot check: {error}") for name in checks]
+    results = []
+    for name in checks:
+        try:
+            if name == CHECKSUM:
+                results.append(_checksum(archive, loaded, hooks))
+            elif name == CONTENTS:
+                results.append(_contents(archive, loaded, kind, hooks))
+            elif name == DATABASE:
+                results.append(_database(archive, manifest, kind, sqlite_queries, hooks))
+            else:
+                results.append(
+                    _result(name, False, f"Unknown check {name!r}; use {', '.join(CHECKS)}.")
+                )
+        except Cancelled:
+            raise
+        except (EngineError, OSError, sqlite3.Error) as error:
+            results.append(_result(name, False, _describe(error)))
+    return results
+
+
+def _describe(error: BaseException) -> str:
+    if isinstance(error, OSError) and error.strerror:
+        where = f" ({error.filename})" if error.filename else ""
+        return f"{error.strerror}{where}."
+    return str(error)
+
+
+def _archive_problem(archive: Path, manifest: Manifest) -> str | None:
+    """Return why the archive file cannot match at all (missing, empty, wrong size)."""
+    try:
+        size = archive.stat().st_size
+    except FileNotFoundError:
+        return f"The archive {archive} is missing."
+    if size == 0:
+        return f"The archive {archive} is empty (0 bytes)."
+    recorded = manifest.header.get("archive", {}).get("size")
+    if isinstance(recorded, int) and recorded != size:
+        state = "truncated" if size < recorded else "larger than written"
+        return f"The archive {archive.name} is {state}: {size} bytes, the manifest says {recorded}."
+    return None
+
+
+def _checksum(archive: Path, manifest: Manifest, hooks: Hooks) -> dict:
+    problem = _archive_problem(archive, manifest)
+    if problem:
+        return _result(CHECKSUM, False, problem)
+    recorded = str(manifest.archive_sha256).lower()
+    try:
+        side = read_sidecar(sidecar_path(archive))
+        side_problem = None
+    except ArchiveError as error:
+        side, side_problem = None, str(error)
+    progress = Progress(bytes_total=archive.stat().st_size, current=f"hashing {archive.name}")
+    digest = hashlib.sha256()
+    with open(archive, "rb", buffering=0) as handle:
+        while True:
+            hooks.check()
+            chunk = handle.read(CHUNK)
+            if not chunk:
+                break
+            digest.update(chunk)
+            progress.bytes_done += len(chunk)
+            hooks.progress(progress)
+    actual = digest.hexdigest()
+    wrong = []
+    if actual != recorded:
+        wrong.append(f"the manifest says {recorded}")
+    if side is not None and actual != side:
+        wrong.append(f"the checksum file says {side}")
+    if wrong:
+        return _result(
+            CHECKSUM,
+            False,
+            f"The archive {archive.name} is damaged or altered: its sha256 is {actual} but "
+            + " and ".join(wrong)
+            + ".",
+        )
+    if side_problem:
+        return _result(
+            CHECKSUM, False, f"The archive matches its manifest's sha256, but {side_problem}"
+        )
+    return _result(
+        CHECKSUM,
+        True,
+        f"sha256 {actual} matches the manifest and the checksum file "
+        f"({format_bytes(progress.bytes_done)}).",
+    )
+
+
+class _Collector:
+    """Compare every member with the manifest, collecting problems instead of stopping."""
+
+    def __init__(self, manifest: Manifest) -> None:
+        self.check = ContentCheck(manifest)
+        self.extra: list[str] = []
+        self.differ: list[str] = []
+        self.members = 0
+        self.files = 0
+        self.bytes = 0
+
+    def decide(self, member: Member) -> bool:
+        self.members += 1
+        problem = self.check.header(member_key(member.raw_name), member)
+        if problem:
+            if "not in the manifest" in problem:
+                self.extra.append(member.raw_name)
+            else:
+                self.differ.append(problem)
+        return True
+
+    def on_member(self, member: Member) -> None:
+        if member.type != "file":
+            return
+        self.files += 1
+        self.bytes += member.size
+        problem = self.check.data(member_key(member.raw_name), member)
+        if problem:
+            self.differ.append(problem)
+
+    def summary(self, *, complete: bool = True) -> tuple[bool, str]:
+        # Entries after a read error were never reached: they are not missing.
+        missing = self.check.missing() if complete else []
+        parts = []
+        if missing:
+            parts.append(
+                f"{len(missing)} entries of the manifest are missing from the archive: "
+                f"{listed(missing, _LISTED)}"
+            )
+        if self.extra:
+            parts.append(
+                f"{len(self.extra)} members are not in the manifest: {listed(self.extra, _LISTED)}"
+            )
+        if self.differ:
+            shown_ = "; ".join(self.differ[:_LISTED])
+            more = f" and {len(self.differ) - _LISTED} more" if len(self.differ) > _LISTED else ""
+            parts.append(f"{len(self.differ)} members differ from the manifest: {shown_}{more}")
+        if parts:
+            return False, ". ".join(parts) + "."
+        return True, (
+            f"{self.members} members, {self.files} files ({format_bytes(self.bytes)}) match "
+            "the manifest: paths, types, sizes and sha256."
+        )
+
+
+def _contents(archive: Path, manifest: Manifest, kind: str, hooks: Hooks) -> dict:
+    problem = _archive_problem(archive, manifest)
+    if problem:
+        return _result(CONTENTS, False, problem)
+    if kind == POSTGRES:
+        return _dump_contents(archive, manifest, hooks)
+    collector = _Collector(manifest)
+    progress = Progress(bytes_total=manifest.total_bytes, files_total=manifest.total_files)
+    reader = ArchiveReader(archive, limit=payload_limit(manifest), tick=hooks.check)
+    scanner = TarScanner(decide=collector.decide, on_member=collector.on_member)
+
+    def after_chunk() -> None:
+        progress.bytes_done = scanner.payload_bytes
+        progress.files_done = collector.files
+        hooks.progress(progress)
+
+    try:
+        scan_archive(reader, scanner, expected=None, after_chunk=after_chunk)
+    except ArchiveError as error:
+        ok, detail = collector.summary(complete=False)
+        found = "" if ok else f" Before that: {detail}"
+        return _result(
+            CONTENTS,
+            False,
+            f"Reading the archive failed after {collector.members} members: {error}{found}",
+        )
+    finally:
+        reader.close()
+    ok, detail = collector.summary()
+    return _result(CONTENTS, ok, detail)
+
+
+def _dump_contents(archive: Path, manifest: Manifest, hooks: Hooks) -> dict:
+    """Decompress a pg_dump archive fully: size, sha256 and the custom-format signature."""
+    progress = Progress(bytes_total=manifest.total_bytes)
+    reader = ArchiveReader(archive, limit=manifest.total_bytes, tick=hooks.check)
+    payload = hashlib.sha256()
+    head = b""
+    try:
+        for chunk in reader.chunks():
+            if not head:
+                head = chunk[:5]
+            payload.update(chunk)
+            progress.bytes_done = reader.payload_bytes
+            hooks.progress(progress)
+    except ArchiveError as error:
+        return _result(CONTENTS, False, f"Reading the dump failed: {error}")
+    finally:
+        reader.close()
+    problems = []
+    if head != b"PGDMP":
+        problems.append("it is not a pg_dump custom-format archive")
+    if reader.payload_bytes != manifest.total_bytes:
+        problems.append(
+            f"it holds {reader.payload_bytes} bytes, the manifest says {manifest.total_bytes}"
+        )
+    files = [entry for entry in manifest.entries if entry.type == "file" and entry.sha256]
+    if len(files) == 1 and files[0].sha256.lower() != payload.hexdigest():
+        problems.append("its sha256 differs from the manifest's")
+    if problems:
+        return _result(CONTENTS, False, f"The dump in {archive.name}: " + "; ".join(problems) + ".")
+    return _result(
+        CONTENTS,
+        True,
+        f"The pg_dump ({format_bytes(reader.payload_bytes)}) matches the manifest.",
+    )
+
+
+def _database(
+    archive: Path, manifest: Path, kind: str, queries: Sequence[dict], hooks: Hooks
+) -> dict:
+    if kind != SQLITE:
+        return _result(
+            DATABASE, False, f"The database check applies to SQLite backups, not {kind}."
+        )
+    scratch = Path(tempfile.mkdtemp(prefix="verify-sqlite-"))
+    try:
+        target = scratch / "snapshot.db"
+        try:
+            run_restore(
+                RestoreRequest(archive=archive, manifest=manifest, kind=SQLITE, target=str(target)),
+                hooks,
+            )
+        except Cancelled:
+            raise
+        except EngineError as error:
+            return _result(DATABASE, False, f"The snapshot cannot be checked: {error}")
+        outcomes = [_run_query(target, query) for query in queries]
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    ok = all(outcome["ok"] for outcome in outcomes)
+    details = ["integrity_check: ok"] + [outcome["detail"] for outcome in outcomes]
+    return _result(DATABASE, ok, "; ".join(details) + ".", queries=outcomes)
+
+
+def _run_query(database: Path, query: dict) -> dict:
+    """Run one check query read-only; compare its first value with `expect`."""
+    sql = str(query.get("sql", "")).strip()
+    expect = str(query.get("expect", "")).strip()
+    outcome = {"sql": sql, "expect": expect, "value": None, "ok": False}
+    match = _EXPECT.match(expect)
+    if not match:
+        outcome["detail"] = (
+            f"{sql!r}: cannot read the expectation {expect!r}; use e.g. '> 0' or '= 12' "
+            "(>, >=, =, ==, !=, <, <=)"
+        )
+        return outcome
+    try:
+        with contextlib.closing(sqlite3.connect(sqlite_uri(database), uri=True)) as db:
+            row = db.execute(sql).fetchone()
+    except sqlite3.Error as error:
+        outcome["detail"] = f"{sql!r} failed: {error}"
+        return outcome
+    value = None if row is None else row[0]
+    outcome["value"] = value
+    symbol, number = match.group(1), float(match.group(2))
+    try:
+        ok = value is not None and _OPERATORS[symbol](float(value), number)
+    except (TypeError, ValueError):
+        ok = False
+    outcome["ok"] = ok
+    outcome["detail"] = f"{sql} returned {value!r} (expected {expect}){'' if ok else ': FAILED'}"
+    return outcome
+
+
+def drill(*, archive: Path, manifest: Path, kind: str, scratch_dir: Path, hooks: Hooks) -> dict:
+    """Restore the archive in full into scratch, verified, timed end to end, then removed.
+
+    Return `{"name": "drill", "ok", "detail", "duration_s"}`. A PostgreSQL dump is
+    restored to an SQL script with pg_restore (every table's data is read), since a drill
+    must not need a database server of its own.
+    """
+    started = time.monotonic()
+    scratch_dir = Path(scratch_dir)
+    try:
+        scratch_dir.mkdir(parents=True, exist_ok=True)
+        scratch = Path(tempfile.mkdtemp(prefix=".drill-", dir=scratch_dir))
+    except OSError as error:
+        return {
+            "name": DRILL,
+            "ok": False,
+            "detail": f"Cannot create scratch space: {_describe(error)}",
+            "duration_s": 0.0,
+        }
+    try:
+        ok, detail = _drill_into(Path(archive), Path(manifest), kind, scratch, hooks)
+    except Cancelled:
+        raise
+    except (EngineError, OSError) as error:
+        ok, detail = False, f"The restore failed: {_describe(error)}"
+    duration = round(time.monotonic() - started, 3)
+    shutil.rmtree(scratch, ignore_errors=True)
+    if ok:
+        detail = f"{detail} in {duration:.1f} s end to end."
+    return {"name": DRILL, "ok": ok, "detail": detail, "duration_s": duration}
+
+
+def _drill_into(
+    archive: Path, manifest: Path, kind: str, scratch: Path, hooks: Hooks
+) -> tuple[bool, str]:
+    if kind == POSTGRES:
+        return _drill_postgres(archive, manifest, scratch, hooks)
+    if kind == SQLITE:
+        target, restore_kind = scratch / "restored.db", SQLITE
+    elif kind in (DIRECTORY, KUBERNETES):
+        target, restore_kind = scratch / "restored", DIRECTORY
+    else:
+        return False, f"Unknown source kind {kind!r}."
+    result = run_restore(
+        RestoreRequest(archive=archive, manifest=manifest, kind=restore_kind, target=str(target)),
+        hooks,
+    )
+    for line in result.warnings:
+        hooks.warn(line)
+    note = f" ({len(result.warnings)} unsafe members skipped)" if result.warnings else ""
+    return True, (
+        f"Restored {result.files} files ({format_bytes(result.bytes)}), each verified against "
+        f"the manifest{note},"
+    )
+
+
+def _drill_postgres(archive: Path, manifest: Path, scratch: Path, hooks: Hooks) -> tuple[bool, str]:
+    loaded = load_manifest(manifest)
+    dump = scratch / "dump.pgdump"
+    meter = _Meter(
+        hooks, bytes_total=loaded.total_bytes, files_total=1, current="verifying the dump"
+    )
+    decompress_verified(archive, loaded, dump, tick=hooks.check, meter=meter)
+    script = scratch / "restore.sql"
+    command = [os.environ.get("PG_RESTORE") or "pg_restore", "--no-owner", "-f", str(script)]
+    try:
+        done = subprocess.run([*command, str(dump)], capture_output=True, text=True)
+    except FileNotFoundError:
+        return False, "pg_restore is not installed; the dump's checksum was verified only"
+    if done.returncode != 0:
+        return False, f"pg_restore could not read the dump: {done.stderr.strip()[-2000:]}"
+    return True, (
+        f"Verified the dump ({format_bytes(loaded.total_bytes)}) and replayed it with "
+        f"pg_restore into an SQL script of {format_bytes(script.stat().st_size)},"
+    )

@@ -1,0 +1,69 @@
+"""Memory stays flat however big the source: the stream is never held, only passed on."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+LIMIT_MB = 120
+
+CHILD = r"""
+import json, sys
+from pathlib import Path
+from backups.engine.backup import BackupRequest, run_backup
+from backups.engine.hooks import Hooks
+result = run_backup(
+    BackupRequest(kind="directory", location=sys.argv[1], dest_dir=Path(sys.argv[2]), stem="m-1"),
+    Hooks(),
+)
+print(json.dumps({"bytes": result.bytes, "size": result.size}))
+"""
+
+
+def peak_rss_of_backup(source: Path, dest: Path) -> tuple[float, dict]:
+    """Back up `source` in a child process; return its peak RSS in MiB and its result."""
+    child = subprocess.Popen(
+        [sys.executable, "-c", CHILD, str(source), str(dest)],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    output = child.stdout.read()
+    _pid, status, usage = os.wait4(child.pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    return usage.ru_maxrss / 1024, json.loads(output)
+
+
+@pytest.mark.slow
+def test_a_1_gib_source_stays_under_the_memory_limit(tmp_path):
+    source = tmp_path / "src"
+    source.mkdir()
+    text = (b"some text that compresses, line after line\n" * 400_000)[: 16 << 20]
+    with open(source / "mixed.bin", "wb") as handle:
+        for _ in range(32):
+            handle.write(os.urandom(16 << 20))
+        for _ in range(32):
+            handle.write(text)
+    rss, result = peak_rss_of_backup(source, tmp_path / "dest")
+    assert result["bytes"] == 1 << 30
+    assert rss < LIMIT_MB, f"peak RSS {rss:.0f} MiB"
+
+
+@pytest.mark.slow
+def test_a_10_gib_source_stays_under_the_memory_limit(tmp_path, request):
+    # About a minute of reading and hashing: only when slow tests are asked for by name.
+    if "slow" not in (request.config.getoption("markexpr") or ""):
+        pytest.skip("reads 10 GiB; run with -m slow")
+    source = tmp_path / "src"
+    source.mkdir()
+    with open(source / "sparse.bin", "wb") as handle:
+        handle.truncate(10 << 30)  # a sparse file: 10 GiB to read, no disk used
+    rss, result = peak_rss_of_backup(source, tmp_path / "dest")
+    assert result["bytes"] == 10 << 30
+    assert rss < LIMIT_MB, f"peak RSS {rss:.0f} MiB"

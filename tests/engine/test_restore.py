@@ -1,0 +1,427 @@
+"""Restoring a directory backup: faithful, verified while read, staged, then swapped."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+
+import pytest
+
+from backups.engine.errors import ArchiveError, Cancelled, TargetError, UnsafeArchiveError
+from backups.engine.hooks import RecordingHooks
+from backups.engine.manifest import load_manifest
+from backups.engine.restore import RestoreRequest, check_target, run_restore
+from tests.engine.restore_helpers import (
+    NON_UTF8,
+    CancelAfter,
+    archive_of,
+    gnu_tar,
+    leftovers,
+    make_tree,
+    snapshot,
+    stamp_tree,
+    write_archive,
+)
+
+
+@pytest.fixture
+def source_tree(tmp_path):
+    return make_tree(tmp_path / "source")
+
+
+@pytest.fixture
+def backup(source_tree, tmp_path):
+    return archive_of(source_tree, tmp_path / "archives")
+
+
+def request_for(backup, target, **options):
+    return RestoreRequest(
+        archive=backup.archive,
+        manifest=backup.manifest,
+        kind="directory",
+        target=str(target),
+        **options,
+    )
+
+
+def test_restore_into_a_new_folder_is_faithful(source_tree, backup, tmp_path):
+    target = tmp_path / "restored"
+    hooks = RecordingHooks()
+
+    result = run_restore(request_for(backup, target), hooks)
+
+    assert snapshot(target) == snapshot(source_tree)
+    assert stat.S_IMODE(os.stat(target).st_mode) == stat.S_IMODE(os.stat(source_tree).st_mode)
+    assert os.stat(target).st_mtime == os.stat(source_tree).st_mtime
+    assert os.readlink(target / "link-absolute") == "/etc/hostname"
+    assert os.readlink(target / "link-dangling") == "does/not/exist"
+    assert (
+        os.stat(target / "hardlink-to-readme").st_ino == os.stat(target / "docs/readme.txt").st_ino
+    )
+    assert (target / NON_UTF8).read_bytes() == b"latin-1 name\n"
+    assert result.files == load_manifest(backup.manifest).total_files
+    assert result.bytes == load_manifest(backup.manifest).total_bytes
+    assert result.target == str(target)
+    assert [check["name"] for check in result.checks] == ["checksum", "contents"]
+    assert all(check["ok"] for check in result.checks)
+    assert result.warnings == []
+    assert leftovers(tmp_path) == []
+
+
+def test_restore_output_matches_what_gnu_tar_extracts(backup, tmp_path):
+    by_cli = tmp_path / "by-cli"
+    by_cli.mkdir()
+    subprocess.run(
+        f"zstd -d < '{backup.archive}' | tar -xpf - -C '{by_cli}'", shell=True, check=True
+    )
+
+    run_restore(request_for(backup, tmp_path / "ours"), RecordingHooks())
+
+    assert snapshot(tmp_path / "ours") == snapshot(by_cli)
+
+
+@pytest.mark.parametrize("compression", ["gzip", "none"])
+def test_restore_reads_gzip_and_uncompressed_archives(source_tree, tmp_path, compression):
+    backup = archive_of(source_tree, tmp_path / "archives", compression=compression)
+
+    run_restore(request_for(backup, tmp_path / "restored"), RecordingHooks())
+
+    assert snapshot(tmp_path / "restored") == snapshot(source_tree)
+
+
+def test_restore_into_an_existing_empty_folder(source_tree, backup, tmp_path):
+    target = tmp_path / "empty"
+    target.mkdir()
+
+    run_restore(request_for(backup, target), RecordingHooks())
+
+    assert snapshot(target) == snapshot(source_tree)
+    assert leftovers(tmp_path) == []
+
+
+def test_restore_refuses_a_non_empty_folder_without_in_place(backup, tmp_path):
+    target = tmp_path / "busy"
+    target.mkdir()
+    (target / "precious.txt").write_text("keep me")
+
+    with pytest.raises(TargetError, match="not empty"):
+        check_target(request_for(backup, target))
+    with pytest.raises(TargetError, match="not empty"):
+        run_restore(request_for(backup, target), RecordingHooks())
+
+    assert os.listdir(target) == ["precious.txt"]
+    assert leftovers(tmp_path) == []
+
+
+def test_restore_refuses_a_target_whose_parent_is_missing(backup, tmp_path):
+    with pytest.raises(TargetError, match="does not exist"):
+        check_target(request_for(backup, tmp_path / "missing" / "restored"))
+
+
+def test_restore_refuses_a_relative_target(backup):
+    with pytest.raises(TargetError, match="relative"):
+        check_target(request_for(backup, "relative/folder"))
+
+
+def test_restore_in_place_replaces_the_data_and_leaves_nothing_behind(
+    source_tree, backup, tmp_path
+):
+    expected = snapshot(source_tree)
+    (source_tree / "docs" / "readme.txt").unlink()
+    (source_tree / "added-later.txt").write_text("not in the backup")
+    (source_tree / "docs" / "big.bin").write_bytes(b"changed")
+
+    run_restore(request_for(backup, source_tree, in_place=True), RecordingHooks())
+
+    assert snapshot(source_tree) == expected
+    assert leftovers(tmp_path) == []
+
+
+def test_restore_in_place_recreates_a_deleted_source(source_tree, backup, tmp_path):
+    expected = snapshot(source_tree)
+    subprocess.run(["rm", "-rf", str(tmp_path / "source")], check=True)
+
+    run_restore(request_for(backup, source_tree, in_place=True), RecordingHooks())
+
+    assert snapshot(source_tree) == expected
+
+
+def test_restore_refuses_a_damaged_archive_and_changes_nothing(source_tree, backup, tmp_path):
+    data = bytearray(backup.archive.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    backup.archive.write_bytes(bytes(data))
+    before = snapshot(source_tree)
+
+    with pytest.raises(ArchiveError, match="damaged"):
+        run_restore(request_for(backup, source_tree, in_place=True), RecordingHooks())
+
+    assert snapshot(source_tree) == before
+    assert leftovers(tmp_path) == []
+
+
+def test_restore_refuses_a_truncated_archive(backup, tmp_path):
+    data = backup.archive.read_bytes()
+    backup.archive.write_bytes(data[: len(data) // 2])
+
+    with pytest.raises(ArchiveError, match="truncated"):
+        run_restore(request_for(backup, tmp_path / "restored"), RecordingHooks())
+
+    assert not (tmp_path / "restored").exists()
+    assert leftovers(tmp_path) == []
+
+
+def test_restore_refuses_a_file_that_does_not_match_the_manifest(source_tree, tmp_path):
+    backup = archive_of(source_tree, tmp_path / "archives")
+    data = json.loads(backup.manifest.read_text())
+    for entry in data["entries"]:
+        if entry["path"] == "script.sh":
+            entry["sha256"] = "0" * 64
+    backup.manifest.write_text(json.dumps(data))
+
+    with pytest.raises(ArchiveError, match="script.sh"):
+        run_restore(request_for(backup, tmp_path / "restored"), RecordingHooks())
+
+    assert not (tmp_path / "restored").exists()
+    assert leftovers(tmp_path) == []
+
+
+def test_restore_refuses_a_file_whose_size_differs_from_the_manifest(source_tree, tmp_path):
+    backup = archive_of(source_tree, tmp_path / "archives")
+    data = json.loads(backup.manifest.read_text())
+    for entry in data["entries"]:
+        if entry["path"] == "docs/big.bin":
+            entry["size"] = 10
+    backup.manifest.write_text(json.dumps(data))
+
+    with pytest.raises(ArchiveError, match=r"docs/big.bin.*300000 bytes"):
+        run_restore(request_for(backup, tmp_path / "restored"), RecordingHooks())
+
+
+def test_restore_names_manifest_entries_the_archive_lacks(source_tree, tmp_path):
+    backup = archive_of(source_tree, tmp_path / "archives")
+    data = json.loads(backup.manifest.read_text())
+    data["entries"].append({"path": "ghost.txt", "type": "file", "size": 1, "sha256": "0" * 64})
+    backup.manifest.write_text(json.dumps(data))
+
+    with pytest.raises(ArchiveError, match="lacks 1 of the entries.*ghost.txt"):
+        run_restore(request_for(backup, tmp_path / "restored"), RecordingHooks())
+
+
+def test_restore_refuses_when_the_checksum_file_disagrees(backup, tmp_path):
+    backup.sidecar.write_text(f"{'ab' * 32}  {backup.archive.name}\n")
+
+    with pytest.raises(ArchiveError, match="checksum file"):
+        run_restore(request_for(backup, tmp_path / "restored"), RecordingHooks())
+
+
+def test_restore_refuses_when_the_checksum_file_is_missing(backup, tmp_path):
+    backup.sidecar.unlink()
+
+    with pytest.raises(ArchiveError, match="missing"):
+        run_restore(request_for(backup, tmp_path / "restored"), RecordingHooks())
+
+
+def test_restore_stops_a_decompression_bomb_and_removes_staging(tmp_path):
+    small = tmp_path / "small"
+    small.mkdir()
+    (small / "a.txt").write_text("a")
+    tar_bytes = gnu_tar(small)
+    # Zeros after the end-of-archive blocks are legal tar, and compress to almost nothing.
+    bomb = tar_bytes + bytes(64 << 20)
+    backup = write_archive(tmp_path / "archives", bomb)
+    assert backup.archive.stat().st_size < 100_000
+
+    with pytest.raises(UnsafeArchiveError, match="more than"):
+        run_restore(request_for(backup, tmp_path / "restored"), RecordingHooks())
+
+    assert not (tmp_path / "restored").exists()
+    assert leftovers(tmp_path) == []
+
+
+def test_restore_reports_progress_from_the_start(source_tree, backup, tmp_path):
+    hooks = CancelAfter(10_000)
+
+    run_restore(request_for(backup, tmp_path / "restored"), hooks)
+
+    manifest = load_manifest(backup.manifest)
+    assert hooks.progress_seen[0] == (0, manifest.total_bytes, 0, manifest.total_files)
+    assert hooks.progress_seen[-1] == (
+        manifest.total_bytes,
+        manifest.total_bytes,
+        manifest.total_files,
+        manifest.total_files,
+    )
+
+
+def test_cancelling_a_restore_rolls_back_and_removes_staging(source_tree, tmp_path):
+    (source_tree / "large.bin").write_bytes(os.urandom(5 << 20))
+    backup = archive_of(source_tree, tmp_path / "archives")
+    before = snapshot(source_tree)
+
+    with pytest.raises(Cancelled):
+        run_restore(request_for(backup, source_tree, in_place=True), CancelAfter(2))
+
+    assert snapshot(source_tree) == before
+    assert leftovers(tmp_path) == []
+
+
+def test_a_hung_restore_times_out_and_rolls_back(source_tree, tmp_path, monkeypatch):
+    (source_tree / "large.bin").write_bytes(os.urandom(8 << 20))
+    backup = archive_of(source_tree, tmp_path / "archives")
+    before = snapshot(source_tree)
+    # A tar that never reads its input: writes to it block, as with a stuck disk.
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "tar").write_text("#!/bin/sh\nexec sleep 600\n")
+    (bin_dir / "tar").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+
+    with pytest.raises(Cancelled, match="timed out"):
+        run_restore(
+            request_for(backup, source_tree, in_place=True, timeout_s=1.0), RecordingHooks()
+        )
+
+    assert snapshot(source_tree) == before
+    assert leftovers(tmp_path) == []
+
+
+def test_restore_of_some_paths_restores_only_those(source_tree, backup, tmp_path):
+    target = tmp_path / "restored"
+    full = snapshot(source_tree)
+
+    result = run_restore(
+        request_for(backup, target, paths=["docs/nested", "script.sh", "hardlink-to-readme"]),
+        RecordingHooks(),
+    )
+
+    got = snapshot(target)
+    assert set(got) == {
+        "docs",
+        "docs/nested",
+        "docs/nested/deeper",
+        "docs/nested/deeper/leaf.txt",
+        "script.sh",
+        "hardlink-to-readme",
+    }
+    for path in ("docs/nested/deeper/leaf.txt", "script.sh", "docs/nested"):
+        assert got[path] == full[path]
+    # A hardlink whose target was not asked for still gets its contents.
+    assert got["hardlink-to-readme"][:4] == full["docs/readme.txt"][:4]
+    assert result.files == 3
+
+
+def test_restore_accepts_absolute_paths_under_the_source(source_tree, backup, tmp_path):
+    target = tmp_path / "restored"
+
+    run_restore(request_for(backup, target, paths=[f"{source_tree}/script.sh"]), RecordingHooks())
+
+    assert (target / "script.sh").read_text() == "#!/bin/sh\necho hi\n"
+
+
+def test_restore_refuses_paths_the_backup_does_not_hold(backup, tmp_path):
+    with pytest.raises(TargetError, match="nothing at 'nope'"):
+        check_target(request_for(backup, tmp_path / "restored", paths=["nope"]))
+
+
+def test_restore_in_place_of_some_paths_leaves_the_rest_alone(source_tree, backup, tmp_path):
+    full = snapshot(source_tree)
+    (source_tree / "docs" / "nested" / "deeper" / "leaf.txt").write_text("changed")
+    (source_tree / "docs" / "nested" / "new.txt").write_text("new since the backup")
+    (source_tree / "script.sh").write_text("changed too, not restored")
+
+    run_restore(
+        request_for(backup, source_tree, in_place=True, paths=["docs/nested"]), RecordingHooks()
+    )
+
+    got = snapshot(source_tree)
+    assert got["docs/nested/deeper/leaf.txt"] == full["docs/nested/deeper/leaf.txt"]
+    assert "docs/nested/new.txt" not in got
+    assert (source_tree / "script.sh").read_text() == "changed too, not restored"
+    assert leftovers(tmp_path) == []
+
+
+def test_restore_in_place_of_a_path_refuses_a_symlinked_parent(source_tree, backup, tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    subprocess.run(["rm", "-rf", str(source_tree / "docs")], check=True)
+    os.symlink(outside, source_tree / "docs")
+
+    with pytest.raises(TargetError, match="symlink"):
+        run_restore(
+            request_for(backup, source_tree, in_place=True, paths=["docs/nested"]), RecordingHooks()
+        )
+
+    assert os.listdir(outside) == []
+
+
+def test_restore_in_place_over_a_mount_point_swaps_its_contents(
+    source_tree, backup, tmp_path, monkeypatch
+):
+    import backups.engine.restore as restore
+
+    expected = snapshot(source_tree)
+    (source_tree / "added-later.txt").write_text("not in the backup")
+    (source_tree / "docs" / "readme.txt").write_text("changed")
+    # A mount point cannot be renamed; pretend the source is one.
+    monkeypatch.setattr(restore.os.path, "ismount", lambda path: str(path) == str(source_tree))
+
+    run_restore(request_for(backup, source_tree, in_place=True), RecordingHooks())
+
+    assert snapshot(source_tree) == expected
+    assert leftovers(source_tree) == []
+    assert leftovers(tmp_path) == []
+
+
+def test_restore_keeps_long_odd_and_undecodable_names(tree, tmp_path):
+    backup = archive_of(tree, tmp_path / "archives")
+
+    run_restore(request_for(backup, tmp_path / "restored"), RecordingHooks())
+
+    assert snapshot(tmp_path / "restored") == snapshot(tree)
+
+
+def test_restore_writes_big_files_as_faithfully_as_small_ones(tmp_path):
+    source = tmp_path / "source"
+    (source / "deep" / "er").mkdir(parents=True)
+    (source / "deep" / "er" / "big.bin").write_bytes(os.urandom(3 << 20))
+    (source / "deep" / "er" / "big.bin").chmod(0o640)
+    (source / "exactly-1mib.bin").write_bytes(os.urandom(1 << 20))
+    os.link(source / "deep" / "er" / "big.bin", source / "big-hardlink")
+    (source / "locked").mkdir()
+    (source / "locked" / "big-inside.bin").write_bytes(os.urandom(2 << 20))
+    (source / "locked").chmod(0o500)
+    stamp_tree(source)
+    backup = archive_of(source, tmp_path / "archives")
+
+    run_restore(request_for(backup, tmp_path / "restored"), RecordingHooks())
+
+    assert snapshot(tmp_path / "restored") == snapshot(source)
+
+
+def test_restore_reads_what_the_engine_backed_up(source_tree, tmp_path):
+    from backups.engine.backup import BackupRequest, run_backup
+
+    backed_up = run_backup(
+        BackupRequest(
+            kind="directory",
+            location=str(source_tree),
+            dest_dir=tmp_path / "archives",
+            stem="20250101T000000Z-7",
+        ),
+        RecordingHooks(),
+    )
+
+    result = run_restore(
+        RestoreRequest(
+            archive=backed_up.archive,
+            manifest=backed_up.manifest,
+            kind="directory",
+            target=str(tmp_path / "restored"),
+        ),
+        RecordingHooks(),
+    )
+
+    assert snapshot(tmp_path / "restored") == snapshot(source_tree)
+    assert (result.files, result.bytes) == (backed_up.files, backed_up.bytes)
