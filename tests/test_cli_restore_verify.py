@@ -1,6 +1,7 @@
 """`restore` and `verify` end to end: verified restores, refusals, audit, drills."""
 
 import json
+from pathlib import Path
 from io import StringIO
 
 import pytest

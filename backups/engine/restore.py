@@ -3,10 +3,14 @@
 Nothing is published before the whole archive has been read and every check has passed:
 the archive's sha256 against the manifest and the `.sha256` checksum file, each member's
 type, size and sha256 against the manifest, and the safety policy (`safety.MemberPolicy`)
-on each member's headers. Files are written by GNU tar, fed the archive through
-`tarstream.TarScanner`, which leaves out every member the policy or the `--path` selection
-refuses: tar never sees a hostile member, and it runs in its own process, so extraction
-overlaps decompression and hashing on a second core.
+on each member's headers.
+
+The archive is decompressed and parsed once (`tarstream.TarScanner`). The members the
+policy and the `--path` selection keep are forwarded, as tar bytes, to GNU tar running in
+its own process (so it writes files on a second core), and nothing else is: tar never sees
+a hostile member. `_Splitter` reads the forwarded bytes a second time, as tar will, to
+check that tar sees exactly the approved members, and takes big files out of the stream to
+write them directly, which saves a pipe and a process hop per byte.
 
 A directory is extracted into a staging folder next to the target (same filesystem), then
 renamed into place; in place, the current data is first renamed aside and removed only
@@ -18,6 +22,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import ctypes
 import errno
 import fcntl
 import functools
@@ -82,8 +87,9 @@ from .tarstream import Member, TarScanner, normalise
 CHUNK = 1 << 20
 # Files at least this big are written directly rather than through tar (see _Splitter).
 _DIRECT_MIN = 1 << 20
-# Average file size from which decompression runs ahead in a thread (see _read_ahead_for).
-_READ_AHEAD_MIN_AVERAGE = 256 << 10
+# Where decompression runs (see ArchiveReader, reading_mode).
+INLINE, THREAD, PROCESS = "inline", "thread", "process"
+_THREAD_MIN_AVERAGE = 256 << 10
 # Tar headers, PAX records (times, names, a few xattrs), padding to 512 bytes, per member;
 # global headers and the end-of-archive record padded to tar's 10 KiB record, overall.
 _OVERHEAD_PER_ENTRY = 8 * 512
@@ -158,77 +164,19 @@ class _HashingReader(io.RawIOBase):
         return data
 
 
-class _HashingPrefetch:
-    """Read and hash a file in a thread of its own, ahead of whoever reads from it."""
-
-    def __init__(self, raw, depth: int) -> None:
-        self._raw = raw
-        self.sha = hashlib.sha256()
-        self.count = 0
-        self._queue: queue.Queue = queue.Queue(depth)
-        self._stop = threading.Event()
-        self._buffer = memoryview(b"")
-        self._done = False
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        try:
-            while not self._stop.is_set():
-                data = self._raw.read(CHUNK)
-                if data:
-                    self.sha.update(data)
-                    self.count += len(data)
-                if not self._offer(data) or not data:
-                    return
-        except BaseException as error:  # handed to the reader's thread, which raises it
-            self._error = error
-            self._offer(None)
-
-    def _offer(self, item) -> bool:
-        while not self._stop.is_set():
-            try:
-                self._queue.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def read(self, size: int = -1) -> bytes:
-        while not self._buffer:
-            if self._done:
-                return b""
-            item = self._queue.get()
-            if item is None:
-                raise self._error
-            if not item:
-                self._done = True
-                return b""
-            self._buffer = memoryview(item)
-        if size < 0 or size >= len(self._buffer):
-            data, self._buffer = self._buffer, memoryview(b"")
-        else:
-            data, self._buffer = self._buffer[:size], self._buffer[size:]
-        return data.tobytes() if len(data) != len(data.obj) else data.obj
-
-    def halt(self) -> None:
-        """Stop reading ahead (the hash then covers only what was read)."""
-        self._stop.set()
-        while self._thread.is_alive():
-            with contextlib.suppress(queue.Empty):
-                self._queue.get(timeout=0.05)
-        self._thread.join()
-
-
 class ArchiveReader:
     """Read an archive once: yield its payload decompressed while hashing the stored bytes.
 
     `limit` caps the decompressed bytes, which stops a decompression bomb or an archive
     that is larger than its manifest says. `tick` runs before every chunk, in the caller's
-    thread (cancellation, timeouts). With `ahead`, reading, hashing and decompressing run
-    in a background thread that many chunks ahead of the caller: both hashing and zstd
-    release the GIL, so they overlap with the caller's own work.
+    thread (cancellation, timeouts).
+
+    `mode` says where decompression runs (see `reading_mode`): "inline", in the caller's
+    thread; "thread", in a thread of its own a few chunks ahead (the zstandard module
+    holds the GIL while it decompresses, but hashing releases it, so the hashing on either
+    side overlaps the other's work); "process", in the `zstd` program, fed by a thread
+    that reads and hashes the stored bytes, so decompression runs on another core while
+    the caller parses (falls back to "inline" without the program, or for gzip).
     """
 
     def __init__(
@@ -237,14 +185,21 @@ class ArchiveReader:
         *,
         limit: int | None = None,
         tick: Callable[[], None] | None = None,
-        ahead: int = 0,
+        mode: str = INLINE,
     ) -> None:
         self.archive = Path(archive)
         self.compression = compression.compression_of(self.archive.name)
         self.limit = limit
         self.payload_bytes = 0
         self._tick = tick
-        self._ahead = ahead
+        self._zstd = None
+        if mode == PROCESS:
+            self._zstd = shutil.which("zstd") if self.compression == compression.ZSTD else None
+            mode = PROCESS if self._zstd else INLINE
+        self._mode = mode
+        self._child: subprocess.Popen | None = None
+        self._feeder: threading.Thread | None = None
+        self._feed_error: OSError | None = None
         self._producer: threading.Thread | None = None
         self._stop = threading.Event()
         self._queue: queue.Queue | None = None
@@ -256,7 +211,7 @@ class ArchiveReader:
             raise ArchiveError(
                 f"The archive {self.archive} cannot be read: {error.strerror}."
             ) from None
-        self._hashing = _HashingPrefetch(self._file, ahead) if ahead else _HashingReader(self._file)
+        self._hashing = _HashingReader(self._file)
 
     @property
     def raw_bytes(self) -> int:
@@ -264,13 +219,7 @@ class ArchiveReader:
         return self._hashing.count
 
     def _decompressed(self) -> Iterator[bytes]:
-        if self.compression == compression.ZSTD:
-            # Reads of whole chunks: the prefetching source hands them over without a copy.
-            reader = zstandard.ZstdDecompressor().stream_reader(
-                self._hashing, read_size=CHUNK, read_across_frames=True, closefd=False
-            )
-        else:
-            reader = compression.decompressor(self.compression, self._hashing)
+        reader = compression.decompressor(self.compression, self._hashing)
         while True:
             try:
                 data = reader.read(CHUNK)
@@ -287,24 +236,107 @@ class ArchiveReader:
                 return
             self.payload_bytes += len(data)
             if self.limit is not None and self.payload_bytes > self.limit:
-                raise UnsafeArchiveError(
-                    f"The archive {self.archive.name} holds more than the "
-                    f"{format_bytes(self.limit)} its manifest accounts for; it was stopped "
-                    "there (a decompression bomb or an archive that does not match its "
-                    "manifest)."
-                )
+                raise UnsafeArchiveError(self._too_big())
             yield data
 
     def chunks(self) -> Iterator[bytes]:
         """Yield the decompressed payload in chunks of up to 1 MiB."""
-        source = self._decompressed() if not self._ahead else self._read_ahead()
+        if self._mode == PROCESS:
+            source = self._external()
+        elif self._mode == THREAD:
+            source = self._read_ahead()
+        else:
+            source = self._decompressed()
         for data in source:
             if self._tick is not None:
                 self._tick()
             yield data
 
+    def _too_big(self) -> str:
+        return (
+            f"The archive {self.archive.name} holds more than the {format_bytes(self.limit)} "
+            "its manifest accounts for; it was stopped there (a decompression bomb or an "
+            "archive that does not match its manifest)."
+        )
+
+    def _external(self) -> Iterator[bytes]:
+        errors = tempfile.TemporaryFile()  # noqa: SIM115 - closed below
+        try:
+            self._child = subprocess.Popen(
+                [self._zstd, "-d", "-q", "-c"],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=errors,
+                start_new_session=True,
+            )
+            for pipe in (self._child.stdin, self._child.stdout):
+                with contextlib.suppress(OSError):
+                    fcntl.fcntl(pipe.fileno(), _F_SETPIPE_SZ, CHUNK)
+            self._feeder = threading.Thread(target=self._feed, daemon=True)
+            self._feeder.start()
+            out = io.FileIO(self._child.stdout.fileno(), closefd=False)
+            while True:
+                # Whole chunks, though zstd writes 128 KiB at a time: fewer steps below.
+                data = bytearray(CHUNK)
+                view = memoryview(data)
+                size = 0
+                while size < CHUNK:
+                    got = out.readinto(view[size:])
+                    if not got:
+                        break
+                    size += got
+                if not size:
+                    break
+                self.payload_bytes += size
+                if self.limit is not None and self.payload_bytes > self.limit:
+                    raise UnsafeArchiveError(self._too_big())
+                yield data if size == CHUNK else view[:size]
+            if self._child.wait() != 0:
+                errors.seek(0)
+                text = errors.read().decode("utf-8", "replace").strip() or "no message"
+                raise ArchiveError(
+                    f"The archive {self.archive.name} cannot be decompressed (zstd): {text}."
+                )
+        finally:
+            errors.close()
+
+    def _feed(self) -> None:
+        """Hash the stored bytes and hand them to zstd; keep hashing if zstd stops."""
+        target = self._child.stdin.fileno()
+        sending = True
+        try:
+            while not self._stop.is_set():
+                data = self._hashing.read(CHUNK)
+                if not data:
+                    break
+                view = memoryview(data)
+                while sending and view:
+                    try:
+                        view = view[os.write(target, view) :]
+                    except OSError:
+                        sending = False
+        except OSError as error:
+            self._feed_error = error
+        finally:
+            with contextlib.suppress(OSError):
+                self._child.stdin.close()
+
+    def _end_external(self, *, stop: bool) -> None:
+        """Stop zstd; wait for the feeder (which hashes to the end unless `stop`)."""
+        if self._child is None:
+            return
+        if stop:
+            self._stop.set()
+        _kill_group(self._child)
+        self._child.wait()
+        with contextlib.suppress(OSError):
+            self._child.stdout.close()
+        if self._feeder is not None:
+            self._feeder.join()
+        self._child = None
+
     def _read_ahead(self) -> Iterator[bytes]:
-        self._queue = queue.Queue(self._ahead)
+        self._queue = queue.Queue(4)
         self._producer = threading.Thread(target=self._produce, daemon=True)
         self._producer.start()
         while True:
@@ -348,6 +380,12 @@ class ArchiveReader:
     def finish(self) -> str:
         """Read whatever is left of the stored file and return its sha256 (hex)."""
         self._halt()
+        self._end_external(stop=False)
+        if self._feed_error is not None:
+            raise ArchiveError(
+                f"Reading the archive {self.archive} failed: "
+                f"{self._feed_error.strerror or self._feed_error}."
+            )
         while True:
             if self._tick is not None:
                 self._tick()
@@ -364,8 +402,7 @@ class ArchiveReader:
     def close(self) -> None:
         """Stop reading ahead and close the archive file."""
         self._halt()
-        if isinstance(self._hashing, _HashingPrefetch):
-            self._hashing.halt()
+        self._end_external(stop=True)
         self._file.close()
 
 
@@ -430,8 +467,6 @@ def scan_archive(
 
 def member_key(name: str) -> str:
     """Return the path a member or manifest entry is matched by ("" for the root)."""
-    if name and name[0] not in "./" and name[-1] != "/" and "/." not in name and "//" not in name:
-        return name  # already clean: the common case, kept cheap for huge manifests
     path = clean_path(name)
     return normalise(name) if path is None else path
 
@@ -508,7 +543,7 @@ def listed(items: Sequence[str], limit: int = 5) -> str:
 # -- progress, cancellation, timeout ------------------------------------------------------
 
 
-class _Meter:
+class ProgressMeter:
     """Report progress through the hooks, at most every tenth of a second."""
 
     def __init__(
@@ -519,6 +554,7 @@ class _Meter:
         self._due = 0.0
 
     def update(self, bytes_done: int | None = None, *, force: bool = False) -> None:
+        """Record the bytes done and report, unless a report went out very recently."""
         if bytes_done is not None:
             self.progress.bytes_done = bytes_done
         now = time.monotonic()
@@ -547,6 +583,7 @@ class _Deadline:
 
     def __init__(self, timeout_s: float | None) -> None:
         self.timeout_s = timeout_s
+        self.outcome = "the target was rolled back."
         self.expired = False
         self._children: list[subprocess.Popen] = []
         self._lock = threading.Lock()
@@ -573,10 +610,7 @@ class _Deadline:
             raise Cancelled(self.message())
 
     def message(self) -> str:
-        return (
-            f"The restore timed out after {self.timeout_s:g} s and was stopped; the target "
-            "was rolled back."
-        )
+        return f"The restore timed out after {self.timeout_s:g} s and was stopped; {self.outcome}"
 
     def stop(self) -> None:
         if self._timer is not None:
@@ -827,14 +861,25 @@ def _ignore(_relative: str) -> None:
     return None
 
 
-def _size_field(field: bytes, name: str) -> int:
-    if field[:1] and field[0] & 0x80:
+_EXTENDED = frozenset(b"xgLK")
+_ZERO_BLOCK = bytes(512)
+
+
+def _block_name(block) -> str:
+    return bytes(block[:100]).split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
+
+
+def _size_field(block) -> int:
+    """Read a header's size field as tar does; refuse what tars could read differently."""
+    field = bytes(block[124:136])
+    if field[0] & 0x80:
         return int.from_bytes(field[1:], "big") if field[0] == 0x80 else -1
     try:
-        return int(field.replace(b"\0", b" ").strip() or b"0", 8)
+        return int(field.rstrip(b"\0 ") or b"0", 8)
     except ValueError:
         raise UnsafeArchiveError(
-            f"The tar header of {shown(name)} has a size field tar may read differently."
+            f"The tar header of {shown(_block_name(block))} has a size field tar may read "
+            "differently."
         ) from None
 
 
@@ -906,6 +951,20 @@ class _Splitter:
                 self._left -= take
                 if not self._left:
                     self._state = _HDR
+            elif state == _HDR and not self._seq and size - pos >= 512:
+                # The common case, a whole header in this piece: it stays in the run of bytes
+                # passed on as they are, unless its file is written directly.
+                block = view[pos : pos + 512]
+                if block[156] in _EXTENDED or (block[0] == 0 and block == _ZERO_BLOCK):
+                    self._sequence(view, pos, start)
+                    pos += 512
+                    start = pos
+                    continue
+                if self._member(block):
+                    if pos > start:
+                        out(view[start:pos])
+                    start = pos + 512
+                pos += 512
             elif state == _DIRECT:
                 if pos > start:
                     out(view[start:pos])
@@ -945,35 +1004,49 @@ class _Splitter:
         if pos > start:
             out(view[start:pos])
 
+    def _sequence(self, view: memoryview, pos: int, start: int) -> None:
+        """Start holding headers back (at an extended or end-of-archive header)."""
+        if pos > start:
+            self.out(view[start:pos])
+        self._seq += view[pos : pos + 512]
+        self._header(bytes(self._seq[-512:]))
+
     def _header(self, block: bytes) -> None:
+        """Handle a header block that ends the held sequence `_seq`."""
         out = self.out
-        if block == bytes(512):
+        if block == _ZERO_BLOCK:
             out(bytes(self._seq))
             self._seq = bytearray()
             self._state = _END
             return
-        flag = block[156:157]
-        name = block[:100].split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
-        size = _size_field(block[124:136], name)
-        if flag in (b"x", b"g", b"L", b"K"):
+        if block[156] in _EXTENDED:
+            size = _size_field(block)
             if size < 0 or size > (16 << 20):
                 raise UnsafeArchiveError(f"An extended tar header of {size} bytes was refused.")
-            self._ext_flag = flag
-            self._ext = bytearray() if flag in (b"x", b"g") else None
+            self._ext_flag = block[156:157]
+            self._ext = bytearray() if block[156] in b"xg" else None
             self._left = size + (-size % 512)
             self._ext_size = size
             self._state = _EXT if self._left else _HDR
             return
+        seq, self._seq = self._seq, bytearray()
+        if not self._member(block):
+            out(bytes(seq))
+
+    def _member(self, block) -> bool:
+        """Match a member header with the next approved member; return True if direct."""
         try:
             member, path = self.approved.popleft()
         except IndexError:
             raise UnsafeArchiveError(
-                f"The archive holds a member ({shown(name)}) that tar would read but its "
-                "checks did not see; the restore was stopped."
+                f"The archive holds a member ({shown(_block_name(block))}) that tar would read "
+                "but its checks did not see; the restore was stopped."
             ) from None
         if self._pax_size is not None:
             size = self._pax_size
             self._pax_size = None
+        else:
+            size = _size_field(block)
         expected = member.size if member.type == "file" else 0
         if size != expected:
             raise UnsafeArchiveError(
@@ -981,21 +1054,17 @@ class _Splitter:
                 f"tar would read differently from the checks ({expected}); the restore was "
                 "stopped."
             )
-        seq, self._seq = self._seq, bytearray()
         if self.direct_min is not None and member.type == "file" and size >= self.direct_min:
             direct = _DirectFile(self._root_fd, path, member)
             self.direct_files.append(direct)
-            out.operation(direct.open)
+            self.out.operation(direct.open)
             self._file = direct
             self._left, self._pad = size, -size % 512
             self._state = _DIRECT
-            if not size:
-                out.operation(direct.close)
-                self._state = _HDR
-            return
-        out(bytes(seq))
+            return True
         self._left = size + (-size % 512)
         self._state = _PASS if self._left else _HDR
+        return False
 
     def _ext_done(self) -> None:
         self._state = _HDR
@@ -1051,7 +1120,7 @@ class _Filter:
         manifest: Manifest,
         selection: Selection,
         helpers: frozenset[str] = frozenset(),
-        meter: _Meter | None = None,
+        meter: ProgressMeter | None = None,
     ) -> None:
         self.archive_name = archive_name
         self.approve: Callable[[Member, str], None] | None = None
@@ -1120,15 +1189,16 @@ class _Filter:
         return self.policy.warnings()
 
 
-def _read_ahead_for(manifest: Manifest) -> int:
-    """Return how many chunks to decompress ahead in a thread of its own.
+def reading_mode(manifest: Manifest) -> str:
+    """Return where to decompress an archive with this manifest (see ArchiveReader).
 
-    Reading ahead overlaps decompression and hashing with the scan, which pays on big
-    files; on many small ones the scan releases the GIL once per file and the two
-    threads then mostly wait for each other, which costs more than it brings.
+    Many small files keep the caller's thread busy parsing, so decompression goes to the
+    zstd program on another core (a thread would not help: zstandard holds the GIL). Big
+    files leave the caller mostly hashing, which releases the GIL, so a thread overlaps
+    well there, without pushing every byte through one more pipe.
     """
     files = max(1, manifest.total_files)
-    return 4 if manifest.total_bytes // files >= _READ_AHEAD_MIN_AVERAGE else 0
+    return THREAD if manifest.total_bytes // files >= _THREAD_MIN_AVERAGE else PROCESS
 
 
 def _stream_into(
@@ -1138,7 +1208,7 @@ def _stream_into(
     expected: str,
     filter_: _Filter,
     sink: _ProcessSink | None,
-    meter: _Meter,
+    meter: ProgressMeter,
     tick: Callable[[], None],
     staging: Path | None = None,
 ) -> str:
@@ -1147,7 +1217,7 @@ def _stream_into(
     With `staging`, big files are written there directly and the rest goes to `sink`.
     """
     reader = ArchiveReader(
-        archive, limit=payload_limit(manifest), tick=tick, ahead=_read_ahead_for(manifest)
+        archive, limit=payload_limit(manifest), tick=tick, mode=reading_mode(manifest)
     )
     splitter = None
     if sink is not None:
@@ -1586,7 +1656,7 @@ class _Run:
             )
         return expected_sha256(self.archive, self.manifest)
 
-    def meter(self, current: str, selection: Selection | None = None) -> _Meter:
+    def meter(self, current: str, selection: Selection | None = None) -> ProgressMeter:
         files_total = self.manifest.total_files
         if selection is not None and not selection.everything:
             files_total = sum(
@@ -1594,7 +1664,7 @@ class _Run:
                 for entry in self.manifest.entries
                 if entry.type == "file" and selection.includes(member_key(entry.path))
             )
-        meter = _Meter(
+        meter = ProgressMeter(
             self.hooks,
             bytes_total=self.manifest.total_bytes,
             files_total=files_total,
@@ -1741,6 +1811,27 @@ def _restore_directory(run: _Run) -> str:
     return str(target)
 
 
+@functools.cache
+def _libc_syncfs():
+    with contextlib.suppress(OSError, AttributeError):
+        return ctypes.CDLL(None, use_errno=True).syncfs
+    return None
+
+
+def _sync_filesystem(path: Path) -> None:
+    """Make what tar wrote durable before anything old is removed (tar does not fsync)."""
+    syncfs = _libc_syncfs()
+    if syncfs is None:
+        os.sync()
+        return
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        if syncfs(fd) != 0:
+            os.sync()
+    finally:
+        os.close(fd)
+
+
 def _prepare_staging(staging: Path, model: Path | None) -> None:
     """Create the staging folder with the mode (and owner) the target has now."""
     os.mkdir(staging, 0o700)
@@ -1782,6 +1873,7 @@ def _restore_tree(run: _Run, target: Path, selection: Selection, helpers) -> Non
         _prepare_staging(staging, target if before else None)
         run.extract(staging, selection, helpers)
         _drop_helpers(staging, selection, helpers)
+        _sync_filesystem(staging)
         run.tick()
 
         def swap() -> None:
@@ -1851,10 +1943,13 @@ def _restore_paths(run: _Run, target: Path, selection: Selection, helpers, *, mo
             _prepare_staging(staging, target)
             run.extract(staging, selection, helpers)
             _drop_helpers(staging, selection, helpers)
+            _sync_filesystem(staging)
             run.tick()
             if selection.everything:
                 names = set(os.listdir(staging)) | set(os.listdir(target))
                 names -= {staging.name, aside.name, journal.path.name, journal.lock_path.name}
+                if mount and "lost+found" not in os.listdir(staging):
+                    names.discard("lost+found")  # the filesystem's own, not the data's
                 paths = sorted(names)
             else:
                 paths = list(selection.paths)
@@ -1981,6 +2076,11 @@ def sqlite_integrity(path: Path, *, quick: bool = False, immutable: bool = True)
     return "ok" if lines == ["ok"] else "; ".join(lines)
 
 
+def _page_count(path: Path) -> int:
+    with contextlib.closing(sqlite3.connect(sqlite_uri(path, immutable=True), uri=True)) as db:
+        return int(db.execute("PRAGMA page_count").fetchone()[0])
+
+
 def _sqlite_copy(
     source: Path,
     dest: Path,
@@ -2056,6 +2156,7 @@ def _restore_sqlite(run: _Run) -> str:
                 f"{verdict}. Nothing was changed."
             )
         run.checks.append({"name": "database", "ok": True, "detail": "integrity_check: ok"})
+        _sync_filesystem(staging)
         run.tick()
         if live:
             run.hooks.publish(lambda: _copy_into_live(run, journal, snapshot, target, aside))
@@ -2086,12 +2187,13 @@ def _copy_into_live(run: _Run, journal: _Journal, snapshot: Path, target: Path, 
     with contextlib.closing(live), contextlib.closing(keep):
         live.backup(keep)
     run.hooks.log(f"Saved the current database to {aside}.")
-    meter = _Meter(run.hooks, bytes_total=None, files_total=1, current="copying into place")
+    meter = ProgressMeter(run.hooks, bytes_total=None, files_total=1, current="copying into place")
+    page = snapshot.stat().st_size // max(1, _page_count(snapshot))
 
     def progress(done: int, total: int) -> None:
         run.tick()
-        meter.progress.bytes_done = done
-        meter.progress.bytes_total = total
+        meter.progress.bytes_done = done * page
+        meter.progress.bytes_total = total * page
         meter.update()
 
     journal.write(phase="copying")
@@ -2160,11 +2262,13 @@ def _restore_pod(run: _Run) -> str:
     filter_ = _Filter(archive_name=run.archive.name, manifest=run.manifest, selection=selection)
     meter = run.meter(f"sending to {pod}", selection)
     filter_.meter = meter
-    sink = _ProcessSink(
-        kubectl_extract_argv(pod), what=f"kubectl exec into {pod}", deadline=run.deadline
-    )
 
     def send() -> None:
+        # Unlike a local folder, a pod has no staging: what was sent before a failure stays.
+        run.deadline.outcome = f"{pod} may hold part of the archive; restore it again."
+        sink = _ProcessSink(
+            kubectl_extract_argv(pod), what=f"kubectl exec into {pod}", deadline=run.deadline
+        )
         try:
             _stream_into(
                 archive=run.archive,
@@ -2205,7 +2309,7 @@ def decompress_verified(archive: Path, manifest: Manifest, dest: Path, *, tick, 
     the manifest lists one file) the payload's sha256 does not match.
     """
     expected = expected_sha256(archive, manifest)
-    reader = ArchiveReader(archive, limit=manifest.total_bytes, tick=tick, ahead=4)
+    reader = ArchiveReader(archive, limit=manifest.total_bytes, tick=tick, mode=THREAD)
     payload = hashlib.sha256()
     try:
         with open(dest, "wb") as out:

@@ -30,17 +30,23 @@ _FILE_LIKE = ("file", "hardlink")
 MAX_NAMED = 50
 
 
+def plain_path(name: str) -> str | None:
+    """Return `name` without "./" and a trailing "/" when it is plainly a safe relative path.
+
+    None means "look closer" (absolute, ".", "..", hidden names, "//"), not "unsafe":
+    this is the cheap test that almost every member of a real archive passes.
+    """
+    body = name[2:] if name[:2] == "./" else name
+    if body[:1] in ("/", ".") or "//" in body or "/." in body:
+        return None
+    return body[:-1] if body[-1:] == "/" else body
+
+
 def split_name(name: str) -> tuple[list[str] | None, str | None]:
     """Return a stored member name's path components, or None and why it is unsafe.
 
     "." and empty components are dropped, as tar drops them when it extracts.
     """
-    if name.startswith("./") and "/." not in name[1:] and "//" not in name:
-        # The usual "./a/b" from `tar -C root .`: nothing to drop or refuse past the prefix.
-        parts = name[2:].split("/")
-        if parts[-1] == "":
-            parts.pop()
-        return parts, None
     if name.startswith("/"):
         return None, "has an absolute path"
     parts = [part for part in name.split("/") if part not in ("", ".")]
@@ -51,6 +57,9 @@ def split_name(name: str) -> tuple[list[str] | None, str | None]:
 
 def clean_path(name: str) -> str | None:
     """Return a member name as a relative path ("" for the root), or None when unsafe."""
+    path = plain_path(name)
+    if path is not None:
+        return path
     parts, _ = split_name(name)
     return None if parts is None else "/".join(parts)
 
@@ -94,18 +103,21 @@ class MemberPolicy:
         reason = _REFUSED_TYPES.get(member.type)
         if reason is not None:
             return self._refuse(member, reason)
-        parts, reason = split_name(member.raw_name)
-        if parts is None:
-            return self._refuse(member, reason)
-        path = "/".join(parts)
+        path = plain_path(member.raw_name)
+        if path is None:
+            parts, reason = split_name(member.raw_name)
+            if parts is None:
+                return self._refuse(member, reason)
+            path = "/".join(parts)
         kinds = self._kinds
-        if not parts and member.type != _DIR:
+        if not path and member.type != _DIR:
             return self._refuse(member, "names the target folder itself but is not a folder")
         # A known folder parent vouches for all its ancestors: they were checked when it was
         # recorded, and a recorded path never becomes a symlink or a file.
         parent = path.rpartition("/")[0]
         known_parent = kinds.get(parent) in (_DIR, _IMPLICIT)
         if not known_parent:
+            parts = path.split("/")
             prefix = ""
             for part in parts[:-1]:
                 prefix = f"{prefix}/{part}" if prefix else part

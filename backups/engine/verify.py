@@ -32,14 +32,16 @@ from .locations import DIRECTORY, KUBERNETES, POSTGRES, SQLITE
 from .manifest import Manifest, load_manifest, read_sidecar
 from .restore import (
     CHUNK,
+    THREAD,
     ArchiveReader,
     ContentCheck,
+    ProgressMeter,
     RestoreRequest,
-    _Meter,
     decompress_verified,
     listed,
     member_key,
     payload_limit,
+    reading_mode,
     run_restore,
     scan_archive,
     sidecar_path,
@@ -236,7 +238,12 @@ def _contents(archive: Path, manifest: Manifest, kind: str, hooks: Hooks) -> dic
         return _dump_contents(archive, manifest, hooks)
     collector = _Collector(manifest)
     progress = Progress(bytes_total=manifest.total_bytes, files_total=manifest.total_files)
-    reader = ArchiveReader(archive, limit=payload_limit(manifest), tick=hooks.check)
+    reader = ArchiveReader(
+        archive,
+        limit=payload_limit(manifest),
+        tick=hooks.check,
+        mode=reading_mode(manifest),
+    )
     scanner = TarScanner(decide=collector.decide, on_member=collector.on_member)
 
     def after_chunk() -> None:
@@ -263,7 +270,7 @@ def _contents(archive: Path, manifest: Manifest, kind: str, hooks: Hooks) -> dic
 def _dump_contents(archive: Path, manifest: Manifest, hooks: Hooks) -> dict:
     """Decompress a pg_dump archive fully: size, sha256 and the custom-format signature."""
     progress = Progress(bytes_total=manifest.total_bytes)
-    reader = ArchiveReader(archive, limit=manifest.total_bytes, tick=hooks.check)
+    reader = ArchiveReader(archive, limit=manifest.total_bytes, tick=hooks.check, mode=THREAD)
     payload = hashlib.sha256()
     head = b""
     try:
@@ -412,7 +419,7 @@ def _drill_into(
 def _drill_postgres(archive: Path, manifest: Path, scratch: Path, hooks: Hooks) -> tuple[bool, str]:
     loaded = load_manifest(manifest)
     dump = scratch / "dump.pgdump"
-    meter = _Meter(
+    meter = ProgressMeter(
         hooks, bytes_total=loaded.total_bytes, files_total=1, current="verifying the dump"
     )
     decompress_verified(archive, loaded, dump, tick=hooks.check, meter=meter)

@@ -19,6 +19,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from datetime import timedelta
+from pathlib import Path
 
 from django.conf import settings
 from django.db import close_old_connections, connection, transaction
@@ -294,8 +295,16 @@ def reap_abandoned(*, now=None) -> list[int]:
         )
         if updated:
             reaped.append(pk)
-    for source_dir in {run.source.archive_dir for run in Run.objects.filter(pk__in=reaped)}:
+    reaped_runs = list(Run.objects.filter(pk__in=reaped).select_related("source"))
+    for source_dir in {run.source.archive_dir for run in reaped_runs}:
         remove_dead_temps(source_dir)
+    for run in reaped_runs:
+        if run.kind == Run.Kind.RESTORE and run.target.startswith("/"):
+            # An in-place restore killed half-way: its journal puts the original back.
+            from backups.engine.restore import recover_interrupted
+
+            for action in recover_interrupted(Path(run.target).parent):
+                logger.warning("run %s: %s", run.pk, action)
     return reaped
 
 

@@ -35,6 +35,7 @@ class Archive:
 
     @property
     def sidecar(self) -> Path:
+        """The `.sha256` checksum file next to the archive."""
         return self.archive.with_name(self.archive.name + ".sha256")
 
 

@@ -9,7 +9,14 @@ import subprocess
 
 import pytest
 
-from backups.engine.errors import ArchiveError, Cancelled, TargetError, UnsafeArchiveError
+import backups.engine.restore as restore_module
+from backups.engine.errors import (
+    ArchiveError,
+    Cancelled,
+    FencedError,
+    TargetError,
+    UnsafeArchiveError,
+)
 from backups.engine.hooks import RecordingHooks
 from backups.engine.manifest import load_manifest
 from backups.engine.restore import RestoreRequest, check_target, run_restore
@@ -24,6 +31,13 @@ from tests.engine.restore_helpers import (
     stamp_tree,
     write_archive,
 )
+
+
+@pytest.fixture(params=["inline", "thread", "process"])
+def reading(request, monkeypatch):
+    """Every way an archive is decompressed: inline, in a thread, in the zstd program."""
+    monkeypatch.setattr(restore_module, "reading_mode", lambda manifest: request.param)
+    return request.param
 
 
 @pytest.fixture
@@ -46,7 +60,7 @@ def request_for(backup, target, **options):
     )
 
 
-def test_restore_into_a_new_folder_is_faithful(source_tree, backup, tmp_path):
+def test_restore_into_a_new_folder_is_faithful(reading, source_tree, backup, tmp_path):
     target = tmp_path / "restored"
     hooks = RecordingHooks()
 
@@ -148,7 +162,9 @@ def test_restore_in_place_recreates_a_deleted_source(source_tree, backup, tmp_pa
     assert snapshot(source_tree) == expected
 
 
-def test_restore_refuses_a_damaged_archive_and_changes_nothing(source_tree, backup, tmp_path):
+def test_restore_refuses_a_damaged_archive_and_changes_nothing(
+    reading, source_tree, backup, tmp_path
+):
     data = bytearray(backup.archive.read_bytes())
     data[len(data) // 2] ^= 0xFF
     backup.archive.write_bytes(bytes(data))
@@ -161,7 +177,7 @@ def test_restore_refuses_a_damaged_archive_and_changes_nothing(source_tree, back
     assert leftovers(tmp_path) == []
 
 
-def test_restore_refuses_a_truncated_archive(backup, tmp_path):
+def test_restore_refuses_a_truncated_archive(reading, backup, tmp_path):
     data = backup.archive.read_bytes()
     backup.archive.write_bytes(data[: len(data) // 2])
 
@@ -223,7 +239,7 @@ def test_restore_refuses_when_the_checksum_file_is_missing(backup, tmp_path):
         run_restore(request_for(backup, tmp_path / "restored"), RecordingHooks())
 
 
-def test_restore_stops_a_decompression_bomb_and_removes_staging(tmp_path):
+def test_restore_stops_a_decompression_bomb_and_removes_staging(reading, tmp_path):
     small = tmp_path / "small"
     small.mkdir()
     (small / "a.txt").write_text("a")
@@ -255,7 +271,7 @@ def test_restore_reports_progress_from_the_start(source_tree, backup, tmp_path):
     )
 
 
-def test_cancelling_a_restore_rolls_back_and_removes_staging(source_tree, tmp_path):
+def test_cancelling_a_restore_rolls_back_and_removes_staging(reading, source_tree, tmp_path):
     (source_tree / "large.bin").write_bytes(os.urandom(5 << 20))
     backup = archive_of(source_tree, tmp_path / "archives")
     before = snapshot(source_tree)
@@ -425,3 +441,85 @@ def test_restore_reads_what_the_engine_backed_up(source_tree, tmp_path):
 
     assert snapshot(tmp_path / "restored") == snapshot(source_tree)
     assert (result.files, result.bytes) == (backed_up.files, backed_up.bytes)
+
+
+class Fenced(RecordingHooks):
+    def publish(self, action):
+        raise FencedError("This worker no longer owns the run.")
+
+
+def test_a_fenced_restore_publishes_nothing(source_tree, backup, tmp_path):
+    before = snapshot(source_tree)
+
+    with pytest.raises(FencedError):
+        run_restore(request_for(backup, source_tree, in_place=True), Fenced())
+
+    assert snapshot(source_tree) == before
+    assert leftovers(tmp_path) == []
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root can give files away")
+def test_restore_as_root_keeps_owners_of_small_and_big_files(tmp_path):
+    source = tmp_path / "source"
+    source.mkdir()
+    (source / "small.txt").write_text("small")
+    (source / "big.bin").write_bytes(os.urandom(2 << 20))
+    for name, (uid, gid) in {"small.txt": (4321, 1234), "big.bin": (4322, 1235)}.items():
+        os.chown(source / name, uid, gid)
+    backup = archive_of(source, tmp_path / "archives")
+
+    run_restore(request_for(backup, tmp_path / "restored"), RecordingHooks())
+
+    for name, owner in {"small.txt": (4321, 1234), "big.bin": (4322, 1235)}.items():
+        info = os.stat(tmp_path / "restored" / name)
+        assert (info.st_uid, info.st_gid) == owner
+
+
+class _Collect:
+    """Stands in for the tar process: keeps the bytes, runs the file operations at once."""
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+
+    def __call__(self, data) -> None:
+        self.data += data
+
+    def operation(self, action) -> None:
+        action()
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_the_second_reading_agrees_with_tar_wherever_the_stream_is_cut(tree, tmp_path, seed):
+    import random
+
+    from backups.engine.restore import _Splitter
+    from backups.engine.safety import MemberPolicy
+    from backups.engine.tarstream import TarScanner
+
+    (tree / "sub" / "big.bin").write_bytes(os.urandom(1 << 20))
+    stream = gnu_tar(tree)
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    out = _Collect()
+    splitter = _Splitter(out, root=staging, direct_min=1 << 20)
+    policy = MemberPolicy()
+
+    def decide(member):
+        path = policy.review(member)
+        splitter.approve(member, path)
+        return True
+
+    scanner = TarScanner(decide=decide, sink=splitter)
+    rng = random.Random(seed)
+    position = 0
+    while position < len(stream):
+        step = rng.choice([1, 7, 511, 512, 513, 4096, 100_000])
+        scanner.feed(stream[position : position + step])
+        position += step
+    scanner.close()
+    splitter.finish()
+    splitter.close()
+    subprocess.run(["tar", "-xpf", "-", "-C", str(staging)], input=bytes(out.data), check=True)
+
+    assert snapshot(staging) == snapshot(tree)
+    assert len(out.data) < len(stream) - (1 << 20)  # the big file did not go through tar

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from backups.engine.errors import ArchiveError, EngineError, TargetError
+from backups.engine.errors import ArchiveError, Cancelled, EngineError, TargetError
 from backups.engine.hooks import RecordingHooks
 from backups.engine.restore import RestoreRequest, check_target, run_restore
 from tests.engine.restore_helpers import (
@@ -136,3 +136,18 @@ def test_a_pod_backup_can_be_restored_to_a_local_folder(cluster, tmp_path):
     run_restore(request_for(backup, str(tmp_path / "local")), RecordingHooks())
 
     assert snapshot(tmp_path / "local") == snapshot(source)
+
+
+def test_a_hung_kubectl_is_stopped_by_the_timeout(cluster, tmp_path, monkeypatch):
+    source = make_tree(tmp_path / "source")
+    (source / "large.bin").write_bytes(os.urandom(6 << 20))
+    backup = archive_of(source, tmp_path / "archives", kind="kubernetes")
+    # A kubectl stuck on a dead connection: it never reads what it is sent.
+    stuck = tmp_path / "stuck-bin"
+    stuck.mkdir()
+    (stuck / "kubectl").write_text("#!/bin/sh\nexec sleep 600\n")
+    (stuck / "kubectl").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{stuck}:{os.environ['PATH']}")
+
+    with pytest.raises(Cancelled, match="timed out.*may hold part of the archive"):
+        run_restore(request_for(backup, "prod/api-0:/var/data", timeout_s=1.5), RecordingHooks())
