@@ -140,9 +140,9 @@ def run_backup(request: BackupRequest, hooks: Hooks) -> BackupResult:
 
 def _write(request, source, hooks, spool, archive, sidecar, manifest) -> BackupResult:
     with contextlib.ExitStack() as stack:
-        archive_file = stack.enter_context(AtomicFile(archive))
-        hashed = _HashingWriter(archive_file.file)
         try:
+            archive_file = stack.enter_context(AtomicFile(archive))
+            hashed = _HashingWriter(archive_file.file)
             stream = compressor(request.compression, hashed, request.level)
             out = Output(stream, spool, hooks)
             source.stream(out)
@@ -164,9 +164,9 @@ def _write(request, source, hooks, spool, archive, sidecar, manifest) -> BackupR
             "sha256": digest,
             "compression": request.compression,
         }
-        sidecar_file = stack.enter_context(AtomicFile(sidecar, buffering=-1))
-        manifest_file = stack.enter_context(AtomicFile(manifest))
         try:
+            sidecar_file = stack.enter_context(AtomicFile(sidecar, buffering=-1))
+            manifest_file = stack.enter_context(AtomicFile(manifest))
             sidecar_file.file.write(sidecar_text(digest, archive.name))
             sidecar_file.finish()
             spool.write(manifest_file.file, header)
@@ -192,7 +192,6 @@ def _write(request, source, hooks, spool, archive, sidecar, manifest) -> BackupR
 
         hooks.publish(commit)
 
-    hooks.log(f"published {archive.name}: {format_bytes(size)}, {spool.files} files")
     return BackupResult(
         archive=archive,
         sidecar=sidecar,

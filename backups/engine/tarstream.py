@@ -47,7 +47,7 @@ _LINKS = frozenset((SYMLINK, HARDLINK))
 _HEADER = struct.Struct("100s8s8s8s12s12s8sc100s8s32s32s8s8s155s")
 _POSIX_MAGIC = b"ustar\x0000"
 
-_HDR, _EXT, _DATA, _ZERO, _END = range(5)
+_HDR, _DATA, _ZERO, _END = range(4)
 _adler32 = zlib.adler32
 _sha256 = hashlib.sha256
 
@@ -141,6 +141,9 @@ class TarScanner:
     runs after a kept member's data has passed, with `sha256` filled for files. The
     end-of-archive blocks and whatever follows them are forwarded as they are, so with
     everything kept the sink receives exactly the input.
+
+    The sink receives memoryviews into the chunks given to `feed` (no copy), and bytes for
+    headers held across chunks: it must use or copy them before the fed buffer is reused.
     """
 
     def __init__(
@@ -266,12 +269,12 @@ class TarScanner:
         if self._state == _END:
             return
         offset = self.bytes_in
-        if self._state == _DATA and self._member is not None:
+        if self._state == _DATA and not self._ext_type:
+            name = repr(self._member.raw_name) if self._member is not None else "a member"
             raise ArchiveError(
-                f"The archive is truncated: it ends at byte {offset} inside the data of "
-                f"{self._member.raw_name!r}."
+                f"The archive is truncated: it ends at byte {offset} inside the data of {name}."
             )
-        if self._state in (_DATA, _EXT) or self._partial or self._seq_start is not None:
+        if self._state == _DATA or self._partial or self._seq_start is not None:
             raise ArchiveError(
                 f"The archive is truncated: it ends at byte {offset} inside a member's headers."
             )
@@ -389,6 +392,14 @@ class TarScanner:
             mtype = DIR  # the old V7 way to store a directory
         if size < 0:
             raise ArchiveError(f"The tar header at byte offset {offset} has a negative size.")
+        if size and mtype in _NO_DATA:
+            # tar implementations disagree on whether data follows such a header (GNU tar
+            # skips it, tarfile and busybox read it), so a reader and an extractor could see
+            # different members: refuse rather than guess.
+            raise ArchiveError(
+                f"The archive is damaged: the {mtype} member {raw_name!r} at byte offset "
+                f"{offset} claims {size} bytes of data, which no tar writer should store."
+            )
         path = raw_name
         if path[:2] == "./" or path[-1:] == "/" or not path:
             path = normalise(path)
@@ -435,6 +446,13 @@ class TarScanner:
             raw = _cstr(fields[0])
             if fields[9] == _POSIX_MAGIC and fields[14][0]:
                 raw = _cstr(fields[14]) + b"/" + raw
+        if any(key.startswith("GNU.sparse") for key in pax):
+            # GNU tar reads the real name and layout from these keys; this reader does not,
+            # so it would hash and check a different file than tar extracts.
+            raise ArchiveError(
+                f"The archive holds a GNU sparse file at byte offset {offset}, which this "
+                "version cannot verify; create archives without --sparse."
+            )
         if "size" in pax:
             size = _pax_int(pax["size"], "size", offset)
         if "mtime" in pax:

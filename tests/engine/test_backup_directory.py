@@ -327,6 +327,14 @@ def test_a_missing_directory_is_a_clear_error(tmp_path):
     assert not (tmp_path / "dest").exists()
 
 
+def test_an_unknown_kind_or_compression_is_refused(tree, tmp_path):
+    with pytest.raises(SourceError, match="Unknown source kind 'ftp'"):
+        backup(tree, tmp_path / "dest", kind="ftp")
+    with pytest.raises(EngineError, match="Unknown compression 'lz4'"):
+        backup(tree, tmp_path / "dest", compression="lz4")
+    assert not (tmp_path / "dest").exists()
+
+
 def test_a_published_archive_is_never_overwritten(tree, tmp_path):
     dest = tmp_path / "dest"
     first, _ = backup(tree, dest)

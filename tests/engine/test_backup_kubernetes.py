@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,7 @@ from backups.engine.backup import (
     plan_backup,
     run_backup,
 )
-from backups.engine.errors import SourceError
+from backups.engine.errors import Cancelled, SourceError
 from backups.engine.hooks import RecordingHooks
 from backups.engine.manifest import load_manifest
 
@@ -124,6 +125,29 @@ def test_a_command_failing_mid_stream_publishes_nothing(cluster, tmp_path, monke
     dest = tmp_path / "dest"
     with pytest.raises(SourceError, match="command terminated with exit code 2"):
         backup("prod/api-0:/var/lib/data", dest)
+    assert list(dest.iterdir()) == []
+
+
+def test_a_cancel_stops_a_stalled_pod_at_once(cluster, tmp_path, monkeypatch):
+    monkeypatch.setenv("FAKE_KUBECTL_STALL", "30")
+
+    class CancelSoon(RecordingHooks):
+        def __init__(self):
+            super().__init__()
+            self.deadline = time.monotonic() + 0.5
+
+        def check(self):
+            if time.monotonic() > self.deadline:
+                raise Cancelled("Cancelled by a user.")
+
+    dest = tmp_path / "dest"
+    request = BackupRequest(
+        kind="kubernetes", location="prod/api-0:/var/lib/data", dest_dir=dest, stem=STEM
+    )
+    started = time.monotonic()
+    with pytest.raises(Cancelled):
+        run_backup(request, CancelSoon())
+    assert time.monotonic() - started < 5
     assert list(dest.iterdir()) == []
 
 

@@ -307,3 +307,33 @@ def test_dropped_members_are_neither_hashed_nor_reported(tree):
     members, scanner = scan(gnu_tar(tree), decide=decide)
     assert members and all(m.type != "file" for m in members)
     assert len(decided) == scanner.members_seen > len(members)
+
+
+def _with_size(header_type: bytes, size: int) -> bytes:
+    """A one-member ustar archive whose member of `header_type` claims `size` data bytes."""
+    info = tarfile.TarInfo("odd")
+    info.type = header_type
+    info.linkname = "target" if header_type in (tarfile.SYMTYPE, tarfile.LNKTYPE) else ""
+    block = bytearray(info.tobuf(tarfile.USTAR_FORMAT))
+    block[124:136] = b"%011o\0" % size
+    block[148:156] = b" " * 8
+    block[148:156] = b"%06o\0 " % sum(block)
+    return bytes(block) + bytes(-(-size // 512) * 512) + bytes(1024)
+
+
+@pytest.mark.parametrize("kind", [tarfile.SYMTYPE, tarfile.LNKTYPE, tarfile.FIFOTYPE])
+def test_a_link_or_special_member_that_claims_data_is_refused(kind):
+    # GNU tar would skip the claimed bytes and tarfile would not: refuse, never guess.
+    with pytest.raises(ArchiveError, match="claims 1024 bytes"):
+        scan(_with_size(kind, 1024))
+
+
+def test_a_gnu_sparse_member_is_refused_with_a_clear_message():
+    info = tarfile.TarInfo("data.bin")
+    info.size = 0
+    info.pax_headers = {"GNU.sparse.name": "data.bin", "GNU.sparse.realsize": "4096"}
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as archive:
+        archive.addfile(info, io.BytesIO(b""))
+    with pytest.raises(ArchiveError, match="sparse"):
+        scan(buffer.getvalue())

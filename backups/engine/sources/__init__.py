@@ -15,6 +15,7 @@ import fnmatch
 import os
 import re
 import select
+import signal
 import subprocess
 import tempfile
 import time
@@ -216,14 +217,18 @@ class Command:
     its own session: a Ctrl-C at the terminal reaches us, and we decide what it stops.
     """
 
-    def __init__(self, argv: Sequence[str], *, what: str, stdin: bool = False) -> None:
+    def __init__(self, argv: Sequence[str], *, what: str, stdin: bool | BinaryIO = False) -> None:
         self.argv = list(argv)
         self.what = what
         self._stderr = tempfile.TemporaryFile(prefix="backup-stderr-")  # noqa: SIM115
+        if stdin is True:
+            stdin = subprocess.PIPE
+        elif stdin is False:
+            stdin = subprocess.DEVNULL
         try:
             self.proc = subprocess.Popen(
                 self.argv,
-                stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
+                stdin=stdin,
                 stdout=subprocess.PIPE,
                 stderr=self._stderr,
                 env=command_env(),
@@ -253,7 +258,7 @@ class Command:
         proc = self.proc
         if proc.poll() is None:
             with contextlib.suppress(OSError):
-                os.killpg(proc.pid, 9)
+                os.killpg(proc.pid, signal.SIGKILL)
             with contextlib.suppress(OSError):
                 proc.kill()
         for stream in (proc.stdin, proc.stdout):
@@ -264,8 +269,11 @@ class Command:
             proc.wait(timeout=10)
 
     def pump(self, consume: Callable[[memoryview], None], check: Callable[[], None]) -> None:
-        """Feed the command's stdout to `consume` in chunks until it closes, checking for
-        cancellation between chunks and while waiting."""
+        """Feed the command's stdout to `consume` in chunks until it closes.
+
+        `check` runs between chunks and whenever a read has waited CHECK_INTERVAL_MS, so a
+        cancel stops a stalled command too.
+        """
         fd = self.proc.stdout.fileno()
         poller = select.poll()
         poller.register(fd, select.POLLIN | select.POLLPRI)
@@ -282,10 +290,14 @@ class Command:
             consume(view[:count])
             check()
 
-    def wait(self) -> int:
-        """Wait for the command to exit and return its status."""
+    def wait(self, check: Callable[[], None]) -> int:
+        """Wait for the command to exit (checking for a cancel meanwhile); return its status."""
         self.proc.stdout.close()
-        return self.proc.wait()
+        while True:
+            try:
+                return self.proc.wait(timeout=CHECK_INTERVAL_MS / 1000)
+            except subprocess.TimeoutExpired:
+                check()
 
     def stderr_lines(self, limit: int = 20) -> list[str]:
         """Return the last `limit` lines the command wrote to stderr."""

@@ -5,18 +5,19 @@ sockets and devices with a warning naming each, and counts what there is for pro
 It hands the names, NUL-separated, to GNU tar, which writes a PAX stream without
 atime/ctime records and with integer mtimes; we read that stream once, hashing each file
 as it passes (TarScanner) on its way to the compressor. GNU tar does the per-file work
-in C, ~5x faster than Python's tarfile on small files.
+in C, several times faster than Python's tarfile on small files.
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
+import operator
 import os
 import stat
 import subprocess
-import threading
-from collections.abc import Iterator, Sequence
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from typing import BinaryIO
 
 from ..errors import ArchiveError, SourceError
 from ..tarstream import TarScanner
@@ -51,6 +52,8 @@ _NOISE = ("Exiting with failure status due to previous errors",)
 # Records of 64 KiB: fewer, larger pipe writes than tar's default 10 KiB, and the
 # end-of-archive padding stays small.
 _BLOCKING_FACTOR = "128"
+
+_by_name = operator.attrgetter("name")
 
 _SPECIAL = {
     stat.S_IFIFO: "a FIFO (named pipe)",
@@ -91,7 +94,6 @@ class Walk:
         self.skipped: list[str] = []
         self.problems: list[str] = []
         self.unlisted = 0
-        self.stopped = False
 
     def _note(self, notes: list[str], message: str) -> None:
         if len(notes) < WARNING_LIMIT:
@@ -111,7 +113,7 @@ class Walk:
         except OSError as error:
             self._note(self.problems, f"{prefix or '.'}: cannot list the folder: {error.strerror}")
             return []
-        entries.sort(key=lambda entry: entry.name)
+        entries.sort(key=_by_name)
         return entries
 
     def __iter__(self) -> Iterator[tuple[str, bool, int]]:
@@ -119,7 +121,7 @@ class Walk:
         linked: set[tuple[int, int]] = set()
         # A stack of (prefix, entries, index) gives tar's order: a folder, then its contents.
         stack = [("", self._scan(self.root, ""), 0)]
-        while stack and not self.stopped:
+        while stack:
             prefix, entries, index = stack.pop()
             while index < len(entries):
                 entry = entries[index]
@@ -179,6 +181,7 @@ class DirectorySource(Source):
             raise SourceError(f"The directory {location} is not readable by this user.")
         self.root = location
         self.excludes = Excludes(excludes)
+        self.scratch = dest_dir
         # Backing up a tree that holds the archive folder must not archive the archive.
         self.skip = None
         if dest_dir is not None:
@@ -203,6 +206,23 @@ class DirectorySource(Source):
             notes=[f"{walk.dirs} folders"],
         )
 
+    @staticmethod
+    def _write_names(walk: Walk, names: BinaryIO, check: Callable[[], None]) -> None:
+        """Write the walk's paths, NUL-terminated, checking for a cancel as it goes."""
+        batch: list[bytes] = []
+        fsencode = os.fsencode
+        for path, _is_file, _size in walk:
+            batch.append(fsencode(path))
+            if len(batch) >= 2048:
+                batch.append(b"")
+                names.write(b"\0".join(batch))
+                batch.clear()
+                check()
+        if batch:
+            batch.append(b"")
+            names.write(b"\0".join(batch))
+        names.flush()
+
     def stream(self, out: Output) -> None:
         """Stream the tree through GNU tar into `out`, hashing every file once."""
         _check_gnu_tar()
@@ -223,6 +243,7 @@ class DirectorySource(Source):
         ]
         walk = Walk(self.root, self.excludes, skip=self.skip)
         add = out.add
+        progress = out.progress
         files = 0
 
         def on_member(member) -> None:
@@ -232,6 +253,7 @@ class DirectorySource(Source):
                 add(entry)
                 if entry.type == "file":
                     files += 1
+                    progress.current = entry.path
 
         scanner = TarScanner(on_member=on_member)
         feed = scanner.feed
@@ -243,81 +265,35 @@ class DirectorySource(Source):
             write(chunk)
             advance(bytes_done=scanner.payload_bytes, files_done=files)
 
-        with Command(argv, what=f"the directory {self.root}", stdin=True) as command:
-            feeder = _NameFeeder(walk, command, out)
-            feeder.start()
-            try:
+        # The walk comes first, into an unnamed temporary file that becomes tar's stdin:
+        # totals are known before the first byte, memory stays flat on huge trees, and no
+        # thread competes with the stream for the interpreter.
+        with tempfile.TemporaryFile(dir=self.scratch, prefix=".names-") as names:
+            self._write_names(walk, names, out.hooks.check)
+            out.totals(files=walk.files, bytes=walk.bytes)
+            names.seek(0)
+            with Command(argv, what=f"the directory {self.root}", stdin=names) as command:
                 command.pump(consume, out.hooks.check)
-            except BaseException:
-                walk.stopped = True
-                command.kill()
-                raise
-            finally:
-                feeder.join()
-            feeder.raise_error()
-            status = command.wait()
-            if status not in (0, 1):
-                raise command.failure(status)
-            try:
-                scanner.close()
-            except ArchiveError as error:
-                reason = "; ".join(command.stderr_lines(5)) or "tar gave no reason"
-                raise SourceError(
-                    f"tar's output for {self.root} ended early ({error}); {reason}"
-                ) from None
-            for message in walk.skipped + walk.problems:
-                out.warn(message)
-            out.suppressed += walk.unlisted
-            for line in command.iter_stderr():
-                message = line[5:] if line.startswith("tar: ") else line
-                if any(noise in message for noise in _NOISE):
-                    continue
-                if not any(known in message for known in _FILE_WARNINGS):
-                    message = f"tar: {message}"
-                out.warn(message)
+                status = command.wait(out.hooks.check)
+                if status not in (0, 1):
+                    raise command.failure(status)
+                try:
+                    scanner.close()
+                except ArchiveError as error:
+                    reason = "; ".join(command.stderr_lines(5)) or "tar gave no reason"
+                    raise SourceError(
+                        f"tar's output for {self.root} ended early ({error}); {reason}"
+                    ) from None
+                for message in walk.skipped + walk.problems:
+                    out.warn(message)
+                out.suppressed += walk.unlisted
+                for line in command.iter_stderr():
+                    message = line[5:] if line.startswith("tar: ") else line
+                    if any(noise in message for noise in _NOISE):
+                        continue
+                    if not any(known in message for known in _FILE_WARNINGS):
+                        message = f"tar: {message}"
+                    out.warn(message)
         if walk.excluded_count:
             out.hooks.log(f"excluded {walk.excluded_count} path(s) matching the exclude globs")
         out.advance(bytes_done=scanner.payload_bytes, files_done=files)
-
-
-class _NameFeeder(threading.Thread):
-    """Walk the tree and write the names to tar's stdin while the main thread reads tar."""
-
-    def __init__(self, walk: Walk, command: Command, out: Output) -> None:
-        super().__init__(name="backup-walk", daemon=True)
-        self.walk = walk
-        self.command = command
-        self.out = out
-        self.done = False
-        self.error: BaseException | None = None
-
-    def run(self) -> None:
-        stdin = self.command.proc.stdin
-        batch: list[bytes] = []
-        size = 0
-        fsencode = os.fsencode
-        try:
-            for path, _is_file, _size in self.walk:
-                name = fsencode(path)
-                batch.append(name)
-                size += len(name) + 1
-                if size >= 1 << 16:
-                    stdin.write(b"\0".join(batch) + b"\0")
-                    batch.clear()
-                    size = 0
-            if batch:
-                stdin.write(b"\0".join(batch) + b"\0")
-            stdin.close()
-            self.out.totals(files=self.walk.files, bytes=self.walk.bytes)
-        except (BrokenPipeError, ValueError):
-            pass  # tar stopped reading (it failed or was killed); the main thread reports it
-        except BaseException as error:  # noqa: BLE001 - handed to the main thread
-            self.error = error
-            with contextlib.suppress(OSError):
-                stdin.close()
-        finally:
-            self.done = True
-
-    def raise_error(self) -> None:
-        if self.error is not None:
-            raise SourceError(f"Walking {self.walk.root} failed: {self.error}") from self.error

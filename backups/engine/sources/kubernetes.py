@@ -15,7 +15,7 @@ from ..errors import ArchiveError, SourceError
 from ..locations import parse_pod_path
 from ..manifest import DIR, FILE, HARDLINK, SYMLINK
 from ..tarstream import Member, TarScanner
-from . import KUBERNETES, Command, Excludes, Output, Plan, Source, entry_for
+from . import KUBERNETES, PLAN_LIST_LIMIT, Command, Excludes, Output, Plan, Source, entry_for
 
 _KEPT_TYPES = (FILE, DIR, SYMLINK, HARDLINK)
 
@@ -55,25 +55,24 @@ class KubernetesSource(Source):
     def _run(self, out: Output | None, plan: Plan | None) -> None:
         """Stream the pod's tar through a scanner, into `out` or only counted into `plan`."""
         excludes = self.excludes
-        excluded_dirs: list[str] = []
+        excluded_dirs: tuple[str, ...] = ()
         files = 0
         total = 0
 
         def decide(member: Member) -> bool:
-            nonlocal files, total
+            nonlocal files, total, excluded_dirs
             path = member.path
             if path == ".":
                 return True
             # tar in the pod does not know our globs: a folder's contents go with it.
-            for folder in excluded_dirs:
-                if path.startswith(folder):
-                    return False
+            if excluded_dirs and path.startswith(excluded_dirs):
+                return False
             if excludes and excludes(path, path.rsplit("/", 1)[-1]):
                 if member.type == DIR:
-                    excluded_dirs.append(path + "/")
+                    excluded_dirs += (path + "/",)
                 if plan is not None:
                     plan.excluded_count += 1
-                    if len(plan.excluded) < 100:
+                    if len(plan.excluded) < PLAN_LIST_LIMIT:
                         plan.excluded.append(path)
                 return False
             if member.type not in _KEPT_TYPES:
@@ -121,7 +120,7 @@ class KubernetesSource(Source):
                     f"The tar stream from {self.location} is not valid ({error}); "
                     + ("; ".join(lines[-5:]) or "kubectl gave no reason")
                 ) from None
-            status = command.wait()
+            status = command.wait(check)
             if status != 0:
                 raise command.failure(status)
             if out is not None:

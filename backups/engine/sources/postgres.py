@@ -90,7 +90,7 @@ class PostgresSource(Source):
 
         with Command(argv, what=f"the database {self.location}") as command:
             command.pump(consume, out.hooks.check)
-            status = command.wait()
+            status = command.wait(out.hooks.check)
             if status != 0:
                 raise command.failure(status)
             for line in command.iter_stderr():

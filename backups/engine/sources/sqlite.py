@@ -11,6 +11,7 @@ removed.
 from __future__ import annotations
 
 import contextlib
+import errno
 import grp
 import hashlib
 import os
@@ -108,7 +109,7 @@ class SqliteSource(Source):
         except sqlite3.Error as error:
             text = str(error)
             if "full" in text.lower():
-                raise_if_no_space(OSError(28, text), snapshot)
+                raise_if_no_space(OSError(errno.ENOSPC, text), snapshot)
             raise SourceError(f"The snapshot of {self.location} failed: {error}") from None
         finally:
             source.close()
