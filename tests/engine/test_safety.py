@@ -7,8 +7,9 @@ import tarfile
 
 import pytest
 
-from backups.engine.errors import ArchiveError, UnsafeArchiveError
+from backups.engine.errors import ArchiveError
 from backups.engine.hooks import RecordingHooks
+from backups.engine.manifest import Entry
 from backups.engine.restore import RestoreRequest, run_restore
 from backups.engine.safety import MemberPolicy, Selection, normalise_request_path
 from backups.engine.tarstream import Member
@@ -258,7 +259,12 @@ def test_a_header_some_tars_read_differently_stops_the_restore(tmp_path, outside
         + smuggled
         + bytes(1024)
     )
-    archive = write_archive(tmp_path / "archives", stream)
+    # The manifest lists what a lying writer would claim: the link and the innocent file.
+    entries = [
+        Entry("escape", "symlink", 0, 0o777, 1_600_000_000, None, str(outside)),
+        Entry("innocent.bin", "file", 1024, 0o644, 1_600_000_000, "0" * 64),
+    ]
+    archive = write_archive(tmp_path / "archives", stream, entries=entries)
 
     with pytest.raises(ArchiveError, match="'escape'.* claims 512 bytes"):
         restore(archive, tmp_path / "restored")
