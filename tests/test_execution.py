@@ -118,3 +118,20 @@ def test_temps_of_a_live_run_are_kept(running):
 )
 def test_temp_names_carry_their_run_id(name, expected):
     assert temp_run_id(name) == expected
+
+
+def test_a_sidecar_and_manifest_without_their_archive_are_removed(source):
+    dead = Run.objects.create(source=source, status=Run.Status.FAILED)
+    folder = source.archive_dir
+    folder.mkdir(parents=True)
+    stem = f"20260101T000000Z-{dead.pk}"
+    (folder / f"{stem}.manifest.json").write_text("{}")
+    (folder / f"{stem}.tar.zst.sha256").write_text("x")
+    complete = f"20260102T000000Z-{dead.pk + 100}"
+    for name in (f"{complete}.tar.zst", f"{complete}.tar.zst.sha256", f"{complete}.manifest.json"):
+        (folder / name).write_text("kept")
+    assert sorted(remove_dead_temps(folder)) == [
+        f"{stem}.manifest.json",
+        f"{stem}.tar.zst.sha256",
+    ]
+    assert len(list(folder.iterdir())) == 3

@@ -316,9 +316,22 @@ def temp_run_id(name: str) -> int | None:
 
 
 def remove_dead_temps(folder) -> list[str]:
-    """Remove `.tmp` files in `folder` that belong to no active run; return their names."""
+    """Remove what dead runs left in `folder`; return the names removed.
+
+    That is `.tmp` files of runs that are no longer active, and a sidecar or manifest whose
+    archive never reached its name (a crash between the renames of the commit).
+    """
+    folder = Path(folder)
     temps = list(stale_temps(folder))
-    ids = {temp_run_id(path.name) for path in temps}
+    orphans = [
+        path
+        for path in folder.glob("*.manifest.json")
+        if not any(
+            not sibling.name.endswith((".json", ".sha256", ".tmp"))
+            for sibling in folder.glob(path.name.removesuffix(".manifest.json") + ".*")
+        )
+    ]
+    ids = {temp_run_id(path.name) for path in temps + orphans}
     live = set(
         Run.objects.filter(pk__in=ids - {None}, status__in=Run.ACTIVE).values_list("pk", flat=True)
     )
@@ -326,6 +339,14 @@ def remove_dead_temps(folder) -> list[str]:
     for path in temps:
         run_id = temp_run_id(path.name)
         if run_id is not None and run_id not in live:
+            path.unlink(missing_ok=True)
+            removed.append(path.name)
+    for manifest in orphans:
+        run_id = temp_run_id(manifest.name)
+        if run_id is None or run_id in live:
+            continue
+        stem = manifest.name.removesuffix(".manifest.json")
+        for path in [manifest, *folder.glob(f"{stem}.*.sha256")]:
             path.unlink(missing_ok=True)
             removed.append(path.name)
     return removed
