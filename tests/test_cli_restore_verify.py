@@ -1,7 +1,6 @@
 """`restore` and `verify` end to end: verified restores, refusals, audit, drills."""
 
 import json
-from pathlib import Path
 from io import StringIO
 
 import pytest

@@ -112,7 +112,8 @@ class EntrySpool:
     """
 
     def __init__(self, folder: Path | None = None) -> None:
-        self._file = tempfile.TemporaryFile(dir=folder, prefix=".manifest-spool-")
+        # Closed by close(); the spool lives as long as the backup that fills it.
+        self._file = tempfile.TemporaryFile(dir=folder, prefix=".manifest-spool-")  # noqa: SIM115
         self._buffer: list[str] = []
         self.count = 0
         self.files = 0

@@ -9,7 +9,6 @@ import subprocess
 
 import pytest
 
-import backups.engine.restore as restore_module
 from backups.engine.errors import (
     ArchiveError,
     Cancelled,
@@ -20,6 +19,8 @@ from backups.engine.errors import (
 from backups.engine.hooks import RecordingHooks
 from backups.engine.manifest import load_manifest
 from backups.engine.restore import RestoreRequest, check_target, run_restore
+from backups.engine.restore import directory as directory_module
+from backups.engine.restore import extract as extract_module
 from tests.engine.restore_helpers import (
     NON_UTF8,
     CancelAfter,
@@ -36,7 +37,8 @@ from tests.engine.restore_helpers import (
 @pytest.fixture(params=["inline", "thread", "process"])
 def reading(request, monkeypatch):
     """Every way an archive is decompressed: inline, in a thread, in the zstd program."""
-    monkeypatch.setattr(restore_module, "reading_mode", lambda manifest: request.param)
+    # The extraction looks the mode up in its own module.
+    monkeypatch.setattr(extract_module, "reading_mode", lambda manifest: request.param)
     return request.param
 
 
@@ -375,13 +377,13 @@ def test_restore_in_place_of_a_path_refuses_a_symlinked_parent(source_tree, back
 def test_restore_in_place_over_a_mount_point_swaps_its_contents(
     source_tree, backup, tmp_path, monkeypatch
 ):
-    import backups.engine.restore as restore
-
     expected = snapshot(source_tree)
     (source_tree / "added-later.txt").write_text("not in the backup")
     (source_tree / "docs" / "readme.txt").write_text("changed")
     # A mount point cannot be renamed; pretend the source is one.
-    monkeypatch.setattr(restore.os.path, "ismount", lambda path: str(path) == str(source_tree))
+    monkeypatch.setattr(
+        directory_module.os.path, "ismount", lambda path: str(path) == str(source_tree)
+    )
 
     run_restore(request_for(backup, source_tree, in_place=True), RecordingHooks())
 
@@ -492,7 +494,7 @@ class _Collect:
 def test_the_second_reading_agrees_with_tar_wherever_the_stream_is_cut(tree, tmp_path, seed):
     import random
 
-    from backups.engine.restore import _Splitter
+    from backups.engine.restore.splitter import Splitter
     from backups.engine.safety import MemberPolicy
     from backups.engine.tarstream import TarScanner
 
@@ -501,7 +503,7 @@ def test_the_second_reading_agrees_with_tar_wherever_the_stream_is_cut(tree, tmp
     staging = tmp_path / "staging"
     staging.mkdir()
     out = _Collect()
-    splitter = _Splitter(out, root=staging, direct_min=1 << 20)
+    splitter = Splitter(out, root=staging, direct_min=1 << 20)
     policy = MemberPolicy()
 
     def decide(member):

@@ -1,0 +1,89 @@
+"""Restore a folder: into a staging folder renamed into place, or path by path in place."""
+
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+
+from ..atomic import fsync_dir
+from ..errors import TargetError
+from ..safety import Selection
+from .files import remove_path
+from .hardlink_helpers import hardlink_helpers
+from .journal import Journal
+from .paths_in_place import restore_paths
+from .recovery import recover_interrupted, undone_on_failure
+from .request import RestoreRequest, check_space, check_target, selection_for
+from .run import RestoreRun
+from .staging import prepare_staging, side_path, sync_filesystem
+
+
+def restore_directory(run: RestoreRun) -> str:
+    """Restore into a local folder; return the folder's real path."""
+    request = run.request
+    check_target(RestoreRequest(**{**request.__dict__, "paths": ()}))
+    target = Path(os.path.realpath(request.target))
+    recover_interrupted(target.parent, hooks=run.hooks)
+    if target.is_dir():
+        recover_interrupted(target, hooks=run.hooks)
+    selection = selection_for(request, run.manifest)
+    helpers = hardlink_helpers(run.manifest, selection)
+    if not target.parent.exists():
+        target.parent.mkdir(parents=True)
+    existed = target.is_dir()
+    mount = existed and request.in_place and os.path.ismount(target)
+    if existed and request.in_place and (mount or not selection.everything):
+        restore_paths(run, target, selection, helpers, mount=mount)
+    else:
+        _restore_tree(run, target, selection, helpers)
+    return str(target)
+
+
+def _restore_tree(run: RestoreRun, target: Path, selection: Selection, helpers) -> None:
+    """Extract into a staging folder next to `target`, then rename it into place."""
+    request = run.request
+    check_space(target.parent, run.manifest.total_bytes)
+    before = None
+    if target.is_dir():
+        before = "dir" if request.in_place else "empty"
+    staging = side_path(target, "restore", run.token)
+    aside = side_path(target, "before-restore", run.token) if before == "dir" else None
+    journal = Journal(
+        target.parent,
+        target.name,
+        run.token,
+        kind="tree",
+        target=target,
+        staging=staging,
+        aside=os.fspath(aside) if aside else None,
+        before=before,
+    )
+    with undone_on_failure(journal):
+        prepare_staging(staging, target if before else None)
+        run.extract(staging, selection, helpers)
+        sync_filesystem(staging)
+        run.tick()
+
+        def swap() -> None:
+            journal.write(phase="swapping")
+            if aside is not None:
+                os.rename(target, aside)
+                run.hooks.log(f"Moved the current data aside to {aside}.")
+            os.rename(staging, target)
+            run.hooks.log(f"Moved the restored data into place at {target}.")
+            fsync_dir(target.parent)
+            journal.write(phase="done")
+
+        try:
+            run.hooks.publish(swap)
+        except OSError as error:
+            if error.errno in (errno.ENOTEMPTY, errno.EEXIST):
+                raise TargetError(
+                    f"The folder {target} stopped being empty during the restore; nothing "
+                    "was changed. Restore into a new folder."
+                ) from None
+            raise
+    if aside is not None:
+        remove_path(aside)
+    journal.close()

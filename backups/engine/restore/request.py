@@ -1,0 +1,175 @@
+"""What to restore and where, and the checks that refuse an unusable target up front."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..atomic import format_bytes, free_bytes
+from ..errors import NoSpaceError, TargetError
+from ..locations import (
+    DIRECTORY,
+    KINDS,
+    KUBERNETES,
+    POSTGRES,
+    SQLITE,
+    check_postgres_uri,
+    parse_pod_path,
+)
+from ..manifest import Manifest, load_manifest
+from ..safety import Selection, normalise_request_path
+from .contents import listed, member_key
+
+
+@dataclass
+class RestoreRequest:
+    """What to restore and where.
+
+    `target` has the form of the source's location: a folder, a database file, a pod path
+    `NAMESPACE/POD[/CONTAINER]:/ABS/PATH` or a libpq URI. `paths` restricts a restore to
+    those paths (relative to the source root) and what is below them.
+    """
+
+    archive: Path
+    manifest: Path
+    kind: str
+    target: str
+    in_place: bool = False
+    paths: Sequence[str] = ()
+    timeout_s: float | None = None
+
+
+@dataclass
+class RestoreResult:
+    """What a restore wrote, what it skipped and what it checked."""
+
+    files: int
+    bytes: int
+    warnings: list[str]
+    target: str
+    duration_s: float
+    checks: list[dict]
+
+
+def target_kind(request: RestoreRequest) -> str:
+    """Return how the target is written: a pod is one; a local folder restores locally."""
+    if request.kind == KUBERNETES and request.target.startswith("/"):
+        return DIRECTORY
+    return request.kind
+
+
+def selection_for(request: RestoreRequest, manifest: Manifest) -> Selection:
+    """Return the paths `request` asks for; refuse paths the backup does not hold."""
+    root = (manifest.header.get("source") or {}).get("location")
+    if request.kind == KUBERNETES and root and ":" in root:
+        root = root.split(":", 1)[1]
+    try:
+        paths = [normalise_request_path(path, root) for path in request.paths]
+    except ValueError as error:
+        raise TargetError(str(error)) from None
+    selection = Selection(paths)
+    unknown = selection.unmatched([member_key(entry.path) for entry in manifest.entries])
+    if unknown:
+        raise TargetError(
+            f"This backup holds nothing at {listed(unknown)}; give paths relative to the "
+            "source root, as `runs RUN --json` or the manifest lists them."
+        )
+    return selection
+
+
+def check_target(request: RestoreRequest) -> None:
+    """Refuse unusable targets up front (raises TargetError), before anything is changed.
+
+    A non-empty folder or an existing database file is refused unless `in_place`; the
+    target's parent must exist (in place, it is created); a pod path or URI must parse.
+    """
+    if request.kind not in KINDS:
+        raise TargetError(f"Unknown source kind {request.kind!r}: use one of {', '.join(KINDS)}.")
+    target = (request.target or "").strip()
+    if not target:
+        raise TargetError("The restore target is empty.")
+    if request.paths and request.kind in (SQLITE, POSTGRES):
+        raise TargetError(f"A {request.kind} backup is restored whole; --path does not apply.")
+    kind = target_kind(request)
+    if kind == KUBERNETES:
+        try:
+            parse_pod_path(target)
+        except ValueError as error:
+            raise TargetError(str(error)) from None
+    elif kind == POSTGRES:
+        try:
+            check_postgres_uri(target)
+        except ValueError as error:
+            raise TargetError(str(error)) from None
+    elif kind == DIRECTORY:
+        _check_directory_target(target, request.in_place)
+    elif kind == SQLITE:
+        _check_sqlite_target(target, request.in_place)
+    if request.paths:
+        selection_for(request, load_manifest(request.manifest))
+
+
+def _check_parent(path: Path, in_place: bool) -> None:
+    if not path.is_absolute():
+        raise TargetError(f"{path} is a relative path; give the absolute path of the target.")
+    parent = path.parent
+    if not parent.exists():
+        if in_place:
+            return
+        raise TargetError(f"The folder {parent} does not exist; create it first.")
+    if not parent.is_dir():
+        raise TargetError(f"{parent} is not a folder.")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise TargetError(f"This user may not create files in {parent}.")
+
+
+def _check_directory_target(target: str, in_place: bool) -> None:
+    path = Path(os.path.realpath(target)) if os.path.isabs(target) else Path(target)
+    _check_parent(path, in_place)
+    if not path.exists():
+        return
+    if not path.is_dir():
+        raise TargetError(f"The target {path} exists and is not a folder.")
+    if in_place:
+        return
+    with os.scandir(path) as entries:
+        if any(True for _ in entries):
+            raise TargetError(
+                f"The folder {path} is not empty. Restore into a new or empty folder, or "
+                "restore over the source with --in-place --yes."
+            )
+
+
+def _check_sqlite_target(target: str, in_place: bool) -> None:
+    path = Path(target)
+    _check_parent(path, in_place)
+    if path.is_dir():
+        raise TargetError(f"The target {path} is a folder; give the database file's path.")
+    if in_place or not path.exists():
+        for suffix in ("-wal", "-journal") if not path.exists() else ():
+            if os.path.lexists(f"{path}{suffix}"):
+                raise TargetError(
+                    f"{path}{suffix} exists without its database; SQLite would apply it to "
+                    "the restored file. Remove it or choose another file name."
+                )
+        return
+    if path.stat().st_size > 0:
+        raise TargetError(
+            f"The database file {path} exists. Restore to a new file name, or over the "
+            "source with --in-place --yes."
+        )
+
+
+def check_space(folder: Path, needed: int) -> None:
+    """Refuse a restore that needs more space than `folder`'s filesystem has free."""
+    while not folder.exists():
+        folder = folder.parent
+    free = free_bytes(folder)
+    if free < needed:
+        raise NoSpaceError(
+            f"Restoring needs {format_bytes(needed)} in {folder} but only {format_bytes(free)} "
+            "is free; the current data stays until the restore succeeds. Free some space or "
+            "restore elsewhere with --to."
+        )

@@ -1,0 +1,165 @@
+"""The state one restore shares between its steps, and the steps every kind takes."""
+
+from __future__ import annotations
+
+import secrets
+from pathlib import Path
+
+from ..atomic import format_bytes
+from ..errors import ArchiveError
+from ..hooks import Hooks
+from ..manifest import load_manifest
+from ..safety import Selection
+from .children import ProcessSink
+from .contents import member_key
+from .deadline import Deadline
+from .extract import stream_into, tar_env, tar_extract_argv
+from .hardlink_helpers import drop_helpers
+from .member_filter import MemberFilter
+from .progress import ProgressMeter
+from .reader import expected_sha256
+from .request import RestoreRequest
+
+
+class RestoreRun:
+    """The state one restore shares between its steps."""
+
+    def __init__(self, request: RestoreRequest, hooks: Hooks) -> None:
+        self.request = request
+        self.hooks = hooks
+        self.archive = Path(request.archive)
+        self.manifest = load_manifest(Path(request.manifest))
+        self.deadline = Deadline(request.timeout_s)
+        self.warnings: list[str] = []
+        self.checks: list[dict] = []
+        self.files = 0
+        self.bytes = 0
+        self.token = secrets.token_hex(6)
+
+    def tick(self) -> None:
+        """Raise Cancelled when the restore timed out or was cancelled."""
+        self.deadline.check()
+        self.hooks.check()
+
+    def warn(self, message: str) -> None:
+        """Record a warning for the result, and report it now."""
+        self.warnings.append(message)
+        self.hooks.warn(message)
+
+    def expected(self) -> str:
+        """Return the archive's recorded sha256 once its presence and size check out."""
+        if not self.archive.exists():
+            raise ArchiveError(f"The archive {self.archive} is missing.")
+        recorded = self.manifest.header.get("archive", {}).get("size")
+        size = self.archive.stat().st_size
+        if size == 0:
+            raise ArchiveError(f"The archive {self.archive} is empty (0 bytes).")
+        if isinstance(recorded, int) and recorded != size:
+            raise ArchiveError(
+                f"The archive {self.archive} is {size} bytes but its manifest says {recorded}: "
+                f"it is {'truncated' if size < recorded else 'not the file that was written'}."
+            )
+        return expected_sha256(self.archive, self.manifest)
+
+    def meter(self, current: str, selection: Selection | None = None) -> ProgressMeter:
+        """Start reporting progress on `current`, over the files `selection` keeps."""
+        files_total = self.manifest.total_files
+        if selection is not None and not selection.everything:
+            files_total = sum(
+                1
+                for entry in self.manifest.entries
+                if entry.type == "file" and selection.includes(member_key(entry.path))
+            )
+        meter = ProgressMeter(
+            self.hooks,
+            bytes_total=self.manifest.total_bytes,
+            files_total=files_total,
+            current=current,
+        )
+        meter.update(force=True)
+        return meter
+
+    def member_filter(
+        self, current: str, selection: Selection, helpers: frozenset[str] = frozenset()
+    ) -> MemberFilter:
+        """Return the filter for one reading of the archive, reporting progress as `current`."""
+        return MemberFilter(
+            archive_name=self.archive.name,
+            manifest=self.manifest,
+            selection=selection,
+            helpers=helpers,
+            meter=self.meter(current, selection),
+        )
+
+    def stream(
+        self,
+        filter_: MemberFilter,
+        expected: str,
+        *,
+        sink: ProcessSink | None = None,
+        staging: Path | None = None,
+    ) -> None:
+        """Read the whole archive through `filter_` into `sink`; kill `sink` on any failure."""
+        try:
+            stream_into(
+                archive=self.archive,
+                manifest=self.manifest,
+                expected=expected,
+                filter_=filter_,
+                sink=sink,
+                meter=filter_.meter,
+                tick=self.tick,
+                staging=staging,
+            )
+        except BaseException:
+            if sink is not None:
+                sink.kill()
+            raise
+        if sink is not None:
+            sink.close()
+
+    def passed_checksum(self, digest: str) -> None:
+        """Record that the archive's sha256 matched its manifest and checksum file."""
+        self.checks.append(
+            {
+                "name": "checksum",
+                "ok": True,
+                "detail": f"sha256 {digest} matches the manifest and the checksum file",
+            }
+        )
+
+    def passed_contents(self, filter_: MemberFilter) -> None:
+        """Record what `filter_` let through: its warnings, the files written, the check."""
+        for line in filter_.warnings():
+            self.warn(line)
+        self.files, self.bytes = filter_.files, filter_.bytes
+        self.checks.append(
+            {
+                "name": "contents",
+                "ok": True,
+                "detail": f"{filter_.files} files ({format_bytes(filter_.bytes)}) match "
+                "their sizes and sha256 in the manifest",
+            }
+        )
+
+    def extract(
+        self, staging: Path, selection: Selection, helpers: frozenset[str] = frozenset()
+    ) -> MemberFilter:
+        """Extract the archive into `staging` through the filter, verifying everything.
+
+        The `helpers` (see hardlink_helpers) are extracted for the hardlinks that need
+        them, then removed again unless selected.
+        """
+        expected = self.expected()
+        filter_ = self.member_filter(f"restoring {self.archive.name}", selection, helpers)
+        sink = ProcessSink(
+            tar_extract_argv(staging),
+            what=f"tar extracting into {staging}",
+            deadline=self.deadline,
+            env=tar_env(),
+        )
+        self.stream(filter_, expected, sink=sink, staging=staging)
+        self.passed_checksum(expected)
+        self.passed_contents(filter_)
+        drop_helpers(staging, selection, helpers)
+        return filter_

@@ -1,0 +1,125 @@
+"""Restore a SQLite database: a new file is moved into place, a live one is copied into."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+from pathlib import Path
+
+from ..atomic import fsync_dir
+from ..errors import ArchiveError, UnsafeArchiveError
+from ..safety import Selection, clean_path, shown
+from .files import remove_path
+from .journal import Journal
+from .progress import ProgressMeter
+from .recovery import recover_interrupted, undone_on_failure
+from .request import check_space, check_target
+from .run import RestoreRun
+from .sqlite_files import page_count, sqlite_copy, sqlite_integrity
+from .staging import prepare_staging, side_path, sync_filesystem
+
+
+def _single_file(run: RestoreRun) -> str:
+    files = [entry for entry in run.manifest.entries if entry.type == "file"]
+    if len(files) != 1:
+        raise ArchiveError(
+            f"The archive {run.archive.name} should hold one database file but its manifest "
+            f"lists {len(files)} files."
+        )
+    path = clean_path(files[0].path)
+    if not path:
+        raise UnsafeArchiveError(
+            f"The database member {shown(files[0].path)} of {run.archive.name} has an unsafe name."
+        )
+    return path
+
+
+def restore_sqlite(run: RestoreRun) -> str:
+    """Restore a database file, checked with PRAGMA integrity_check first; return its path."""
+    request = run.request
+    check_target(request)
+    target = Path(request.target)
+    if not target.parent.exists():
+        target.parent.mkdir(parents=True)
+    recover_interrupted(target.parent, hooks=run.hooks)
+    member = _single_file(run)
+    live = request.in_place and target.exists()
+    check_space(target.parent, run.manifest.total_bytes * (2 if live else 1))
+    staging = side_path(target, "restore", run.token)
+    aside = side_path(target, "before-restore", run.token)
+    journal = Journal(
+        target.parent,
+        target.name,
+        run.token,
+        kind="sqlite" if live else "file",
+        target=target,
+        staging=staging,
+        aside=os.fspath(aside),
+        before="file" if target.exists() else None,
+    )
+    with undone_on_failure(journal):
+        prepare_staging(staging, None)
+        run.extract(staging, Selection([]))
+        snapshot = staging / member
+        verdict = sqlite_integrity(snapshot)
+        if verdict != "ok":
+            raise ArchiveError(
+                f"The database restored from {run.archive.name} fails PRAGMA integrity_check: "
+                f"{verdict}. Nothing was changed."
+            )
+        run.checks.append({"name": "database", "ok": True, "detail": "integrity_check: ok"})
+        sync_filesystem(staging)
+        run.tick()
+        if live:
+            run.hooks.publish(lambda: _copy_into_live(run, journal, snapshot, target, aside))
+        else:
+
+            def move_in() -> None:
+                journal.write(phase="swapping", moved_in=True)
+                os.rename(snapshot, target)
+                fsync_dir(target.parent)
+                journal.write(phase="done")
+
+            run.hooks.publish(move_in)
+    remove_path(staging)
+    remove_path(aside)
+    journal.close()
+    return str(target)
+
+
+def _copy_into_live(run: RestoreRun, journal: Journal, snapshot: Path, target: Path, aside: Path):
+    """Copy the verified snapshot into the live database, keeping the original until it passes."""
+    timeout = 60.0 if run.request.timeout_s is None else max(1.0, run.request.timeout_s)
+    # A consistent copy of the current database, to put back on any failure.
+    live, keep = sqlite3.connect(os.fspath(target), timeout=timeout), sqlite3.connect(aside)
+    with contextlib.closing(live), contextlib.closing(keep):
+        live.backup(keep)
+    run.hooks.log(f"Saved the current database to {aside}.")
+    meter = ProgressMeter(run.hooks, bytes_total=None, files_total=1, current="copying into place")
+    page = snapshot.stat().st_size // max(1, page_count(snapshot))
+
+    def progress(done: int, total: int) -> None:
+        run.tick()
+        meter.progress.bytes_done = done * page
+        meter.progress.bytes_total = total * page
+        meter.update()
+
+    journal.write(phase="copying")
+    committed = False
+    try:
+        sqlite_copy(snapshot, target, timeout=timeout, progress=progress)
+        committed = True
+        verdict = sqlite_integrity(target, quick=True, immutable=False)
+        if verdict != "ok":
+            raise ArchiveError(f"The restored database fails PRAGMA quick_check: {verdict}.")
+    except BaseException:
+        # An unfinished copy was rolled back by SQLite itself; a finished one is undone.
+        if committed:
+            sqlite_copy(aside, target, timeout=timeout)
+            run.hooks.log(f"Put the original database back into {target}.")
+        journal.write(phase="staging")
+        raise
+    run.checks.append({"name": "database", "ok": True, "detail": "quick_check after copy: ok"})
+    run.hooks.log(f"Copied the restored database into {target}.")
+    journal.write(phase="done")
