@@ -291,6 +291,20 @@ class Run(models.Model):
             models.Index(fields=["source", "kind", "status", "-started_at"]),
             models.Index(fields=["status", "heartbeat_at"]),
             models.Index(fields=["-queued_at", "-id"]),
+            # The pages' and the compliance service's "newest run of each sort per source"
+            # lookups, each an index range read instead of a scan of the source's history.
+            models.Index(fields=["source", "kind", "-started_at"], name="run_source_kind_started"),
+            models.Index(
+                fields=["source", "kind", "-finished_at"], name="run_source_kind_finished"
+            ),
+            models.Index(fields=["source", "-queued_at", "-id"], name="run_source_queued"),
+            models.Index(fields=["source", "status"], name="run_source_status"),
+            models.Index(
+                fields=["source", "-finished_at"],
+                condition=Q(restore_seconds__isnull=False),
+                name="run_source_timed_restores",
+            ),
+            models.Index(fields=["status", "finished_at"], name="run_status_finished"),
         ]
         constraints = [
             # The database is the lock: a second backup (or in-place restore) of a source
@@ -445,12 +459,17 @@ class ManifestEntry(models.Model):
         HARDLINK = "h", "hardlink"
 
     pk = models.CompositePrimaryKey("directory", "name")
-    directory = models.ForeignKey(ManifestDir, on_delete=models.CASCADE, related_name="+")
-    name = models.TextField()
-    type = models.CharField(max_length=1, choices=Type.choices)
+    # Column order matters on PostgreSQL: the 8-byte columns first, then the narrow ones
+    # and the variable-length ones, so no row carries alignment padding. The primary key
+    # already starts with the folder: a second index on it would only cost space.
+    directory = models.ForeignKey(
+        ManifestDir, on_delete=models.CASCADE, related_name="+", db_index=False
+    )
     size = models.BigIntegerField(default=0)
-    mode = models.IntegerField(default=0)
     mtime = models.BigIntegerField(default=0)
+    mode = models.PositiveSmallIntegerField(default=0)  # permission bits: at most 0o7777
+    type = models.CharField(max_length=1, choices=Type.choices)
+    name = models.TextField()
     sha256 = models.BinaryField(max_length=32, null=True)
     target = models.TextField(null=True)
 

@@ -111,14 +111,14 @@ class Migration(migrations.Migration):
             name='ManifestEntry',
             fields=[
                 ('pk', models.CompositePrimaryKey('directory', 'name', blank=True, editable=False, primary_key=True, serialize=False)),
-                ('name', models.TextField()),
-                ('type', models.CharField(choices=[('f', 'file'), ('d', 'dir'), ('l', 'symlink'), ('h', 'hardlink')], max_length=1)),
+                ('directory', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='+', to='backups.manifestdir')),
                 ('size', models.BigIntegerField(default=0)),
-                ('mode', models.IntegerField(default=0)),
                 ('mtime', models.BigIntegerField(default=0)),
+                ('mode', models.PositiveSmallIntegerField(default=0)),
+                ('type', models.CharField(choices=[('f', 'file'), ('d', 'dir'), ('l', 'symlink'), ('h', 'hardlink')], max_length=1)),
+                ('name', models.TextField()),
                 ('sha256', models.BinaryField(max_length=32, null=True)),
                 ('target', models.TextField(null=True)),
-                ('directory', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='+', to='backups.manifestdir')),
             ],
         ),
         migrations.CreateModel(

@@ -58,7 +58,7 @@ def _rows(entries: Iterator[Entry], dir_ids: dict[str, int]) -> Iterator[tuple]:
             name,
             TYPE_CODES.get(entry.type, "f"),
             entry.size,
-            entry.mode,
+            entry.mode & 0o7777,
             int(entry.mtime),
             bytes.fromhex(entry.sha256) if entry.sha256 else None,
             display_path(entry.target) if entry.target is not None else None,
