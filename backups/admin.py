@@ -6,6 +6,7 @@ from django.contrib import admin
 
 from backups.audit import audit_record
 from backups.models import AuditEvent, Manifest, Policy, Run, Source
+from backups.services.schedules import schedule_sync, schedule_sync_all, schedule_sync_policy
 
 
 class AuditedAdmin(admin.ModelAdmin):
@@ -76,6 +77,16 @@ class PolicyAdmin(AuditedAdmin):
         ),
     ]
 
+    def save_model(self, request, obj, form, change):
+        super().save_model(request, obj, form, change)
+        # A new cron expression must reach django-q2's scheduler now, not at the next
+        # housekeeping pass.
+        schedule_sync_policy(obj)
+
+    def delete_model(self, request, obj):
+        super().delete_model(request, obj)
+        schedule_sync_all()
+
 
 @admin.register(Source)
 class SourceAdmin(AuditedAdmin):
@@ -85,6 +96,15 @@ class SourceAdmin(AuditedAdmin):
     list_select_related = ["policy"]
     prepopulated_fields = {"slug": ["name"]}
     fields = ["name", "slug", "kind", "location", "excludes", "policy", "owner", "enabled", "notes"]
+
+    def save_model(self, request, obj, form, change):
+        super().save_model(request, obj, form, change)
+        schedule_sync(obj)
+
+    def delete_model(self, request, obj):
+        super().delete_model(request, obj)
+        # The deleted source no longer has an id to look its schedule up by.
+        schedule_sync_all()
 
 
 @admin.register(Run)

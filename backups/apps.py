@@ -19,4 +19,7 @@ class BackupsConfig(AppConfig):
     def ready(self) -> None:
         from django_q.signals import post_spawn
 
+        # Registers the queue-safety checks that `qcluster` and `migrate` run at start-up.
+        from backups import checks  # noqa: F401
+
         post_spawn.connect(_reap_on_worker_start, dispatch_uid="backups-reap-on-spawn")

@@ -1,11 +1,28 @@
-"""Prometheus metrics, computed from the run table at scrape time."""
+"""Prometheus metrics, computed from the run table at scrape time.
+
+The per-source gauges come from the compliance service that the pages and `status` use, so
+an alert and the dashboard never disagree. A status is exported as one 0/1 gauge per
+possible value (`backup_rpo_status{source="web",status="breached"} 1`), the usual
+Prometheus shape for an enum.
+"""
 
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Gauge, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from backups.engine import compliance as rules
 from backups.models import Run, Source
+from backups.services.compliance import (
+    INTEGRITY_FAILED,
+    INTEGRITY_OK,
+    INTEGRITY_UNKNOWN,
+    fleet_standing,
+)
+
+RPO_STATUSES = (rules.OK, rules.AT_RISK, rules.BREACHED, rules.UNKNOWN)
+RTO_STATUSES = (rules.OK, rules.BREACHED, rules.UNPROVEN)
+INTEGRITIES = (INTEGRITY_OK, INTEGRITY_FAILED, INTEGRITY_UNKNOWN)
 
 
 def render_metrics() -> tuple[bytes, str]:
@@ -17,4 +34,75 @@ def render_metrics() -> tuple[bytes, str]:
         sources.labels(kind=kind).set(Source.objects.filter(kind=kind).count())
     for kind, _label in Run.Kind.choices:
         active.labels(kind=kind).set(Run.objects.active().filter(kind=kind).count())
+    _per_source(registry)
     return generate_latest(registry), CONTENT_TYPE_LATEST
+
+
+def _gauge(registry, name: str, documentation: str, *labels: str) -> Gauge:
+    return Gauge(name, documentation, ["source", *labels], registry=registry)
+
+
+def _per_source(registry: CollectorRegistry) -> None:
+    age = _gauge(registry, "backup_age_seconds", "Age of the newest successful backup")
+    rpo_target = _gauge(registry, "backup_rpo_target_seconds", "RPO target of the policy")
+    rpo = _gauge(registry, "backup_rpo_status", "RPO standing (1 for the current one)", "status")
+    rto_target = _gauge(registry, "backup_rto_target_seconds", "RTO target of the policy")
+    rto = _gauge(registry, "backup_rto_status", "RTO standing (1 for the current one)", "status")
+    drill = _gauge(registry, "backup_last_drill_seconds", "Duration of the newest drill/restore")
+    size = _gauge(registry, "backup_last_archive_size_bytes", "Size of the newest good archive")
+    duration = _gauge(
+        registry, "backup_last_duration_seconds", "Duration of the newest successful backup"
+    )
+    integrity = _gauge(
+        registry, "backup_integrity", "Newest verification (1 for the current result)", "status"
+    )
+    verified_age = _gauge(
+        registry, "backup_verified_age_seconds", "Age of the newest verified backup"
+    )
+    within = _gauge(
+        registry, "backup_within_target_ratio_30d", "Share of the last 30 days within the RPO"
+    )
+    success = _gauge(
+        registry, "backup_success_ratio_30d", "Share of the last 30 days' backups that succeeded"
+    )
+    missed = _gauge(
+        registry, "backup_missed_schedules_30d", "Scheduled slots missed in the last 30 days"
+    )
+    next_run = _gauge(
+        registry, "backup_next_run_timestamp_seconds", "When the next scheduled backup starts"
+    )
+    running = _gauge(registry, "backup_running", "1 while a run of the source is active")
+
+    for standing in fleet_standing():
+        name = standing.source.name
+        at = standing.at
+        if standing.age_s is not None:
+            age.labels(source=name).set(standing.age_s)
+        if standing.rpo_s is not None:
+            rpo_target.labels(source=name).set(standing.rpo_s)
+        for status in RPO_STATUSES:
+            rpo.labels(source=name, status=status).set(int(standing.rpo_status == status))
+        if standing.rto_s is not None:
+            rto_target.labels(source=name).set(standing.rto_s)
+        for status in RTO_STATUSES:
+            rto.labels(source=name, status=status).set(int(standing.rto_status == status))
+        if standing.last_drill_s is not None:
+            drill.labels(source=name).set(standing.last_drill_s)
+        last = standing.last_success
+        if last is not None:
+            if last.size is not None:
+                size.labels(source=name).set(last.size)
+            if last.duration_s is not None:
+                duration.labels(source=name).set(last.duration_s)
+        for status in INTEGRITIES:
+            integrity.labels(source=name, status=status).set(int(standing.integrity == status))
+        if standing.verified_at is not None and at is not None:
+            verified_age.labels(source=name).set((at - standing.verified_at).total_seconds())
+        if standing.within_target_30d is not None:
+            within.labels(source=name).set(standing.within_target_30d)
+        if standing.success_rate_30d is not None:
+            success.labels(source=name).set(standing.success_rate_30d)
+        missed.labels(source=name).set(standing.missed_30d)
+        if standing.next_run_at is not None:
+            next_run.labels(source=name).set(standing.next_run_at.timestamp())
+        running.labels(source=name).set(int(standing.running is not None))

@@ -39,7 +39,9 @@ def admin_user(django_user_model):
 @pytest.fixture
 def operator(django_user_model):
     """Staff who may restore."""
-    return _user(django_user_model, "olivia", staff=True, perms=["run_restore", "view_run"])
+    return _user(
+        django_user_model, "olivia", staff=True, perms=["run_restore", "add_run", "view_run"]
+    )
 
 
 @pytest.fixture

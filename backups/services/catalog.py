@@ -6,6 +6,7 @@ from django.db import transaction
 from django.utils.text import slugify
 
 from backups.models import Policy, Source
+from backups.services.schedules import schedule_sync
 
 
 @transaction.atomic
@@ -39,6 +40,8 @@ def source_create(
     )
     source.full_clean()
     source.save()
+    # Explicitly here, not in a signal: the schedule is part of creating a source.
+    schedule_sync(source)
     return source
 
 

@@ -14,7 +14,14 @@ from backups.models import Source
 
 # Operators may restore; viewers see everything and restore nothing.
 ROLES = {
-    "operators": ["run_restore", "view_run", "view_source", "view_policy", "view_auditevent"],
+    "operators": [
+        "run_restore",
+        "add_run",
+        "view_run",
+        "view_source",
+        "view_policy",
+        "view_auditevent",
+    ],
     "viewers": ["view_run", "view_source", "view_policy", "view_auditevent"],
 }
 

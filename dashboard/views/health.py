@@ -1,4 +1,4 @@
-"""Pages of the dashboard, and the health and metrics endpoints."""
+"""The two endpoints that need no login: health for load balancers, metrics for Prometheus."""
 
 from __future__ import annotations
 
@@ -8,18 +8,8 @@ from django.conf import settings
 from django.contrib.auth.decorators import login_not_required
 from django.db import connection
 from django.http import HttpResponse, JsonResponse
-from django.shortcuts import render
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
-
-from backups.models import Source
-
-
-@require_GET
-def overview(request):
-    """Show every source with its policy: the fleet at a glance."""
-    sources = Source.objects.select_related("policy").order_by("name")
-    return render(request, "dashboard/overview.html", {"sources": sources})
 
 
 @login_not_required

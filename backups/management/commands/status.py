@@ -1,0 +1,101 @@
+"""`status [--json]`: each source's RPO/RTO standing, integrity, last backup, next run."""
+
+from __future__ import annotations
+
+from django.utils import timezone
+
+from backups.cli import CliCommand
+from backups.engine.durations import format_duration
+from backups.services.compliance import Standing, fleet_standing, standing_to_dict
+
+GOOD = {"ok"}
+BAD = {"breached", "failed"}
+
+
+class Command(CliCommand):
+    help = "Show where every source stands against its RPO and RTO targets."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--json", action="store_true", help="print one JSON object")
+
+    def handle(self, *args, **options):
+        now = timezone.now()
+        standings = fleet_standing(now=now)
+        if options["json"]:
+            self.print_json({"sources": [standing_to_dict(s) for s in standings]})
+            return
+        if not standings:
+            self.stdout.write("No sources. Add one with `source add`.")
+            return
+        header = (
+            "SOURCE",
+            "KIND",
+            "LAST SUCCESS",
+            "RPO",
+            "RTO",
+            "INTEGRITY",
+            "30D",
+            "MISSED",
+            "NEXT RUN",
+            "ACTIVE",
+        )
+        rows = [self.row(standing, now) for standing in standings]
+        widths = [
+            max(len(header[i]), *(len(row[i][0]) for row in rows)) for i in range(len(header))
+        ]
+        self.stdout.write(
+            "  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)).rstrip()
+        )
+        for row in rows:
+            # Pad before colouring: escape codes have no width on a terminal.
+            cells = [
+                self.paint(text.ljust(width), tone)
+                for (text, tone), width in zip(row, widths, strict=True)
+            ]
+            self.stdout.write("  ".join(cells).rstrip())
+
+    def paint(self, text: str, tone: str) -> str:
+        if tone == "good":
+            return self.style.SUCCESS(text)
+        if tone == "bad":
+            return self.style.ERROR(text)
+        if tone == "warn":
+            return self.style.WARNING(text)
+        return text
+
+    @staticmethod
+    def tone(status: str) -> str:
+        return "good" if status in GOOD else "bad" if status in BAD else "warn"
+
+    def row(self, standing: Standing, now) -> list[tuple[str, str]]:
+        age = f"{format_duration(standing.age_s)} ago" if standing.age_s is not None else "never"
+        rpo = standing.rpo_status + (
+            f" ({format_duration(standing.rpo_s)})" if standing.rpo_s else ""
+        )
+        rto = standing.rto_status + (
+            f" ({format_duration(standing.rto_s)})" if standing.rto_s else ""
+        )
+        within = (
+            f"{100 * standing.within_target_30d:.0f}%"
+            if standing.within_target_30d is not None
+            else "-"
+        )
+        if standing.next_run_at is None:
+            planned = "-" if standing.source.enabled else "disabled"
+        elif standing.next_run_at <= now:
+            planned = "due now"
+        else:
+            planned = f"in {format_duration((standing.next_run_at - now).total_seconds())}"
+        active = standing.running
+        return [
+            (standing.source.name, ""),
+            (standing.source.kind, ""),
+            (age, ""),
+            (rpo, self.tone(standing.rpo_status)),
+            (rto, self.tone(standing.rto_status)),
+            (standing.integrity, self.tone(standing.integrity)),
+            (within, ""),
+            (str(standing.missed_30d), "warn" if standing.missed_30d else ""),
+            (planned, ""),
+            (f"{active.kind} #{active.pk} {active.status}" if active else "-", ""),
+        ]

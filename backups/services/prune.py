@@ -1,0 +1,456 @@
+"""Retention: decide which backups each policy keeps, and remove the others crash-safely.
+
+The selection is the engine's (restic `forget --keep-*` semantics, buckets cut in
+RETENTION_TIME_ZONE). On top of the rules, some backups are never removed: one a user
+pinned (`keep`), the newest backup whose verification passed, and any backup a queued or
+running restore or verification is reading. A policy without a single keep rule removes
+nothing at all: it is refused.
+
+Removing a backup is two-phase. A conditional UPDATE first moves it from a good status to
+`pruning`, owned by this pruner; then, in one transaction that re-checks that ownership,
+its archive, sidecar and manifest are unlinked, the folder fsynced and the run marked
+`pruned` (the row stays, as history; its catalog manifest goes). A pruner that crashes in
+between leaves a run in `pruning`, which the next prune (or housekeeping) finishes once the
+pruner is known dead. A pruner that was only paused and wakes up after its run was taken
+over finds it no longer owns it, and stops without deleting anything.
+
+If an archive folder cannot be listed, or lists none of the archives the catalog has in
+it, nothing of that source is removed and the discrepancy is reported: a missing mount
+must never look like permission to delete.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import F, Value
+from django.db.models.functions import Concat
+from django.utils import timezone
+
+from backups.engine.atomic import fsync_dir
+from backups.engine.retention import PINNED, Rules, Snapshot, select
+from backups.models import Manifest, Run, Source
+from backups.services.execution import worker_identity
+
+logger = logging.getLogger(__name__)
+
+# Why a backup is kept besides the policy's rules (shown by `prune --dry-run`).
+KEEP = "keep"
+VERIFIED = "verified"
+IN_USE = "in use"
+MISSING = "missing"
+HELD = "held"
+
+# Backups claimed and deleted together: one transaction and one folder fsync per batch.
+BATCH = 100
+
+
+class PruneRefused(Exception):
+    """Nothing may be removed for this source (no policy, or a policy with no keep rule)."""
+
+
+class PruneFenced(Exception):
+    """This pruner lost a run it was removing: it was paused and another one took over."""
+
+
+@dataclass
+class PrunePlan:
+    """What retention keeps (with the reasons) and removes for one source, newest first."""
+
+    source: Source
+    keep: list[tuple[Run, list[str]]] = field(default_factory=list)
+    remove: list[Run] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+
+def _rules(source: Source) -> Rules:
+    policy = source.policy
+    if policy is None:
+        raise PruneRefused(
+            f"Source {source.name!r} has no policy, so no retention rule: nothing is removed."
+        )
+    rules = Rules(**policy.keep_rules)
+    if rules.is_empty():
+        raise PruneRefused(
+            f"Policy {policy.name!r} (source {source.name!r}) has no keep rule: refusing to "
+            "remove anything. Set at least one of keep-last, keep-hourly, keep-daily, "
+            "keep-weekly, keep-monthly or keep-yearly."
+        )
+    return rules
+
+
+def _listings(backups: list[Run]) -> tuple[dict[Path, set[str]], list[str], bool]:
+    """List each folder holding archives; return the names, the problems, and whether
+    removal must be held back for the whole source."""
+    folders: dict[Path, list[Run]] = {}
+    for run in backups:
+        folders.setdefault(Path(run.archive).parent, []).append(run)
+    names: dict[Path, set[str]] = {}
+    problems: list[str] = []
+    held = False
+    for folder, runs in folders.items():
+        try:
+            listed = set(os.listdir(folder))
+        except OSError as error:
+            problems.append(
+                f"Cannot list {folder} ({error.strerror or error}) while the catalog has "
+                f"{len(runs)} archive(s) there: nothing of this source is removed."
+            )
+            held = True
+            continue
+        if not any(Path(run.archive).name in listed for run in runs):
+            problems.append(
+                f"{folder} holds none of the {len(runs)} archive(s) the catalog has there "
+                "(an unmounted volume?): nothing of this source is removed."
+            )
+            held = True
+        names[folder] = listed
+    return names, problems, held
+
+
+def _present(run: Run, names: dict[Path, set[str]]) -> bool:
+    archive = Path(run.archive)
+    return archive.name in names.get(archive.parent, set())
+
+
+def prune_plan(*, source: Source, now: datetime | None = None) -> PrunePlan:
+    """Return what retention keeps and removes for `source`, without changing anything.
+
+    Raise PruneRefused when the source has no policy or its policy no keep rule. `now` is
+    accepted for symmetry with the other services: the selection does not depend on the
+    time it is made, only on the backups' own times.
+    """
+    rules = _rules(source)
+    backups = list(
+        Run.objects.restorable()
+        .filter(source=source)
+        .exclude(archive="")
+        .defer("log")
+        .order_by("-started_at", "-pk")
+    )
+    plan = PrunePlan(source=source)
+    if not backups:
+        return plan
+    names, plan.problems, held = _listings(backups)
+    present = [run for run in backups if held or _present(run, names)]
+    present_ids = {run.pk for run in present}
+    missing = [run for run in backups if run.pk not in present_ids]
+    for run in missing:
+        plan.problems.append(
+            f"Backup #{run.pk}'s archive {run.archive} is missing: it is left in the catalog "
+            "and does not count towards the rules. Run `import_archives` or check the storage."
+        )
+
+    pins: dict[int, list[str]] = {run.pk: [] for run in present}
+    for run in present:
+        if run.keep:
+            pins[run.pk].append(KEEP)
+    newest_verified = next((run for run in present if run.verified), None)
+    if newest_verified is not None:
+        pins[newest_verified.pk].append(VERIFIED)
+    in_use = set(
+        Run.objects.filter(backup__in=[run.pk for run in present], status__in=Run.ACTIVE)
+        .values_list("backup_id", flat=True)
+        .distinct()
+    )
+    for pk in in_use:
+        pins[pk].append(IN_USE)
+
+    by_id = {run.pk: run for run in present}
+    decision = select(
+        [
+            Snapshot(id=run.pk, time=run.started_at or run.queued_at, pinned=bool(pins[run.pk]))
+            for run in present
+        ],
+        rules,
+        ZoneInfo(settings.RETENTION_TIME_ZONE),
+    )
+    for snapshot, reasons in decision.keep:
+        expanded = []
+        for reason in reasons:
+            expanded.extend(pins[snapshot.id] if reason == PINNED else [reason])
+        plan.keep.append((by_id[snapshot.id], expanded))
+    if held:
+        plan.keep.extend((by_id[snapshot.id], [HELD]) for snapshot in decision.remove)
+        plan.keep.sort(key=lambda item: (item[0].started_at or item[0].queued_at, item[0].pk))
+        plan.keep.reverse()
+    else:
+        plan.remove = [by_id[snapshot.id] for snapshot in decision.remove]
+    plan.keep.extend((run, [MISSING]) for run in missing)
+    return plan
+
+
+def _entry(run: Run, source: Source, reasons: list[str] | None = None) -> dict:
+    data = {
+        "id": run.pk,
+        "source": source.name,
+        "started_at": run.started_at.isoformat() if run.started_at else None,
+    }
+    if reasons is not None:
+        data["reasons"] = reasons
+    return data
+
+
+def _files(run: Run) -> list[Path]:
+    archive = Path(run.archive)
+    return [archive, archive.with_name(archive.name + ".sha256"), run.manifest_path]
+
+
+def _claim(runs: list[Run], me: str, now: datetime) -> tuple[list[Run], dict[int, str]]:
+    """Move `runs` to `pruning` for `me`; return those claimed and why the others stay.
+
+    Everything that pins a backup is checked again inside the transaction that claims it:
+    the plan may be minutes old, and a restore may have started reading a backup since.
+    A reason of "changed" means the backup is no longer a good one (another pruner took it).
+    """
+    wanted = {run.pk: run for run in runs}
+    kept: dict[int, str] = {}
+    with transaction.atomic():
+        rows = {
+            row["pk"]: row
+            for row in Run.objects.select_for_update()
+            .filter(pk__in=list(wanted), kind=Run.Kind.BACKUP, status__in=Run.GOOD)
+            .values("pk", "keep", "verified", "source_id")
+        }
+        in_use = set(
+            Run.objects.filter(backup_id__in=list(rows), status__in=Run.ACTIVE).values_list(
+                "backup_id", flat=True
+            )
+        )
+        newest_verified = {
+            Run.objects.restorable()
+            .filter(source_id=source_id, verified=True)
+            .order_by("-started_at", "-pk")
+            .values_list("pk", flat=True)
+            .first()
+            for source_id in {row["source_id"] for row in rows.values()}
+        }
+        for pk in wanted:
+            row = rows.get(pk)
+            if row is None:
+                kept[pk] = "changed"
+            elif row["keep"]:
+                kept[pk] = KEEP
+            elif pk in in_use:
+                kept[pk] = IN_USE
+            elif pk in newest_verified:
+                kept[pk] = VERIFIED
+        claimed = [run for pk, run in wanted.items() if pk not in kept]
+        Run.objects.filter(pk__in=[run.pk for run in claimed], status__in=Run.GOOD).update(
+            status=Run.Status.PRUNING, worker=me, heartbeat_at=now
+        )
+    return claimed, kept
+
+
+def _delete_owned(runs: list[Run], me: str) -> None:
+    """Unlink the files of runs `me` holds in `pruning`, then mark them `pruned`.
+
+    The ownership check, the unlinks and the status change share one transaction that
+    holds the rows: a pruner that lost any of them deletes nothing at all, since it was
+    away long enough for its whole plan to be stale.
+    """
+    ids = [run.pk for run in runs]
+    with transaction.atomic():
+        owned = set(
+            Run.objects.select_for_update()
+            .filter(pk__in=ids, status=Run.Status.PRUNING, worker=me)
+            .values_list("pk", flat=True)
+        )
+        lost = [pk for pk in ids if pk not in owned]
+        if lost:
+            raise PruneFenced(
+                f"Backup #{lost[0]} is no longer being removed by this pruner ({me}): it "
+                "was paused past ABANDON_AFTER_S and another pruner took over. Nothing "
+                "more was deleted."
+            )
+        folders = set()
+        for run in runs:
+            for path in _files(run):
+                path.unlink(missing_ok=True)
+            folders.add(Path(run.archive).parent)
+        for folder in folders:
+            if folder.is_dir():
+                fsync_dir(folder)
+        now = timezone.now()
+        Run.objects.filter(pk__in=ids).update(
+            status=Run.Status.PRUNED,
+            heartbeat_at=now,
+            log=Concat(F("log"), Value(f"{now:%Y-%m-%d %H:%M:%S} removed by retention ({me})\n")),
+        )
+    # Outside the transaction: a big manifest takes a while to delete, and a crash here
+    # leaves only rows that the next prune removes.
+    Manifest.objects.filter(run_id__in=ids).delete()
+    for run in runs:
+        logger.info("pruned backup #%s (%s)", run.pk, run.archive)
+
+
+def _holder_gone(worker: str, heartbeat_at: datetime | None, now: datetime) -> bool:
+    """Return whether the pruner named `worker` is dead or silent past ABANDON_AFTER_S."""
+    if heartbeat_at is None or now - heartbeat_at > timedelta(seconds=settings.ABANDON_AFTER_S):
+        return True
+    host, _, rest = worker.partition(":")
+    pid = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+def _finish_interrupted(runs, me: str, now: datetime) -> tuple[list[Run], list[str]]:
+    """Take over runs left in `pruning` by a dead pruner and finish them.
+
+    A run that was pinned meanwhile (a user's keep, a reader) and whose files are all
+    still there goes back to its good status instead: the pin wins over a removal that
+    never really started.
+    """
+    finished, problems = [], []
+    for row in runs:
+        if not _holder_gone(row.worker, row.heartbeat_at, now):
+            problems.append(f"Backup #{row.pk} is being removed by {row.worker}; left to it.")
+            continue
+        adopted = Run.objects.filter(
+            pk=row.pk, status=Run.Status.PRUNING, worker=row.worker, heartbeat_at=row.heartbeat_at
+        ).update(worker=me, heartbeat_at=now)
+        if not adopted:
+            continue
+        pinned = row.keep or Run.objects.filter(backup_id=row.pk, status__in=Run.ACTIVE).exists()
+        if pinned and all(path.exists() for path in _files(row)):
+            status = Run.Status.WARNING if row.warnings else Run.Status.SUCCEEDED
+            Run.objects.filter(pk=row.pk, status=Run.Status.PRUNING, worker=me).update(
+                status=status
+            )
+            logger.info("backup #%s was pinned while being pruned; kept", row.pk)
+            continue
+        try:
+            _delete_owned([row], me)
+        except PruneFenced as fenced:
+            # Another pruner adopted it in between; it finishes the job.
+            problems.append(str(fenced))
+            continue
+        finished.append(row)
+    return finished, problems
+
+
+def prune_recover(*, source: Source | None = None, now: datetime | None = None) -> list[int]:
+    """Finish the removals interrupted by dead pruners; return the runs now `pruned`."""
+    now = now or timezone.now()
+    runs = Run.objects.filter(kind=Run.Kind.BACKUP, status=Run.Status.PRUNING).defer("log")
+    if source is not None:
+        runs = runs.filter(source=source)
+    finished, _problems = _finish_interrupted(list(runs), worker_identity(), now)
+    leftovers = Manifest.objects.filter(run__status=Run.Status.PRUNED)
+    if source is not None:
+        leftovers = leftovers.filter(run__source=source)
+    leftovers.delete()
+    return [run.pk for run in finished]
+
+
+def _prune_source(source: Source, me: str, dry_run: bool, result: dict) -> bool:
+    """Prune one source into `result`; return False when this pruner was fenced out."""
+    if not dry_run:
+        now = timezone.now()
+        interrupted = Run.objects.filter(
+            source=source, kind=Run.Kind.BACKUP, status=Run.Status.PRUNING
+        ).defer("log")
+        finished, problems = _finish_interrupted(list(interrupted), me, now)
+        result["problems"].extend(problems)
+        result["remove"].extend(_entry(run, source) for run in finished)
+        Manifest.objects.filter(run__source=source, run__status=Run.Status.PRUNED).delete()
+    plan = prune_plan(source=source)
+    planned_at = time.monotonic()
+    result["problems"].extend(plan.problems)
+    keep = [_entry(run, source, reasons) for run, reasons in plan.keep]
+    if dry_run:
+        result["keep"].extend(keep)
+        result["remove"].extend(_entry(run, source) for run in plan.remove)
+        return True
+    pending = list(plan.remove)
+    while pending:
+        # A plan older than the grace period may be stale (a pause, a slow disk): the
+        # claims re-check every pin anyway, but the rules are applied afresh too.
+        if time.monotonic() - planned_at > settings.ABANDON_AFTER_S / 2:
+            plan = prune_plan(source=source)
+            planned_at = time.monotonic()
+            keep = [_entry(run, source, reasons) for run, reasons in plan.keep]
+            pending = list(plan.remove)
+            if not pending:
+                break
+        batch, pending = pending[:BATCH], pending[BATCH:]
+        claimed, kept = _claim(batch, me, timezone.now())
+        # A backup that is no longer a good one ("changed") was handled by someone else.
+        keep.extend(
+            _entry(run, source, [kept[run.pk]])
+            for run in batch
+            if kept.get(run.pk) not in (None, "changed")
+        )
+        if not claimed:
+            continue
+        try:
+            _delete_owned(claimed, me)
+        except PruneFenced as fenced:
+            logger.warning("%s", fenced)
+            result["keep"].extend(keep)
+            result["problems"].append(str(fenced))
+            return False
+        result["remove"].extend(_entry(run, source) for run in claimed)
+    result["keep"].extend(keep)
+    return True
+
+
+def prune_execute(*, source: Source | None = None, dry_run: bool = False) -> dict:
+    """Apply retention to one source, or to every source with a policy; return the report.
+
+    The report is the contract's `{"keep": [{"id", "source", "reasons"}], "remove": [{"id",
+    "source"}]}` (with `dry_run`, what would be removed), plus `problems` (discrepancies,
+    and removals this pruner had to leave) and `skipped` (sources whose policy keeps
+    everything). With a `source` whose policy has no keep rule, raise PruneRefused.
+    """
+    result: dict = {"keep": [], "remove": [], "problems": [], "skipped": []}
+    if source is not None:
+        _rules(source)
+        sources = [source]
+    else:
+        sources = list(
+            Source.objects.filter(policy__isnull=False).select_related("policy").order_by("name")
+        )
+    me = worker_identity()
+    for current in sources:
+        try:
+            if not _prune_source(current, me, dry_run, result):
+                break
+        except PruneRefused as refused:
+            result["skipped"].append({"source": current.name, "reason": str(refused)})
+    return result
+
+
+def prune_after_backup(*, run_id: int) -> dict | None:
+    """Apply retention to the source of backup `run_id`, as after each scheduled backup.
+
+    A source whose policy keeps everything is left alone quietly; return the report, or
+    None when there was nothing to do.
+    """
+    run = Run.objects.select_related("source__policy").filter(pk=run_id).first()
+    if run is None or run.source.policy is None:
+        return None
+    try:
+        report = prune_execute(source=run.source)
+    except PruneRefused as refused:
+        logger.info("no prune after backup #%s: %s", run_id, refused)
+        return None
+    for problem in report["problems"]:
+        logger.warning("prune of %s: %s", run.source.name, problem)
+    return report

@@ -1,0 +1,285 @@
+"""Scheduled work through django-q2's scheduler: one cron schedule per source, housekeeping.
+
+Each enabled source whose policy has a schedule owns exactly one django-q2 `Schedule` of
+type CRON that calls `backups.tasks.scheduled_backup` with the source id. The catalog's
+create paths and the admin call `schedule_sync` after a change, and housekeeping calls
+`schedule_sync_all` every minute, so a change made any other way is caught up within a
+minute. With `catch_up: False` (enforced by a start-up check) a schedule that was missed
+during downtime runs once, not once per missed slot; the missed slots are computed later
+by the compliance service from the cron expression and the runs that did happen.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timedelta
+from zoneinfo import ZoneInfo
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+from django_q.models import Schedule
+
+from backups.engine.durations import next_run
+from backups.models import Run, Source
+
+logger = logging.getLogger(__name__)
+
+BACKUP_TASK = "backups.tasks.scheduled_backup"
+HOUSEKEEPING_TASK = "backups.tasks.housekeeping"
+HOUSEKEEPING_NAME = "housekeeping"
+HOUSEKEEPING_CRON = "* * * * *"
+
+
+def schedule_zone() -> ZoneInfo:
+    """Return the zone in which cron schedules are read (the TIME_ZONE setting)."""
+    return ZoneInfo(settings.TIME_ZONE)
+
+
+def _wanted_cron(source: Source | None) -> str | None:
+    if source is None or not source.enabled or source.policy is None:
+        return None
+    return source.policy.schedule.strip() or None
+
+
+def _schedule_name(source: Source) -> str:
+    return f"backup {source.name}"[:100]
+
+
+def _first_run(cron: str, now: datetime) -> datetime:
+    return next_run(cron, now, schedule_zone())
+
+
+def _apply(source: Source, existing: list[Schedule], now: datetime) -> None:
+    """Make the schedules in `existing` (all for `source`) match what `source` wants."""
+    cron = _wanted_cron(source)
+    if cron is None:
+        if existing:
+            Schedule.objects.filter(pk__in=[s.pk for s in existing]).delete()
+            logger.info("removed the schedule of source %s", source.pk)
+        return
+    keep, *extra = existing or [None]
+    if extra:
+        Schedule.objects.filter(pk__in=[s.pk for s in extra]).delete()
+    if keep is None:
+        schedule = Schedule(
+            name=_schedule_name(source),
+            func=BACKUP_TASK,
+            args=repr(source.pk),
+            schedule_type=Schedule.CRON,
+            cron=cron,
+            repeats=-1,
+        )
+        schedule.save()
+        # Schedule.save() computes the first run with the process's own clock and zone;
+        # ours is computed from the same TIME_ZONE by the engine, testable with any `now`.
+        Schedule.objects.filter(pk=schedule.pk).update(next_run=_first_run(cron, now))
+        logger.info("scheduled source %s: %s", source.pk, cron)
+        return
+    changes = {}
+    if keep.cron != cron or keep.schedule_type != Schedule.CRON:
+        changes.update(cron=cron, schedule_type=Schedule.CRON, next_run=_first_run(cron, now))
+    if keep.name != _schedule_name(source):
+        changes["name"] = _schedule_name(source)
+    if keep.repeats != -1:
+        changes["repeats"] = -1
+    if keep.next_run is None:
+        changes["next_run"] = _first_run(cron, now)
+    if changes:
+        Schedule.objects.filter(pk=keep.pk).update(**changes)
+        logger.info("updated the schedule of source %s: %s", source.pk, sorted(changes))
+
+
+def _backup_schedules():
+    return Schedule.objects.filter(func=BACKUP_TASK)
+
+
+def _source_id(schedule: Schedule) -> int | None:
+    try:
+        return int(str(schedule.args).strip().strip("(),"))
+    except ValueError:
+        return None
+
+
+def schedule_sync(source: Source, *, now: datetime | None = None) -> None:
+    """Create, update or remove the django-q2 schedule of `source` to match the catalog.
+
+    Reads the source and its policy again from the database, so a caller holding a stale
+    copy (or one just deleted) still ends with the right schedule.
+    """
+    now = now or timezone.now()
+    with transaction.atomic():
+        fresh = (
+            Source.objects.select_related("policy").filter(pk=source.pk).first()
+            if source.pk
+            else None
+        )
+        existing = list(_backup_schedules().filter(args=repr(source.pk)))
+        if fresh is None:
+            if existing:
+                Schedule.objects.filter(pk__in=[s.pk for s in existing]).delete()
+            return
+        _apply(fresh, existing, now)
+
+
+def schedule_sync_policy(policy, *, now: datetime | None = None) -> None:
+    """Bring the schedules of every source under `policy` in line after it changed."""
+    for source in Source.objects.filter(policy=policy).only("pk"):
+        schedule_sync(source, now=now)
+
+
+def schedule_sync_all(*, now: datetime | None = None) -> None:
+    """Reconcile every backup schedule with the catalog, and make sure housekeeping runs.
+
+    Costs a constant number of queries when nothing changed: one for the sources, one for
+    the schedules.
+    """
+    now = now or timezone.now()
+    with transaction.atomic():
+        by_source: dict[int | None, list[Schedule]] = {}
+        for schedule in _backup_schedules():
+            by_source.setdefault(_source_id(schedule), []).append(schedule)
+        for source in Source.objects.select_related("policy"):
+            _apply(source, by_source.pop(source.pk, []), now)
+        orphans = [s.pk for schedules in by_source.values() for s in schedules]
+        if orphans:
+            Schedule.objects.filter(pk__in=orphans).delete()
+            logger.info("removed %d schedule(s) of deleted sources", len(orphans))
+        housekeeping_ensure(now=now)
+
+
+def housekeeping_ensure(*, now: datetime | None = None) -> Schedule:
+    """Return the every-minute housekeeping schedule, creating it when it is missing."""
+    existing = Schedule.objects.filter(func=HOUSEKEEPING_TASK).order_by("pk")
+    schedule = existing.first()
+    if schedule is not None:
+        existing.exclude(pk=schedule.pk).delete()
+        return schedule
+    schedule = Schedule(
+        name=HOUSEKEEPING_NAME,
+        func=HOUSEKEEPING_TASK,
+        schedule_type=Schedule.CRON,
+        cron=HOUSEKEEPING_CRON,
+        repeats=-1,
+    )
+    schedule.save()
+    return schedule
+
+
+def next_run_at(source: Source) -> datetime | None:
+    """Return when the scheduler will next start a backup of `source` (None: never).
+
+    The scheduler's own record is the truth; a time in the past means the slot is due and
+    the next scheduler pass (every 30 seconds in a running cluster) starts it.
+    """
+    return next_runs([source.pk]).get(source.pk)
+
+
+def next_runs(source_ids) -> dict[int, datetime]:
+    """Return the next planned backup of each given source that has a schedule; one query."""
+    wanted = {repr(pk): pk for pk in source_ids}
+    rows = _backup_schedules().filter(args__in=list(wanted)).exclude(repeats=0)
+    result: dict[int, datetime] = {}
+    for args, when in rows.values_list("args", "next_run"):
+        if when is not None:
+            result[wanted[args]] = when
+    return result
+
+
+def backup_scheduled(*, source_id: int) -> Run | None:
+    """Start the scheduled backup of a source; skip it, with a log line, when it is busy.
+
+    A run whose worker died does not block the slot: `backup_request` declares it
+    abandoned and goes ahead. A backup still waiting in the queue after ABANDON_AFTER_S is
+    handed to the workers again: its message may have been lost with a killed worker
+    (Redis delivers at most once), and a second delivery is harmless because a run is
+    claimed only once. Return the new run, or None when the slot was skipped.
+    """
+    from backups.services.backup import SourceBusy, backup_request
+    from backups.services.queue import run_enqueue
+
+    source = Source.objects.select_related("policy").filter(pk=source_id).first()
+    if _wanted_cron(source) is None:
+        # The source was disabled, deleted or lost its schedule since the slot fired.
+        logger.info("scheduled backup of source %s skipped: it is not scheduled", source_id)
+        if source is None:
+            _backup_schedules().filter(args=repr(source_id)).delete()
+        else:
+            schedule_sync(source)
+        return None
+    try:
+        return backup_request(source=source, trigger=Run.Trigger.SCHEDULE)
+    except SourceBusy as busy:
+        active = busy.active
+        logger.info("scheduled backup of %s skipped: %s", source.name, busy)
+        stale = timezone.now() - timedelta(seconds=settings.ABANDON_AFTER_S)
+        if active is not None and active.status == Run.Status.QUEUED and active.queued_at < stale:
+            logger.warning(
+                "run %s of %s has waited since %s; queueing it again",
+                active.pk,
+                source.name,
+                active.queued_at,
+            )
+            run_enqueue(active)
+        return None
+
+
+def drills_queue_due(*, now: datetime | None = None) -> list[Run]:
+    """Queue a restore drill of the newest good backup of each source whose drill is due.
+
+    A drill is due when the source's policy sets a drill interval and the newest drill
+    (whatever its outcome, so a failing drill is retried once per interval, not every
+    minute) was queued longer ago than that interval, or never. A source with a drill
+    still queued or running gets none. Return the drills queued.
+    """
+    from django.db.models import Exists, OuterRef, Subquery
+
+    from backups.services.verify import verify_request
+
+    now = now or timezone.now()
+    drills = Run.objects.filter(source=OuterRef("pk"), kind=Run.Kind.VERIFY, drill=True)
+    sources = (
+        Source.objects.filter(enabled=True, policy__drill_every_s__isnull=False)
+        .select_related("policy")
+        .annotate(
+            last_drill_at=Subquery(drills.order_by("-queued_at").values("queued_at")[:1]),
+            drilling=Exists(drills.filter(status__in=Run.ACTIVE)),
+            newest_backup_id=Subquery(
+                Run.objects.restorable()
+                .filter(source=OuterRef("pk"))
+                .exclude(archive="")
+                .order_by("-started_at", "-pk")
+                .values("pk")[:1]
+            ),
+        )
+    )
+    due = {}
+    for source in sources:
+        if source.drilling or source.newest_backup_id is None:
+            continue
+        interval = timedelta(seconds=source.policy.drill_every_s)
+        if source.last_drill_at is None or now - source.last_drill_at >= interval:
+            due[source.newest_backup_id] = source
+    queued = []
+    for backup in Run.objects.filter(pk__in=list(due)).select_related("source__policy"):
+        drill = verify_request(backup=backup, trigger=Run.Trigger.SCHEDULE, drill=True)
+        logger.info("queued restore drill #%s of backup #%s", drill.pk, backup.pk)
+        queued.append(drill)
+    return queued
+
+
+def housekeeping_run(*, now: datetime | None = None) -> dict:
+    """Do the periodic chores: reap dead runs, finish interrupted prunes, queue due drills,
+    and reconcile the schedules with the catalog. Return what was done."""
+    from backups.services.execution import reap_abandoned
+    from backups.services.prune import prune_recover
+
+    reaped = reap_abandoned(now=now)
+    recovered = prune_recover()
+    drills = drills_queue_due(now=now)
+    schedule_sync_all(now=now)
+    return {
+        "abandoned": reaped,
+        "prunes_finished": recovered,
+        "drills": [drill.pk for drill in drills],
+    }

@@ -1,0 +1,58 @@
+"""A run's page: what it did or is doing, live while it runs."""
+
+from __future__ import annotations
+
+from django.shortcuts import get_object_or_404, render
+from django.utils import timezone
+from django.views.decorators.http import require_GET
+
+from backups.models import Manifest, Run
+from dashboard.views.common import progress_of
+
+LOG_TAIL_LINES = 40
+USES_SHOWN = 10
+# The live part polls this often while the run is queued or running (seconds).
+POLL_S = 1
+
+
+def _run(pk: int) -> Run:
+    return get_object_or_404(
+        Run.objects.select_related("source__policy", "backup", "requested_by"), pk=pk
+    )
+
+
+def _live_context(run: Run) -> dict:
+    now = timezone.now()
+    lines = run.log.splitlines()
+    return {
+        "run": run,
+        "now": now,
+        "progress": progress_of(run, now),
+        "log_tail": "\n".join(lines[-LOG_TAIL_LINES:]),
+        "log_lines": len(lines),
+        "poll_s": POLL_S,
+    }
+
+
+@require_GET
+def run_detail(request, pk):
+    """Show a run: status, progress, timings, archive and hash, errors, checks, log."""
+    run = _run(pk)
+    context = _live_context(run)
+    context["restorable"] = run.kind == Run.Kind.BACKUP and run.status in Run.GOOD
+    if run.kind == Run.Kind.BACKUP:
+        context["manifest"] = Manifest.objects.filter(run=run).only("run", "entries").first()
+        # The verifications and restores that used this backup: its track record.
+        context["uses"] = list(
+            Run.objects.filter(backup=run)
+            .select_related("requested_by")
+            .defer("log", "current_item")
+            .order_by("-queued_at", "-id")[:USES_SHOWN]
+        )
+    return render(request, "dashboard/run_detail.html", context)
+
+
+@require_GET
+def run_live(request, pk):
+    """Return the live part of a run's page; it stops polling once the run has ended."""
+    return render(request, "dashboard/_run_live.html", _live_context(_run(pk)))

@@ -1,0 +1,127 @@
+"""The overview: the fleet's standing at a glance, worst first, refreshing itself."""
+
+import pytest
+from django.urls import reverse
+
+from backups.models import Run
+from tests.pages_helpers import make_policy, make_run, make_source
+
+pytestmark = pytest.mark.django_db
+
+
+def fleet(count: int):
+    """`count` sources: one breached, one whose last backup failed, one never backed up."""
+    policy = make_policy()
+    sources = []
+    for index in range(count):
+        source = make_source(f"src-{index:02d}", policy=policy, owner=f"team-{index % 3}")
+        sources.append(source)
+        if index == 2:
+            continue  # never backed up
+        age = 5 * 3600 if index == 0 else 600  # the first is past its 2 h RPO
+        make_run(source, ago_s=age)
+        if index == 1:
+            make_run(source, status="failed", ago_s=300, error="Disk full.")
+    return sources
+
+
+def rows_of(response) -> list[str]:
+    return [row.standing.source.name for row in response.context["pager"].items]
+
+
+def test_breaches_and_failures_come_first(client, viewer):
+    fleet(6)
+    client.force_login(viewer)
+    response = client.get(reverse("overview"))
+    assert response.status_code == 200
+    names = rows_of(response)
+    assert names[:3] == ["src-00", "src-01", "src-02"]
+    assert [row.health for row in response.context["pager"].items[:3]] == [
+        "breached",
+        "at_risk",
+        "never",
+    ]
+    assert response.context["counts"] == {"breached": 1, "at_risk": 1, "never": 1, "ok": 3}
+    assert response.context["activity"] == {"running": 0, "failed_24h": 1}
+
+
+def test_status_is_written_in_words_not_only_in_colour(client, viewer):
+    fleet(3)
+    client.force_login(viewer)
+    text = client.get(reverse("overview")).text
+    assert "breached</span>" in text and "never backed up" in text
+    assert "<caption>3 of 3 sources, breaches and failures first</caption>" in text
+    assert '<th scope="col"' in text and '<th scope="row"' in text
+
+
+def test_filters_by_status_kind_and_owner(client, viewer):
+    sources = fleet(6)
+    make_source("db", policy=sources[0].policy, kind="sqlite", location="/srv/db.sqlite3")
+    client.force_login(viewer)
+    assert rows_of(client.get(reverse("overview"), {"status": "ok"})) == [
+        "src-03",
+        "src-04",
+        "src-05",
+    ]
+    assert rows_of(client.get(reverse("overview"), {"kind": "sqlite"})) == ["db"]
+    assert rows_of(client.get(reverse("overview"), {"owner": "team-1"})) == ["src-01", "src-04"]
+
+
+def test_sorts_by_a_column_both_ways(client, viewer):
+    fleet(4)
+    client.force_login(viewer)
+    assert rows_of(client.get(reverse("overview"), {"sort": "name"})) == [
+        "src-00",
+        "src-01",
+        "src-02",
+        "src-03",
+    ]
+    # Descending by RPO age: the never-backed-up source has no age and stays last.
+    assert rows_of(client.get(reverse("overview"), {"sort": "-age"})) == [
+        "src-00",
+        "src-01",
+        "src-03",
+        "src-02",
+    ]
+
+
+def test_the_htmx_refresh_gets_the_table_partial_only(client, viewer):
+    fleet(2)
+    client.force_login(viewer)
+    response = client.get(reverse("overview"), {"status": "ok"}, HTTP_HX_REQUEST="true")
+    assert response.status_code == 200
+    assert [t.name for t in response.templates][0] == "dashboard/_sources_table.html"
+    assert "<html" not in response.text
+    # The partial polls itself with the same filters.
+    assert 'hx-trigger="every 10s"' in response.text
+    assert 'hx-get="/?status=ok"' in response.text
+
+
+def test_a_running_backup_is_counted_and_linked(client, viewer):
+    (source,) = fleet(1)
+    run = make_run(source, status="running", ago_s=20)
+    client.force_login(viewer)
+    response = client.get(reverse("overview"))
+    assert response.context["activity"]["running"] == 1
+    assert reverse("run-detail", args=[run.pk]) in response.text
+
+
+@pytest.mark.parametrize("count", [2, 20])
+def test_query_count_does_not_grow_with_the_fleet(client, viewer, count, django_assert_num_queries):
+    sources = fleet(count)
+    for source in sources:
+        for hours in range(2, 2 + count):
+            make_run(source, ago_s=hours * 3600)
+    Run.objects.filter(source=sources[-1]).update(verified=True)
+    # Every sort of run the standing looks up: a drill, a verification, one running.
+    backup = Run.objects.filter(source=sources[0], status="succeeded").first()
+    make_run(sources[0], kind="verify", ago_s=60, backup=backup, exclusive=False, drill=True,
+             restore_seconds=12.0)  # fmt: skip
+    make_run(sources[0], status="running", ago_s=5)
+    client.force_login(viewer)
+    # 2 (session, user) + 3 (compliance: the sources annotated with their newest runs'
+    # ids, those runs, the schedules; the 30-day history is not shown here) + 1 (runs in
+    # progress and failures of the last 24 h).
+    with django_assert_num_queries(6):
+        response = client.get(reverse("overview"))
+    assert len(response.context["pager"].items) == count

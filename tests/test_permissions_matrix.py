@@ -1,0 +1,101 @@
+"""Who may open or do what: every URL against anonymous, viewer, operator and admin.
+
+Anonymous users are sent to the login page everywhere but /healthz and /metrics. Viewers
+see every page and change nothing: the backup, verify and drill actions need
+`backups.add_run`, the restore pages `backups.run_restore`, and each refusal is a 403.
+"""
+
+import pytest
+from django.urls import reverse
+
+from backups.models import AuditEvent
+from tests.pages_helpers import make_manifest, make_policy, make_run, make_source
+
+pytestmark = pytest.mark.django_db
+
+LOGIN = "login"  # a redirect to the login page
+
+# (name, method, expected status for anonymous, viewer, operator, admin)
+MATRIX = [
+    ("overview", "get", LOGIN, 200, 200, 200),
+    ("source-detail", "get", LOGIN, 200, 200, 200),
+    ("source-backup", "post", LOGIN, 403, 302, 302),
+    ("source-verify", "post", LOGIN, 403, 302, 302),
+    ("source-drill", "post", LOGIN, 403, 302, 302),
+    ("source-backup", "get", LOGIN, 403, 405, 405),
+    ("run-detail", "get", LOGIN, 200, 200, 200),
+    ("run-live", "get", LOGIN, 200, 200, 200),
+    ("manifest-browse", "get", LOGIN, 200, 200, 200),
+    ("manifest-diff", "get", LOGIN, 200, 200, 200),
+    ("restore-start", "get", LOGIN, 403, 200, 200),
+    ("restore-confirm", "post", LOGIN, 403, 200, 200),
+    ("restore-confirm", "get", LOGIN, 403, 405, 405),
+    ("compliance-report", "get", LOGIN, 200, 200, 200),
+    ("compliance-report-csv", "get", LOGIN, 200, 200, 200),
+    ("activity", "get", LOGIN, 200, 200, 200),
+    ("healthz", "get", 200, 200, 200, 200),
+    ("metrics", "get", 200, 200, 200, 200),
+    ("admin:index", "get", LOGIN, 200, 200, 200),
+]
+ROLES = ["anonymous", "viewer", "operator", "admin_user"]
+
+
+@pytest.fixture
+def world(tmp_path, settings):
+    """A source with two catalogued backups whose archive exists, for every URL to work."""
+    live = tmp_path / "live"
+    live.mkdir()
+    source = make_source("web", policy=make_policy(), location=str(live))
+    old = make_run(source, ago_s=7200)
+    backup = make_run(source, ago_s=600)
+    archive = settings.ARCHIVE_ROOT / f"{backup.pk}.tar.zst"
+    archive.write_bytes(b"x")
+    backup.archive = str(archive)
+    backup.save(update_fields=["archive"])
+    make_manifest(old, {"a.txt": "1"})
+    make_manifest(backup, {"a.txt": "2"})
+    return {"source": source, "backup": backup, "target": str(tmp_path / "restored")}
+
+
+def send(client, world, name, method):
+    source, backup = world["source"], world["backup"]
+    args = {
+        "source-detail": [source.slug],
+        "source-backup": [source.slug],
+        "source-verify": [source.slug],
+        "source-drill": [source.slug],
+        "run-detail": [backup.pk],
+        "run-live": [backup.pk],
+        "manifest-browse": [backup.pk],
+        "manifest-diff": [backup.pk],
+    }.get(name, [])
+    url = reverse(name, args=args)
+    if name == "restore-start":
+        url += f"?backup={backup.pk}"
+    data = {}
+    if name == "restore-confirm" and method == "post":
+        data = {
+            "source": source.slug,
+            "backup": backup.pk,
+            "mode": "new",
+            "target": world["target"],
+        }
+    return getattr(client, method)(url, data)
+
+
+@pytest.mark.parametrize("role", ROLES)
+@pytest.mark.parametrize("row", MATRIX, ids=[f"{row[1]} {row[0]}" for row in MATRIX])
+def test_each_role_gets_the_expected_answer_from_each_url(client, world, role, row, request):
+    name, method = row[0], row[1]
+    if role != "anonymous":
+        client.force_login(request.getfixturevalue(role))
+    response = send(client, world, name, method)
+    expected = row[2 + ROLES.index(role)]
+    if expected == LOGIN:
+        assert response.status_code == 302
+        # Ours, or the admin's own login page for /admin/.
+        assert response["Location"].split("?")[0] in (reverse("login"), reverse("admin:login"))
+    else:
+        assert response.status_code == expected, response.content[:300]
+    if expected == 403:
+        assert AuditEvent.objects.filter(action="permission.denied").count() == 1
