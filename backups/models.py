@@ -101,6 +101,15 @@ class Policy(models.Model):
             raise ValidationError({"compression_level": message})
         if self.run_timeout_s is not None and self.run_timeout_s < 60:
             raise ValidationError({"run_timeout_s": "A run timeout below one minute is unsafe."})
+        if self.run_timeout_s is not None and self.run_timeout_s >= settings.Q_TIMEOUT_S:
+            # The queue would kill the worker first and the run would end abandoned, with
+            # no clean cancel and no rollback message.
+            raise ValidationError(
+                {
+                    "run_timeout_s": f"A run timeout must stay below the workers' task timeout "
+                    f"(Q_TIMEOUT_S = {settings.Q_TIMEOUT_S} s); raise Q_TIMEOUT_S first."
+                }
+            )
         if not isinstance(self.check_queries, list) or not all(
             isinstance(q, dict) and isinstance(q.get("sql"), str) for q in self.check_queries
         ):

@@ -50,3 +50,11 @@ def test_policy_add_refuses_a_duplicate_name():
     assert caught.value.returncode == 2
     assert "already exists" in str(caught.value)
     assert Policy.objects.count() == 1
+
+
+def test_policy_timeout_must_stay_below_the_queue_timeout(settings):
+    settings.Q_TIMEOUT_S = 7200
+    with pytest.raises(CommandError) as caught:
+        call_command("policy", "add", "long", "--run-timeout", "3h")
+    assert caught.value.returncode == 2 and "Q_TIMEOUT_S" in str(caught.value)
+    assert not Policy.objects.exists()

@@ -260,7 +260,9 @@ def fleet_standing(
         )
         if pk is not None
     }
-    runs = {run.pk: run for run in Run.objects.filter(pk__in=wanted).defer("log")}
+    # Only the small columns: a page shows these runs by status, size and time.
+    heavy = ("log", "warnings", "checks", "paths", "error", "current_item", "archive")
+    runs = {run.pk: run for run in Run.objects.filter(pk__in=wanted).defer(*heavy)}
     by_id = {source.pk: source for source in listed}
     for run in runs.values():
         # Every run here belongs to a listed source: spare a query per `run.source`.
