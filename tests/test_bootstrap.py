@@ -7,7 +7,7 @@ from django.contrib.auth import authenticate, get_user_model
 from django.contrib.auth.models import Group
 from django.core.management import call_command
 
-from backups.models import Source
+from backups.models import Run, Source
 
 pytestmark = pytest.mark.django_db
 
@@ -49,6 +49,8 @@ def test_demo_is_seeded_on_an_empty_catalog_and_only_then(settings, tmp_path):
     assert set(demo) == {"demo-files", "demo-db"}
     assert (tmp_path / "demo" / "files" / "README.txt").is_file()
     assert demo["demo-db"].policy.rpo_s == 3600
+    queued = Run.objects.filter(kind="backup", status="queued")
+    assert sorted(queued.values_list("source__name", flat=True)) == ["demo-db", "demo-files"]
     assert "Seeded" not in bootstrap()
     assert Source.objects.count() == 2
 
