@@ -26,11 +26,18 @@ from typing import BinaryIO
 
 from ..errors import SourceError
 from ..hooks import Hooks, Progress
+from ..locations import DIRECTORY, KINDS, KUBERNETES, POSTGRES, SQLITE, check_location
 from ..manifest import DIR, FILE, HARDLINK, SYMLINK, Entry, EntrySpool
 from ..tarstream import Member, normalise
 
-DIRECTORY, SQLITE, KUBERNETES, POSTGRES = "directory", "sqlite", "kubernetes", "postgres"
-KINDS = (DIRECTORY, SQLITE, KUBERNETES, POSTGRES)
+
+def checked(kind: str, location: str) -> None:
+    """Validate a source location as the catalog does, failing with a SourceError."""
+    try:
+        check_location(kind, location)
+    except ValueError as error:
+        raise SourceError(str(error)) from None
+
 
 CHUNK = 1 << 20
 # How long a read may wait before the run checks for a cancel: a stalled source (a hung

@@ -30,6 +30,7 @@ from . import (
     Output,
     Plan,
     Source,
+    checked,
     command_env,
     entry_for,
 )
@@ -171,14 +172,7 @@ class DirectorySource(Source):
     def __init__(
         self, location: str, *, excludes: Sequence[str] = (), dest_dir: str | None = None
     ) -> None:
-        if not location or not os.path.isabs(location):
-            raise SourceError(f"{location!r} is not an absolute path to a directory.")
-        if not os.path.exists(location):
-            raise SourceError(f"The directory {location} does not exist.")
-        if not os.path.isdir(location):
-            raise SourceError(f"{location} is not a directory.")
-        if not os.access(location, os.R_OK | os.X_OK):
-            raise SourceError(f"The directory {location} is not readable by this user.")
+        checked(DIRECTORY, location)
         self.root = location
         self.excludes = Excludes(excludes)
         self.scratch = dest_dir

@@ -26,9 +26,8 @@ from ..atomic import raise_if_no_space
 from ..errors import SourceError
 from ..manifest import FILE, Entry
 from ..tarstream import BLOCK
-from . import CHUNK, SQLITE, Output, Plan, Source
+from . import CHUNK, SQLITE, Output, Plan, Source, checked
 
-_MAGIC = b"SQLite format 3\x00"
 _RECORD = tarfile.RECORDSIZE
 # How long the snapshot waits for a writer's lock before it gives up, in seconds.
 _BUSY_TIMEOUT = 60.0
@@ -45,19 +44,7 @@ class SqliteSource(Source):
     """A SQLite database file."""
 
     def __init__(self, location: str, *, snapshot: Path | None = None) -> None:
-        if not location or not os.path.isabs(location):
-            raise SourceError(f"{location!r} is not an absolute path to a SQLite database.")
-        if not os.path.exists(location):
-            raise SourceError(f"The database file {location} does not exist.")
-        if not os.path.isfile(location):
-            raise SourceError(f"{location} is not a file.")
-        try:
-            with open(location, "rb") as handle:
-                magic = handle.read(len(_MAGIC))
-        except OSError as error:
-            raise SourceError(f"The database file {location} cannot be read: {error}") from None
-        if magic and magic != _MAGIC:
-            raise SourceError(f"{location} is not a SQLite database file.")
+        checked(SQLITE, location)
         self.location = location
         self.snapshot = snapshot
 
