@@ -14,6 +14,7 @@ urlpatterns = [
     path("sources/<slug:slug>/drill", views.source_drill, name="source-drill"),
     path("runs/<int:pk>/", views.run_detail, name="run-detail"),
     path("runs/<int:pk>/live", views.run_live, name="run-live"),
+    path("runs/<int:pk>/cancel", views.run_cancel_view, name="run-cancel"),
     path("runs/<int:pk>/files/", views.manifest_browse, name="manifest-browse"),
     path("runs/<int:pk>/diff/", views.manifest_diff, name="manifest-diff"),
     path("restore/", views.restore_start, name="restore-start"),

@@ -25,6 +25,8 @@ MATRIX = [
     ("source-backup", "get", LOGIN, 403, 405, 405),
     ("run-detail", "get", LOGIN, 200, 200, 200),
     ("run-live", "get", LOGIN, 200, 200, 200),
+    ("run-cancel", "post", LOGIN, 403, 302, 302),
+    ("run-cancel", "get", LOGIN, 403, 405, 405),
     ("manifest-browse", "get", LOGIN, 200, 200, 200),
     ("manifest-diff", "get", LOGIN, 200, 200, 200),
     ("restore-start", "get", LOGIN, 403, 200, 200),
@@ -66,6 +68,7 @@ def send(client, world, name, method):
         "source-drill": [source.slug],
         "run-detail": [backup.pk],
         "run-live": [backup.pk],
+        "run-cancel": [backup.pk],
         "manifest-browse": [backup.pk],
         "manifest-diff": [backup.pk],
     }.get(name, [])

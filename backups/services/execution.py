@@ -168,6 +168,38 @@ class RunHooks(Hooks):
             connection.close()
 
 
+def run_cancel(*, run: Run, user=None) -> bool:
+    """Stop `run`: a queued run ends at once, a running one within a second or two.
+
+    Return False when the run had already ended. The worker notices the request at its next
+    heartbeat, stops, removes its temporary files and rolls a restore back.
+    """
+    from backups.audit import audit_record
+
+    who = user.get_username() if getattr(user, "is_authenticated", False) else "the system"
+    now = timezone.now()
+    ended = Run.objects.filter(pk=run.pk, status=Run.Status.QUEUED).update(
+        status=Run.Status.CANCELLED,
+        cancel_requested=True,
+        started_at=now,
+        finished_at=now,
+        error=f"Cancelled by {who} before it started.",
+    )
+    flagged = ended or Run.objects.filter(pk=run.pk, status=Run.Status.RUNNING).update(
+        cancel_requested=True
+    )
+    if flagged:
+        audit_record(
+            actor=user,
+            action="run.cancel",
+            outcome="succeeded",
+            obj=run,
+            source=run.source,
+            detail={"kind": run.kind, "was": "queued" if ended else "running"},
+        )
+    return bool(flagged)
+
+
 def run_claim(run_id: int, worker: str) -> Run | None:
     """Take a queued run for `worker`; None when someone else already took it."""
     now = timezone.now()
@@ -219,8 +251,13 @@ def run_execute(
     try:
         result = _handler(run.kind)(run, hooks)
     except FencedError as fenced:
-        logger.warning("run %s: %s", run.pk, fenced)
         hooks.stop()
+        state = Run.objects.filter(pk=run.pk).values("status", "cancel_requested").first()
+        if state == {"status": Run.Status.RUNNING, "cancel_requested": True}:
+            # A cancel that landed between the last check and the commit: still ours to end.
+            run.mark_cancelled("Cancelled on request; nothing was published.")
+        else:
+            logger.warning("run %s: %s", run.pk, fenced)
         run.refresh_from_db()
         return run
     except EngineError as failure:

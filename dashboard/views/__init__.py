@@ -6,7 +6,7 @@ from dashboard.views.manifests import manifest_browse, manifest_diff
 from dashboard.views.overview import overview
 from dashboard.views.reports import compliance_report, compliance_report_csv
 from dashboard.views.restore import restore_confirm, restore_start
-from dashboard.views.runs import run_detail, run_live
+from dashboard.views.runs import run_cancel_view, run_detail, run_live
 from dashboard.views.sources import source_backup, source_detail, source_drill, source_verify
 
 __all__ = [
@@ -20,6 +20,7 @@ __all__ = [
     "overview",
     "restore_confirm",
     "restore_start",
+    "run_cancel_view",
     "run_detail",
     "run_live",
     "source_backup",

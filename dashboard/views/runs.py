@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from django.shortcuts import get_object_or_404, render
+from django.contrib import messages
+from django.shortcuts import get_object_or_404, redirect, render
 from django.utils import timezone
-from django.views.decorators.http import require_GET
+from django.views.decorators.http import require_GET, require_POST
 
 from backups.models import Manifest, Run
-from dashboard.views.common import progress_of
+from backups.services.execution import run_cancel
+from dashboard.views.common import permission_required_audited, progress_of
 
 LOG_TAIL_LINES = 40
 USES_SHOWN = 10
@@ -56,3 +58,15 @@ def run_detail(request, pk):
 def run_live(request, pk):
     """Return the live part of a run's page; it stops polling once the run has ended."""
     return render(request, "dashboard/_run_live.html", _live_context(_run(pk)))
+
+
+@permission_required_audited("backups.add_run")
+@require_POST
+def run_cancel_view(request, pk):
+    """Stop a queued or running run, then show it."""
+    run = _run(pk)
+    if run_cancel(run=run, user=request.user):
+        messages.success(request, f"Asked {run.kind} #{run.pk} to stop; it ends within seconds.")
+    else:
+        messages.info(request, f"{run.kind.capitalize()} #{run.pk} had already ended.")
+    return redirect("run-detail", pk=run.pk)
