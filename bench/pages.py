@@ -20,6 +20,7 @@ import hashlib
 import json
 import os
 import random
+import secrets
 import statistics
 import subprocess
 import sys
@@ -309,6 +310,7 @@ def child(quick: bool, repeat: int) -> dict:
     import django
 
     django.setup()
+    from django.conf import settings
     from django.contrib.auth import get_user_model
     from django.core.management import call_command
     from django.db import connection
@@ -319,9 +321,12 @@ def child(quick: bool, repeat: int) -> dict:
     from backups.models import Policy, Source
     from backups.services.schedules import schedule_sync_all
 
-    setup_test_environment()
+    if settings.DEBUG:
+        setup_test_environment()
     scale = Scale(quick)
     call_command("migrate", verbosity=0)
+    if not settings.DEBUG:
+        call_command("collectstatic", interactive=False, verbosity=0)
     started = time.perf_counter()
     now = datetime.now(UTC)
     policies = [
@@ -417,7 +422,17 @@ def _pg_database_url() -> str:
 
 def _run_child(database_url: str, args) -> dict:
     with tempfile.TemporaryDirectory(prefix="bench-pages-") as scratch:
-        env = dict(os.environ, DATABASE_URL=database_url, ARCHIVE_ROOT=scratch)
+        # Production settings, as the pages are served for real: DEBUG off (no SQL log,
+        # no template instrumentation), hashed static files.
+        env = dict(
+            os.environ,
+            DATABASE_URL=database_url,
+            ARCHIVE_ROOT=scratch,
+            DEBUG="0",
+            SECRET_KEY=secrets.token_urlsafe(50),
+            ALLOWED_HOSTS="testserver",
+            SECURE_SSL_REDIRECT="0",
+        )
         argv = [sys.executable, "-m", "bench.pages", "--child", "--repeat", str(args.repeat)]
         if args.quick:
             argv.append("--quick")
