@@ -308,8 +308,10 @@ class Run(models.Model):
             ),
             models.Index(fields=["source", "-queued_at", "-id"], name="run_source_queued"),
             models.Index(fields=["source", "status"], name="run_source_status"),
+            # The id too, as the compliance service's tie-break: its newest timed restore is
+            # then the index's first matching entry, not a sort of every drill of the source.
             models.Index(
-                fields=["source", "-finished_at"],
+                fields=["source", "-finished_at", "-id"],
                 condition=Q(restore_seconds__isnull=False),
                 name="run_source_timed_restores",
             ),

@@ -2,10 +2,11 @@
 
 One service for the pages, `status` and `/metrics`, so they never disagree. It reads all
 sources at once in a fixed number of queries, whatever the number of sources and runs:
-the sources with the ids of their newest runs of each sort (correlated subqueries), those
-runs, the backups of the last 30 days, and the schedules. The math is the engine's
-(`engine.compliance`, `engine.durations`), fed with the facts and a clock, so a test can
-walk time forward by passing `now`.
+the sources with their newest runs of each sort (correlated subqueries: the id of a run
+the callers use, the one or two columns read of the others), those runs, the backups of
+the last 30 days, and the schedules. The math is the engine's (`engine.compliance`,
+`engine.durations`), fed with the facts and a clock, so a test can walk time forward by
+passing `now`.
 """
 
 from __future__ import annotations
@@ -66,11 +67,11 @@ class Standing:
     at: datetime | None = None
 
 
-def _newest(runs: QuerySet, *order: str) -> Subquery:
-    return Subquery(runs.order_by(*order, "-pk").values("pk")[:1])
+def _newest(runs: QuerySet, *order: str, column: str = "pk") -> Subquery:
+    return Subquery(runs.order_by(*order, "-pk").values(column)[:1])
 
 
-def _annotated(sources: QuerySet, start: datetime) -> QuerySet:
+def _annotated(sources: QuerySet, start: datetime, recent: bool = True) -> QuerySet:
     mine = Run.objects.filter(source=OuterRef("pk"))
     backups = mine.filter(kind=Run.Kind.BACKUP)
     good = backups.filter(status__in=Run.GOOD)
@@ -82,15 +83,21 @@ def _annotated(sources: QuerySet, start: datetime) -> QuerySet:
     verifies = mine.filter(
         kind=Run.Kind.VERIFY, status__in=[*Run.GOOD, Run.Status.FAILED], finished_at__isnull=False
     )
-    before_window = backups.filter(status__in=SUCCEEDED_ONCE, started_at__lt=start)
-    return sources.select_related("policy").annotate(
+    annotated = sources.select_related("policy").annotate(
         last_backup_id=_newest(backups, "-queued_at"),
         last_success_id=_newest(good, "-started_at"),
-        verified_id=_newest(good.filter(verified=True), "-started_at"),
-        proof_id=_newest(proofs, "-finished_at"),
-        verify_id=_newest(verifies, "-finished_at"),
+        # Of these runs only a column or two is read: those, not ids of runs to build.
+        verified_at=_newest(good.filter(verified=True), "-started_at", column="started_at"),
+        proof_seconds=_newest(proofs, "-finished_at", column="restore_seconds"),
+        proof_at=_newest(proofs, "-finished_at", column="finished_at"),
+        verify_status=_newest(verifies, "-finished_at", column="status"),
         # A backup or in-place restore first, and a running run before a queued one.
         active_id=_newest(mine.filter(status__in=Run.ACTIVE), "-exclusive", "-status"),
+    )
+    if not recent:
+        return annotated  # the 30-day figures, the only readers of the next one, are left out
+    before_window = backups.filter(status__in=SUCCEEDED_ONCE, started_at__lt=start)
+    return annotated.annotate(
         success_before_window=Subquery(
             before_window.order_by("-started_at").values("started_at")[:1]
         ),
@@ -156,10 +163,10 @@ def _missed(cron: str, start: datetime, now: datetime, run_times: list[datetime]
     return min(len(missed), MISSED_LIMIT)
 
 
-def _integrity(verify: Run | None) -> str:
-    if verify is None:
+def _integrity(verify_status: str | None) -> str:
+    if verify_status is None:
         return INTEGRITY_UNKNOWN
-    return INTEGRITY_OK if verify.status in Run.GOOD else INTEGRITY_FAILED
+    return INTEGRITY_OK if verify_status in Run.GOOD else INTEGRITY_FAILED
 
 
 def _standing(
@@ -176,8 +183,6 @@ def _standing(
     rto_s = policy.rto_s if policy else None
     last_success = runs.get(source.last_success_id)
     last_success_at = last_success.started_at if last_success else None
-    verified = runs.get(source.verified_id)
-    proof = runs.get(source.proof_id)
 
     # A past next run is due now: the scheduler starts it at its next pass.
     planned = max(next_run_at, now) if next_run_at is not None else None
@@ -185,8 +190,8 @@ def _standing(
         last_success_at=last_success_at, now=now, rpo_s=rpo_s, next_run_at=planned
     )
     rto_status = compliance.rto_status(
-        last_drill_s=proof.restore_seconds if proof else None,
-        last_drill_at=proof.finished_at if proof else None,
+        last_drill_s=source.proof_seconds,
+        last_drill_at=source.proof_at,
         now=now,
         rto_s=rto_s,
         drill_every_s=policy.drill_every_s if policy else None,
@@ -216,12 +221,12 @@ def _standing(
         age_s=(now - last_success_at).total_seconds() if last_success_at else None,
         rpo_s=rpo_s,
         rpo_status=rpo_status,
-        verified_at=verified.started_at if verified else None,
+        verified_at=source.verified_at,
         rto_s=rto_s,
-        last_drill_s=proof.restore_seconds if proof else None,
-        last_drill_at=proof.finished_at if proof else None,
+        last_drill_s=source.proof_seconds,
+        last_drill_at=source.proof_at,
         rto_status=rto_status,
-        integrity=_integrity(runs.get(source.verify_id)),
+        integrity=_integrity(source.verify_status),
         running=runs.get(source.active_id),
         next_run_at=next_run_at,
         within_target_30d=within,
@@ -244,20 +249,15 @@ def fleet_standing(
     """
     now = now or timezone.now()
     start = now - WINDOW
-    listed = list(_annotated(sources if sources is not None else Source.objects.all(), start))
+    listed = list(
+        _annotated(sources if sources is not None else Source.objects.all(), start, recent)
+    )
     if not listed:
         return []
     wanted = {
         pk
         for source in listed
-        for pk in (
-            source.last_backup_id,
-            source.last_success_id,
-            source.verified_id,
-            source.proof_id,
-            source.verify_id,
-            source.active_id,
-        )
+        for pk in (source.last_backup_id, source.last_success_id, source.active_id)
         if pk is not None
     }
     # Only the small columns: a page shows these runs by status, size and time.
