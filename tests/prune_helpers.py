@@ -47,3 +47,19 @@ def paths_of(run):
     """Return the archive, its sidecar and its manifest."""
     archive = run.archive_path
     return [archive, archive.with_name(archive.name + ".sha256"), run.manifest_path]
+
+
+# The fields of a source in `status --json`, as the contract lists them.
+CONTRACT_STATUS_FIELDS = {
+    "name",
+    "kind",
+    "last_success_at",
+    "age_s",
+    "rpo_s",
+    "rpo_status",
+    "rto_s",
+    "last_drill_s",
+    "rto_status",
+    "integrity",
+    "running",
+}

@@ -6,6 +6,8 @@ from io import StringIO
 
 import pytest
 from django.core.management import CommandError, call_command
+from django.core.management.color import no_style
+from django.db import connection
 
 from backups.models import Manifest, ManifestEntry, Run, Source
 from backups.services.backup import backup_request
@@ -88,7 +90,7 @@ def test_dry_run_prints_the_plan_and_writes_nothing(source):
     assert plan["files"] == 1 and plan["bytes"] == 6
     assert plan["excluded_count"] == 1
     assert not Run.objects.exists()
-    assert not any(source.archive_dir.iterdir()) if source.archive_dir.exists() else True
+    assert not source.archive_dir.exists() or not any(source.archive_dir.iterdir())
 
 
 def test_a_failing_source_fails_the_run_with_exit_1_and_publishes_nothing(source, data_dir):
@@ -113,23 +115,30 @@ def test_runs_lists_newest_first_and_filters(source):
 
 
 def test_import_archives_rebuilds_a_lost_catalog_idempotently(source):
+    call_json("backup", source.name, "--inline")
     made = call_json("backup", source.name, "--inline")
     Manifest.objects.all().delete()
     Run.objects.filter(kind="verify").delete()
     Run.objects.all().delete()
     Source.objects.all().delete()
+    # A new, empty catalog: its id sequence starts again from 1.
+    with connection.cursor() as cursor:
+        for sql in connection.ops.sequence_reset_sql(no_style(), [Run]):
+            cursor.execute(sql)
 
     report = call_json("import_archives")
-    assert report["imported"] == [made["id"]] and report["sources_created"] == ["files"]
+    assert made["id"] in report["imported"] and report["sources_created"] == ["files"]
     run = Run.objects.get(pk=made["id"])
     assert (run.sha256, run.archive, run.status) == (made["sha256"], made["archive"], "succeeded")
     assert Manifest.objects.get(run=run).files == 2
 
     again = call_json("import_archives")
-    assert again["imported"] == [] and again["known"] == 1
-    assert Run.objects.count() == 1
-    # The id sequence moved past the imported run: the next run gets a fresh id.
-    assert call_json("backup", "files", "--dry-run")["files"] == 2
+    assert again["imported"] == [] and again["known"] == 2
+    assert Run.objects.count() == 2
+    # The id sequence moved past the imported run (PostgreSQL keeps it apart from the
+    # rows): the next run gets a fresh id instead of colliding with the imported one.
+    later = backup_request(source=run.source, trigger=Run.Trigger.CLI, enqueue=False)
+    assert later.pk > made["id"]
 
 
 def test_import_refuses_a_manifest_with_a_newer_format(source):
