@@ -435,6 +435,8 @@ class Manifest(models.Model):
     files = models.BigIntegerField(default=0)
     bytes = models.BigIntegerField(default=0)
     entries = models.BigIntegerField(default=0)
+    # Not stored: set by manifest_store to how many later copies of a path it skipped.
+    duplicates = 0
 
     def __str__(self) -> str:
         return f"manifest of run #{self.run_id}"

@@ -162,6 +162,26 @@ def test_the_overview_refreshes_itself_without_a_reload(browse, viewer, source, 
     assert page.evaluate("window.notReloaded") is True
 
 
+def test_an_expired_session_takes_the_refreshing_overview_to_the_login_page(
+    browse, viewer, source, monkeypatch
+):
+    monkeypatch.setattr(importlib.import_module("dashboard.views.overview"), "REFRESH_S", 1)
+    page = browse("victor")
+    page.goto(page.url + "?sort=age")
+    expect(page.locator("#sources")).to_contain_text("files")
+    page.context.clear_cookies()  # the session ends while the page keeps polling
+    expect(page.get_by_role("button", name="Log in")).to_be_visible(timeout=10_000)
+    assert "/login/" in page.url and "next=" in page.url
+    # The whole page is the login page: no table around a login form.
+    assert page.locator("#sources").count() == 0
+    page.get_by_label("Username").fill("victor")
+    page.get_by_label("Password").fill("pw")
+    page.get_by_role("button", name="Log in").click()
+    # Back where the user was, with the same sort.
+    expect(page.locator("#sources")).to_contain_text("files")
+    assert page.url.endswith("?sort=age")
+
+
 def test_an_operator_restores_a_backup_into_a_new_folder(
     browse, worker, operator, source, data_dir, tmp_path, live_server
 ):

@@ -8,6 +8,7 @@ import pytest
 from django.core.management import CommandError, call_command
 from django.core.management.color import no_style
 from django.db import connection
+from django.urls import reverse
 
 from backups.models import Manifest, ManifestEntry, Run, Source
 from backups.services.backup import backup_request
@@ -167,3 +168,77 @@ def test_a_backup_held_by_a_dead_worker_is_reaped_and_the_new_backup_goes_ahead(
     assert run["status"] == "succeeded"
     stuck.refresh_from_db()
     assert stuck.status == Run.Status.ABANDONED
+
+
+REJECT = "the catalog rejects new entries"
+
+
+@pytest.fixture
+def catalog_rejects_entries():
+    """Make the database itself refuse every new catalog entry, as a broken catalog would."""
+    table = ManifestEntry._meta.db_table
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            cursor.execute(
+                "CREATE FUNCTION reject_entry() RETURNS trigger LANGUAGE plpgsql AS "
+                f"$$ BEGIN RAISE EXCEPTION '{REJECT}'; END $$"
+            )
+            cursor.execute(
+                f"CREATE TRIGGER reject_entry BEFORE INSERT ON {table} "
+                "FOR EACH ROW EXECUTE FUNCTION reject_entry()"
+            )
+        else:
+            cursor.execute(
+                f"CREATE TRIGGER reject_entry BEFORE INSERT ON {table} "
+                f"BEGIN SELECT RAISE(ABORT, '{REJECT}'); END"
+            )
+
+    def accept_again():
+        with connection.cursor() as cursor:
+            if connection.vendor == "postgresql":
+                cursor.execute(f"DROP TRIGGER IF EXISTS reject_entry ON {table}")
+                cursor.execute("DROP FUNCTION IF EXISTS reject_entry()")
+            else:
+                cursor.execute("DROP TRIGGER IF EXISTS reject_entry")
+
+    yield accept_again
+    accept_again()
+
+
+def test_a_backup_whose_catalog_cannot_be_indexed_succeeds_with_a_warning(
+    source, catalog_rejects_entries, client, viewer
+):
+    run = call_json("backup", source.name, "--inline")
+    assert run["status"] == "warning"
+    [warning] = run["warnings"]
+    assert warning.startswith("The file catalog of this backup could not be indexed")
+    assert REJECT in warning and "import_archives" in warning
+    # The archive, its sidecar and its manifest are published and intact.
+    check = subprocess.run(
+        "sha256sum -c *.sha256", shell=True, cwd=source.archive_dir, capture_output=True
+    )
+    assert check.returncode == 0
+    backup = Run.objects.get(pk=run["id"])
+    assert backup.manifest_path.is_file()
+    assert Run.objects.restorable().filter(pk=backup.pk).exists()
+    assert not Manifest.objects.filter(run=backup).exists()
+
+    client.force_login(viewer)
+    page = client.get(reverse("manifest-browse", args=[backup.pk]))
+    assert warning in page.text
+
+
+def test_import_archives_indexes_a_known_backup_whose_catalog_indexing_failed(
+    source, catalog_rejects_entries
+):
+    made = call_json("backup", source.name, "--inline")
+    assert made["status"] == "warning"
+    catalog_rejects_entries()
+
+    report = call_json("import_archives")
+    assert (report["imported"], report["reindexed"], report["known"]) == ([], [made["id"]], 0)
+    manifest = Manifest.objects.get(run_id=made["id"])
+    assert manifest.files == 2 and manifest.entries == 3
+
+    again = call_json("import_archives")
+    assert (again["reindexed"], again["known"]) == ([], 1)

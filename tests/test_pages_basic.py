@@ -17,6 +17,26 @@ def test_overview_redirects_anonymous_users_to_login(client):
     assert response["Location"].startswith(reverse("login"))
 
 
+def test_a_signed_out_refresh_sends_the_whole_page_to_login(client, source):
+    # The overview's table polls itself; after the session expired, htmx must load the
+    # login page as a page (HX-Redirect), never swap the login form into the table.
+    response = client.get(
+        reverse("overview") + "?sort=age",
+        headers={"HX-Request": "true", "HX-Current-URL": "http://testserver/?status=failed"},
+    )
+    assert response.status_code == 200
+    assert response.content == b""
+    assert response["HX-Redirect"] == f"{reverse('login')}?next=/%3Fstatus%3Dfailed"
+
+
+def test_a_signed_out_live_run_refresh_goes_back_to_the_run_page(client, source):
+    page = "http://testserver/runs/7/"
+    response = client.get(
+        reverse("run-live", args=[7]), headers={"HX-Request": "true", "HX-Current-URL": page}
+    )
+    assert response["HX-Redirect"] == f"{reverse('login')}?next=/runs/7/"
+
+
 def test_overview_lists_sources_for_a_viewer(client, viewer, source):
     client.force_login(viewer)
     response = client.get(reverse("overview"))

@@ -1,9 +1,10 @@
 """The file browser: folders of a backup, a path search, and the diff of two backups."""
 
 import pytest
-from django.db import connection
+from django.db import IntegrityError, connection
 from django.urls import reverse
 
+from backups.services.manifests import index_failed_warning
 from dashboard.views import manifests
 from tests.pages_helpers import make_manifest, make_policy, make_run, make_source
 
@@ -85,6 +86,16 @@ def test_a_backup_without_a_catalogued_manifest_says_so(client, viewer, web):
     response = browse(client, run)
     assert response.status_code == 404
     assert "import_archives" in response.text
+
+
+def test_a_backup_whose_catalog_indexing_failed_says_why_and_what_to_do(client, viewer, web):
+    warning = index_failed_warning(IntegrityError("UNIQUE constraint failed: entry.name"))
+    run = make_run(web, ago_s=60, status="warning", warnings=["skipped a socket", warning])
+    client.force_login(viewer)
+    for page in ("manifest-browse", "manifest-diff"):
+        text = client.get(reverse(page, args=[run.pk])).text
+        assert warning in text and "UNIQUE constraint failed" in text
+        assert "The catalog holds no file list" not in text
 
 
 def found(response):

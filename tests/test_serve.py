@@ -33,6 +33,15 @@ def children_of(pid: int) -> list[int]:
     return found
 
 
+def descendants_of(pid: int) -> list[int]:
+    kids, frontier = [], [pid]
+    while frontier:
+        found = children_of(frontier.pop())
+        kids += found
+        frontier += found
+    return kids
+
+
 def alive(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
@@ -71,12 +80,11 @@ def test_serve_answers_then_stops_web_and_workers_without_leftovers(tmp_path, st
                 time.sleep(0.3)
         assert len(children_of(proc.pid)) == 2  # runserver and qcluster
         # qcluster forks its own sentinel, pusher, monitor and workers: all must go.
-        kids, frontier = [], [proc.pid]
-        while frontier:
-            found = children_of(frontier.pop())
-            kids += found
-            frontier += found
-        assert len(kids) > 2
+        # The web server can answer before qcluster has forked them, so wait for them.
+        deadline = time.monotonic() + 30
+        while len(kids := descendants_of(proc.pid)) <= 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert len(kids) > 2, "qcluster never started its workers"
         proc.send_signal(stop_signal)
         assert proc.wait(timeout=30) == 0
         deadline = time.monotonic() + 10

@@ -25,6 +25,7 @@ _REFUSED_TYPES = {
     "other": "has a member type this restore does not write",
 }
 _DIR, _IMPLICIT = "dir", "implicit"
+_FOLDERS = (_DIR, _IMPLICIT)
 _FILE_LIKE = ("file", "hardlink")
 # Enough names to act on without flooding a run's record on a hostile archive.
 MAX_NAMED = 50
@@ -100,7 +101,8 @@ class MemberPolicy:
 
     def review(self, member) -> str | None:
         """Return the path `member` would be written at, or None after recording why not."""
-        reason = _REFUSED_TYPES.get(member.type)
+        kind = member.type
+        reason = _REFUSED_TYPES.get(kind)
         if reason is not None:
             return self._refuse(member, reason)
         path = plain_path(member.raw_name)
@@ -110,30 +112,30 @@ class MemberPolicy:
                 return self._refuse(member, reason)
             path = "/".join(parts)
         kinds = self._kinds
-        if not path and member.type != _DIR:
+        if not path and kind != _DIR:
             return self._refuse(member, "names the target folder itself but is not a folder")
         # A known folder parent vouches for all its ancestors: they were checked when it was
         # recorded, and a recorded path never becomes a symlink or a file.
-        parent = path.rpartition("/")[0]
-        known_parent = kinds.get(parent) in (_DIR, _IMPLICIT)
+        known_parent = kinds.get(path.rpartition("/")[0]) in _FOLDERS
         if not known_parent:
             parts = path.split("/")
             prefix = ""
             for part in parts[:-1]:
                 prefix = f"{prefix}/{part}" if prefix else part
-                kind = kinds.get(prefix)
-                if kind == "symlink":
+                above = kinds.get(prefix)
+                if above == "symlink":
                     return self._refuse(
                         member, f"would be written through the symlink {shown(prefix)}"
                     )
-                if kind in _FILE_LIKE:
+                if above in _FILE_LIKE:
                     return self._refuse(member, f"is below {shown(prefix)}, which is not a folder")
         existing = kinds.get(path)
-        if existing == _IMPLICIT and member.type != _DIR:
-            return self._refuse(member, "would replace a folder that earlier members are in")
-        if existing is not None and existing != _IMPLICIT:
-            return self._refuse(member, "appears more than once (the first copy was kept)")
-        if member.type == "hardlink":
+        if existing is not None:
+            if existing != _IMPLICIT:
+                return self._refuse(member, "appears more than once (the first copy was kept)")
+            if kind != _DIR:
+                return self._refuse(member, "would replace a folder that earlier members are in")
+        if kind == "hardlink":
             reason = self._hardlink_problem(member.target or "")
             if reason is not None:
                 return self._refuse(member, reason)
@@ -142,7 +144,7 @@ class MemberPolicy:
             for part in parts[:-1]:
                 prefix = f"{prefix}/{part}" if prefix else part
                 kinds.setdefault(prefix, _IMPLICIT)
-        kinds[path] = member.type
+        kinds[path] = kind
         return path
 
     def _hardlink_problem(self, target: str) -> str | None:

@@ -48,6 +48,7 @@ _HEADER = struct.Struct("100s8s8s8s12s12s8sc100s8s32s32s8s8s155s")
 _POSIX_MAGIC = b"ustar\x0000"
 
 _HDR, _DATA, _ZERO, _END = range(4)
+_OWNERS_KEPT = 1024
 _adler32 = zlib.adler32
 _sha256 = hashlib.sha256
 
@@ -175,7 +176,7 @@ class TarScanner:
         self._pax_global: dict[str, bytes] = {}
         self._long_name: bytes | None = None
         self._long_link: bytes | None = None
-        self._names: dict[bytes, str] = {}
+        self._owners: dict[tuple, tuple] = {}
         # Forwarding: stream offset up to which bytes were sent (or dropped); headers of an
         # undecided member spanning chunks are held as copies until `decide` answers.
         self._seq_start: int | None = None
@@ -344,26 +345,27 @@ class TarScanner:
         self._member_header(fields, offset)
 
     def _member_header(self, fields: tuple, offset: int) -> None:
-        name, mode, uid, gid, size, mtime, _, kind, link, magic, uname, gname = fields[:12]
+        name, _, _, _, size, mtime, _, kind, link, magic = fields[:10]
+        # Mode, owner and group repeat from member to member: parsed once per distinct set.
+        owner_key = fields[1:4] + fields[10:12]
+        owner = self._owners.get(owner_key)
+        if owner is None:
+            if len(self._owners) >= _OWNERS_KEPT:
+                self._owners.clear()  # a hostile archive must not grow it without end
+            owner = self._owners[owner_key] = (
+                _number(fields[1], "mode", offset),
+                _number(fields[2], "uid", offset),
+                _number(fields[3], "gid", offset),
+                _text(_cstr(fields[10])),
+                _text(_cstr(fields[11])),
+            )
+        mode, uid, gid, uname_text, gname_text = owner
         try:
-            mode = int(mode.rstrip(b"\0 ") or b"0", 8)
-            uid = int(uid.rstrip(b"\0 ") or b"0", 8)
-            gid = int(gid.rstrip(b"\0 ") or b"0", 8)
             size = int(size.rstrip(b"\0 ") or b"0", 8)
             mtime = int(mtime.rstrip(b"\0 ") or b"0", 8)
         except ValueError:  # base-256 numbers, or odd padding
-            mode = _number(fields[1], "mode", offset)
-            uid = _number(fields[2], "uid", offset)
-            gid = _number(fields[3], "gid", offset)
             size = _number(fields[4], "size", offset)
             mtime = _number(fields[5], "mtime", offset)
-        names = self._names
-        uname_text = names.get(uname)
-        if uname_text is None:
-            uname_text = names[uname] = _text(_cstr(uname))
-        gname_text = names.get(gname)
-        if gname_text is None:
-            gname_text = names[gname] = _text(_cstr(gname))
         mtype = _TYPES.get(kind, OTHER)
         target = None
         pax = self._pax

@@ -201,7 +201,8 @@ class _Collector:
             return
         self.files += 1
         self.bytes += member.size
-        problem = self.check.data(member_key(member.raw_name), member)
+        check = self.check
+        problem = check.data(member_key(member.raw_name), member, check.last)
         if problem:
             self.differ.append(problem)
 

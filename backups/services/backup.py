@@ -11,7 +11,7 @@ from django.utils import timezone
 from backups.engine.backup import BackupRequest, plan_backup, run_backup
 from backups.models import Run, Source
 from backups.services.execution import RunHooks, reap_abandoned, remove_dead_temps
-from backups.services.manifests import manifest_store
+from backups.services.manifests import index_failed_warning, manifest_store
 from backups.services.queue import run_enqueue
 
 logger = logging.getLogger(__name__)
@@ -89,7 +89,19 @@ def backup_execute(run: Run, hooks: RunHooks) -> dict:
     hooks.log(f"backing up {source.kind} {source.location} to {folder}")
     result = run_backup(request, hooks)
     hooks.log(f"published {result.archive.name} ({result.size} bytes, sha256 {result.sha256})")
-    manifest_store(run, result.manifest)
+    # The archive is published and restores read its manifest.json from disk: a catalog
+    # that cannot be indexed costs the file browser, not the backup.
+    try:
+        manifest = manifest_store(run, result.manifest)
+    except Exception as error:
+        logger.exception("run %s: indexing %s into the catalog failed", run.pk, result.manifest)
+        hooks.warn(index_failed_warning(error))
+    else:
+        if manifest.duplicates:
+            hooks.log(
+                f"{manifest.duplicates} path(s) appear more than once in the archive; "
+                "the catalog lists the first copy of each, as a restore keeps it"
+            )
     return {
         "archive": str(result.archive),
         "size": result.size,

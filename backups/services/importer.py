@@ -18,10 +18,15 @@ from backups.services.manifests import manifest_store
 
 @dataclass
 class ImportReport:
-    """What an import found: new runs, runs already known, and files it refused."""
+    """What an import found: new runs, runs already known, and files it refused.
+
+    `reindexed` are known backups whose file list the catalog lacked (its indexing failed
+    when the backup ran) and which were indexed again.
+    """
 
     imported: list[int] = field(default_factory=list)
     known: int = 0
+    reindexed: list[int] = field(default_factory=list)
     sources_created: list[str] = field(default_factory=list)
     refused: list[str] = field(default_factory=list)
 
@@ -60,15 +65,22 @@ def _when(value: str | None) -> datetime | None:
 
 
 def import_archive(manifest_path: Path, report: ImportReport) -> None:
-    """Add the run described by one manifest, unless the catalog already has it."""
+    """Add the run described by one manifest; for a known run, index a missing file list."""
     header, _ = iter_manifest(manifest_path)
     archive_info = header.get("archive") or {}
     archive = _archive_for(manifest_path, archive_info.get("name"))
     if archive is None:
         report.refused.append(f"{manifest_path}: its archive is missing; skipped.")
         return
-    if Run.objects.filter(archive=str(archive)).exists():
-        report.known += 1
+    known = Run.objects.filter(archive=str(archive))
+    if known.exists():
+        # Verifications name the archive too: only the backup itself holds the file list.
+        unindexed = known.restorable().filter(manifest__isnull=True).first()
+        if unindexed is None:
+            report.known += 1
+        else:
+            manifest_store(unindexed, manifest_path)
+            report.reindexed.append(unindexed.pk)
         return
     with transaction.atomic():
         source = _source_for(header, manifest_path.parent, report)

@@ -18,6 +18,7 @@ from django.shortcuts import get_object_or_404, render
 from django.views.decorators.http import require_GET
 
 from backups.models import Manifest, ManifestDir, ManifestEntry, Run
+from backups.services.manifests import index_failure
 
 ENTRIES_PER_PAGE = 200
 SEARCH_LIMIT = 200
@@ -180,6 +181,7 @@ def manifest_browse(request, pk):
         "can_restore": request.user.has_perm("backups.run_restore"),
     }
     if manifest is None:
+        context["index_failure"] = index_failure(run)
         return render(request, "dashboard/manifest_browse.html", context, status=404)
     text = request.GET.get("q", "").strip()
     if text:
@@ -370,6 +372,7 @@ def manifest_diff(request, pk):
         "other": other,
         "prefix": prefix,
         "choices": list(others[:50]),
+        "index_failure": index_failure(run) if manifest is None else None,
     }
     if manifest is None or other is None:
         return render(request, "dashboard/manifest_diff.html", context)

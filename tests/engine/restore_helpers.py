@@ -20,10 +20,30 @@ from pathlib import Path
 
 from backups.engine.hooks import Hooks
 from backups.engine.manifest import Entry, build_spool, sidecar_text, write_manifest
-from backups.engine.tarstream import TarScanner, normalise
+from backups.engine.tarstream import Member, TarScanner, normalise
 
 NON_UTF8 = os.fsdecode(b"caf\xe9-latin1.txt")
 MTIME = 1_600_000_000
+
+
+def tar_member(
+    name: str, kind: str = "file", target: str | None = None, *, size: int = 0, sha256=None
+) -> Member:
+    """Return a member as the tar scanner would report it, owned by root, mode 0644."""
+    return Member(
+        path=name,
+        type=kind,
+        size=size,
+        mode=0o644,
+        mtime=0,
+        target=target,
+        uid=0,
+        gid=0,
+        uname="",
+        gname="",
+        raw_name=name,
+        sha256=sha256,
+    )
 
 
 @dataclass

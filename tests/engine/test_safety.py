@@ -12,24 +12,8 @@ from backups.engine.hooks import RecordingHooks
 from backups.engine.manifest import Entry
 from backups.engine.restore import RestoreRequest, run_restore
 from backups.engine.safety import MemberPolicy, Selection, normalise_request_path
-from backups.engine.tarstream import Member
 from tests.engine.restore_helpers import hostile_tar, leftovers, write_archive
-
-
-def member(name, kind="file", target=None):
-    return Member(
-        path=name,
-        type=kind,
-        size=0,
-        mode=0o644,
-        mtime=0,
-        target=target,
-        uid=0,
-        gid=0,
-        uname="",
-        gname="",
-        raw_name=name,
-    )
+from tests.engine.restore_helpers import tar_member as member
 
 
 def restore(archive, target, **options):

@@ -65,12 +65,15 @@ class MemberFilter:
         if member.type != "file":
             return
         last, path = self._last
-        if last is not member:
+        if last is member:
+            # `decide` just matched this member: its entry is the check's last one.
+            problem = self.check.data(path, member, self.check.last)
+        else:
             path = clean_path(member.raw_name)
-        problem = self.check.data(path, member)
+            problem = self.check.data(path, member)
         if problem:
             raise self._mismatch(problem)
-        if path not in self.helpers or self.selection.includes(path):
+        if not self.helpers or path not in self.helpers or self.selection.includes(path):
             self.files += 1
             self.bytes += member.size
             if self.meter is not None:

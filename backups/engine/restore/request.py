@@ -70,6 +70,8 @@ def selection_for(request: RestoreRequest, manifest: Manifest) -> Selection:
     except ValueError as error:
         raise TargetError(str(error)) from None
     selection = Selection(paths)
+    if not paths:
+        return selection  # everything: no path to look for among the entries
     unknown = selection.unmatched([member_key(entry.path) for entry in manifest.entries])
     if unknown:
         raise TargetError(

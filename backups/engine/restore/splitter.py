@@ -116,6 +116,11 @@ class Splitter:
                         out(view[start:pos])
                     start = pos + 512
                 pos += 512
+                if self._state == _PASS and self._left <= size - pos:
+                    # The usual case, the member's data all in this piece: skip it here.
+                    pos += self._left
+                    self._left = 0
+                    self._state = _HDR
             elif state == _DIRECT:
                 if pos > start:
                     out(view[start:pos])

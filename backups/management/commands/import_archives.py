@@ -12,7 +12,7 @@ from backups.services.importer import import_archives
 
 
 class Command(CliCommand):
-    help = "Rebuild the catalog from ARCHIVE_ROOT (idempotent)."
+    help = "Rebuild the catalog from ARCHIVE_ROOT, and index missing file lists (idempotent)."
 
     def add_arguments(self, parser):
         parser.add_argument("--root", type=Path, default=None)
@@ -29,6 +29,7 @@ class Command(CliCommand):
                 {
                     "imported": report.imported,
                     "known": report.known,
+                    "reindexed": report.reindexed,
                     "sources_created": report.sources_created,
                     "refused": report.refused,
                 }
@@ -36,6 +37,11 @@ class Command(CliCommand):
         else:
             self.stdout.write(
                 f"Imported {len(report.imported)} backup(s), {report.known} already known"
+                + (
+                    f", {len(report.reindexed)} known one(s) whose file list was indexed again"
+                    if report.reindexed
+                    else ""
+                )
                 + (
                     f"; recreated source(s) {', '.join(report.sources_created)}"
                     if report.sources_created
