@@ -4,11 +4,11 @@
 
 Each data set of `bench.datasets` is backed up once with the engine's `run_backup` (a
 PAX tar through zstd -3, a manifest with every file's sha256; cached under
-var/bench/archives), then restored back to back by the command-line pipeline and by
-`run_restore`, which also checks the archive's sha256 and every file's sha256 and size
-against the manifest. Both extract into a tmpfs
-(/dev/shm): on this machine's ext4, creating files soon after a mass delete is 10-20x
-slower, which would measure the disk's inode allocator rather than the restore.
+var/bench/archives), then restored back to back, in alternating order after one untimed
+warm-up, by the command-line pipeline and by `run_restore`, which also checks the
+archive's sha256 and every file's sha256 and size against the manifest. Both extract into
+a tmpfs (/dev/shm): on this machine's ext4, creating files soon after a mass delete is
+10-20x slower, which would measure the disk's inode allocator rather than the restore.
 
 Ratio is our throughput over the pipeline's (higher is better); the targets are 1.0 for
 the big file, 0.6 for the stdlib tree and 0.4 for 50,000 small files. CPU seconds (this
@@ -19,6 +19,7 @@ towards the CPU ratio, since there is then no idle core to overlap work on.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import resource
 import shutil
@@ -86,6 +87,22 @@ def restore_ours(archive: Path, manifest: Path, dest: Path) -> tuple[float, floa
     return time.perf_counter() - started, _cpu() - cpu
 
 
+def _extract_once(restore, scratch: Path) -> tuple[float, float]:
+    """Time one extraction into a new folder under `scratch`, then delete what it wrote.
+
+    Deleting right away makes every timed run start the same way, just after a deletion
+    of the same size: on this virtual machine, writing to memory that has lain unused for
+    a few seconds costs several times more than reusing what was just freed (dd of 1 GiB
+    into /dev/shm: 0.6 s right after deleting 1 GiB, 1.1-1.5 s three seconds later, 1.8-5
+    s beside a file that is kept), which would otherwise favour whichever side runs first.
+    """
+    dest = scratch / "dest"
+    try:
+        return restore(dest)
+    finally:
+        shutil.rmtree(dest, ignore_errors=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark and print the table."""
     parser = argparse.ArgumentParser(prog="python -m bench.restore", description=__doc__)
@@ -103,14 +120,21 @@ def main(argv: list[str] | None = None) -> int:
         label = name + ("-quick" if args.quick else "")
         archive, manifest = make_archive(label, source)
         files, size = datasets.tree_size(source)
-        cli_runs, our_runs = [], []
-        for _ in range(args.repeat):
-            scratch = Path(tempfile.mkdtemp(prefix="bench-restore-", dir=scratch_parent))
-            try:
-                cli_runs.append(restore_cli(archive, scratch / "cli"))
-                our_runs.append(restore_ours(archive, manifest, scratch / "ours"))
-            finally:
-                shutil.rmtree(scratch)
+        runs = {"cli": [], "ours": []}
+        timed = {
+            "cli": functools.partial(restore_cli, archive),
+            "ours": functools.partial(restore_ours, archive, manifest),
+        }
+        scratch = Path(tempfile.mkdtemp(prefix="bench-restore-", dir=scratch_parent))
+        try:
+            _extract_once(timed["cli"], scratch)  # warm-up, not counted
+            for round_ in range(args.repeat):
+                # Alternate who goes first, so neither side always gets the warmer start.
+                for side in ("cli", "ours") if round_ % 2 == 0 else ("ours", "cli"):
+                    runs[side].append(_extract_once(timed[side], scratch))
+        finally:
+            shutil.rmtree(scratch)
+        cli_runs, our_runs = runs["cli"], runs["ours"]
         median = statistics.median(c[0] / o[0] for c, o in zip(cli_runs, our_runs, strict=True))
         rows.append((label, files, size, min(cli_runs), min(our_runs), median, TARGETS[name]))
     print_table(rows, args.repeat, os.getloadavg()[0])
