@@ -154,7 +154,7 @@ class RestoreForm(forms.Form):
         # anyone types the confirmation, rather than after.
         try:
             check_target(request)
-        except (EngineError, OSError) as error:
+        except EngineError as error:
             self.add_error(None, str(error))
         return data
 

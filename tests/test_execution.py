@@ -68,6 +68,17 @@ def test_a_cancel_request_stops_the_run_at_its_next_check(running):
         hooks.check()
 
 
+def test_a_cancel_landing_just_before_publishing_ends_the_run_as_cancelled(running):
+    # Reported as a cancel, not as fencing: the worker still ends the run itself, with its
+    # log and, for a restore, the audit record of the outcome.
+    hooks = RunHooks(running)
+    Run.objects.filter(pk=running.pk).update(cancel_requested=True)
+    published = []
+    with pytest.raises(Cancelled, match="Cancelled on request"):
+        hooks.publish(lambda: published.append(True))
+    assert published == []
+
+
 def test_the_policy_timeout_cancels_a_run_that_takes_too_long(running):
     hooks = RunHooks(running)
     hooks.deadline = 0

@@ -224,6 +224,11 @@ def load_manifest(path: Path) -> Manifest:
         raise ArchiveError(
             f"The manifest {path} is missing; run import_archives or verify the archive."
         ) from None
+    except OSError as error:
+        raise ArchiveError(
+            f"The manifest {path} cannot be read: {error.strerror or error}. Check that this "
+            "user may read the archive folder."
+        ) from None
     try:
         fast = _decode_fast(raw)
     except msgspec.MsgspecError:

@@ -183,12 +183,14 @@ class _Collector:
         self.extra: list[str] = []
         self.differ: list[str] = []
         self.members = 0
+        self._key = ""
         self.files = 0
         self.bytes = 0
 
     def decide(self, member: Member) -> bool:
         self.members += 1
-        problem = self.check.header(member_key(member.raw_name), member)
+        self._key = key = member_key(member.raw_name)
+        problem = self.check.header(key, member)
         if problem:
             if "not in the manifest" in problem:
                 self.extra.append(member.raw_name)
@@ -202,7 +204,7 @@ class _Collector:
         self.files += 1
         self.bytes += member.size
         check = self.check
-        problem = check.data(member_key(member.raw_name), member, check.last)
+        problem = check.data(self._key, member, check.last)  # the key `decide` just made
         if problem:
             self.differ.append(problem)
 

@@ -92,10 +92,7 @@ class RunHooks(Hooks):
                 .exists()
             )
             if not owned:
-                raise FencedError(
-                    f"Run #{self.run.pk} is no longer owned by this worker ({self.run.worker}): "
-                    "it was cancelled or declared abandoned; nothing was published."
-                )
+                raise self._lost_reason()
             action()
 
     def warn(self, message: str) -> None:
@@ -146,15 +143,20 @@ class RunHooks(Hooks):
         )
         if owned.update(**values) == 1:
             return True
+        reason = self._lost_reason()
+        if isinstance(reason, Cancelled) or self._lost is None:
+            self._lost = reason
+        return False
+
+    def _lost_reason(self) -> EngineError:
+        """Say why this worker no longer owns the run: a cancel (still ours to end) or not."""
         state = Run.objects.filter(pk=self.run.pk).values("status", "cancel_requested").first()
         if state and state["cancel_requested"] and state["status"] == Run.Status.RUNNING:
-            self._lost = Cancelled("Cancelled on request; nothing was published.")
-        elif self._lost is None:
-            self._lost = FencedError(
-                f"Run #{self.run.pk} was taken from this worker "
-                f"(now {state['status'] if state else 'deleted'}); stopping without publishing."
-            )
-        return False
+            return Cancelled("Cancelled on request; nothing was published.")
+        return FencedError(
+            f"Run #{self.run.pk} was taken from this worker "
+            f"(now {state['status'] if state else 'deleted'}); stopping without publishing."
+        )
 
     def _beat_loop(self) -> None:
         interval = min(1.0, settings.HEARTBEAT_INTERVAL_S)
@@ -250,14 +252,9 @@ def run_execute(
     result, error = None, None
     try:
         result = _handler(run.kind)(run, hooks)
-    except FencedError as fenced:
+    except FencedError as fenced:  # another worker or the reaper ends this run
         hooks.stop()
-        state = Run.objects.filter(pk=run.pk).values("status", "cancel_requested").first()
-        if state == {"status": Run.Status.RUNNING, "cancel_requested": True}:
-            # A cancel that landed between the last check and the commit: still ours to end.
-            run.mark_cancelled("Cancelled on request; nothing was published.")
-        else:
-            logger.warning("run %s: %s", run.pk, fenced)
+        logger.warning("run %s: %s", run.pk, fenced)
         run.refresh_from_db()
         return run
     except EngineError as failure:

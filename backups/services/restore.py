@@ -5,7 +5,7 @@ from __future__ import annotations
 from django.db import IntegrityError, transaction
 
 from backups.audit import audit_record
-from backups.engine.errors import TargetError
+from backups.engine.errors import EngineError
 from backups.engine.restore import RestoreRequest, check_target, run_restore
 from backups.models import AuditEvent, Run
 from backups.services.backup import SourceBusy
@@ -85,7 +85,7 @@ def restore_request(
     )
     try:
         check_target(_engine_request(run, backup))
-    except TargetError as error:
+    except EngineError as error:  # a bad target, or a manifest --path cannot be read from
         raise refuse(str(error)) from None
     try:
         with transaction.atomic():

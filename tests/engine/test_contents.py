@@ -88,3 +88,11 @@ def test_an_unlisted_root_folder_does_not_break_in_order_matching():
     check = ContentCheck(manifest(entry("a"), entry("b")))
     assert feed(check, member("", "dir"), member("a"), member("b")) == []
     assert check.missing() == []
+    # A pod's archive starts with "./": matching it must not index every manifest path.
+    assert check.entries_indexed is False
+
+
+def test_a_listed_root_folder_is_still_checked_in_order():
+    check = ContentCheck(manifest(entry(".", "dir"), entry("a")))
+    problems = feed(check, member("", "symlink"), member("a"))
+    assert problems == ["'' is a symlink in the archive but a dir in the manifest"]

@@ -71,3 +71,10 @@ def test_a_newer_format_and_a_damaged_file_are_refused_clearly(tmp_path):
     path.write_text(json.dumps(data))
     with pytest.raises(ArchiveError, match="missing a required field"):
         load_manifest(path)
+
+
+def test_a_manifest_that_cannot_be_read_is_a_sentence_not_a_stack_trace(tmp_path):
+    folder = tmp_path / "20250101T000000Z-1.manifest.json"
+    folder.mkdir()  # reading it fails with an OSError other than "missing"
+    with pytest.raises(ArchiveError, match="cannot be read: Is a directory"):
+        load_manifest(folder)

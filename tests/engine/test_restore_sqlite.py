@@ -126,3 +126,15 @@ def test_restore_refuses_a_snapshot_that_fails_the_integrity_check(live, tmp_pat
 
     assert count_rows(live) == 10
     assert leftovers(tmp_path / "live") == []
+
+
+def test_a_live_file_that_is_not_a_database_is_refused_and_left_as_it_was(live, tmp_path):
+    backup = database_archive(live, tmp_path / "archives")
+    damaged = b"not a database, " * 512
+    live.write_bytes(damaged)
+
+    with pytest.raises(TargetError, match="cannot be read.*move it and its -wal"):
+        run_restore(request_for(backup, live, in_place=True), RecordingHooks())
+
+    assert live.read_bytes() == damaged
+    assert leftovers(tmp_path / "live") == []

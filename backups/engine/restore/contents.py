@@ -34,6 +34,11 @@ class ContentCheck:
         self.last: Entry | None = None
 
     @property
+    def entries_indexed(self) -> bool:
+        """Return whether matching has had to index the manifest by path."""
+        return self._by_key is not None
+
+    @property
     def entries(self) -> dict[str, Entry]:
         """Return the manifest entries by key, the first one of a repeated path."""
         if self._by_key is None:
@@ -52,11 +57,22 @@ class ContentCheck:
                 self._next = index + 1
                 return order[index]
             if key == ROOT:
-                return self.entries.get(key)  # the root folder may or may not be listed
+                return self._root_entry()  # the root folder may or may not be listed
             self._in_order = False
             self.seen.update(member_key(entry.path) for entry in order[:index])
         self.seen.add(key)
         return self.entries.get(key)
+
+    def _root_entry(self) -> Entry | None:
+        """Return the manifest's entry for the root folder, without indexing every path.
+
+        A pod's archive starts with "./"; building the index for it would undo the
+        in-order matching for the whole archive.
+        """
+        if self._by_key is not None:
+            return self._by_key.get(ROOT)
+        roots = (e for e in self._order if not e.path.strip("./") and member_key(e.path) == ROOT)
+        return next(roots, None)
 
     def header(self, key: str, member: Member) -> str | None:
         """Check a member's headers; return a problem, or None."""

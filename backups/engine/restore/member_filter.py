@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 from ..errors import ArchiveError
 from ..manifest import Manifest
-from ..safety import MemberPolicy, Selection, clean_path
+from ..safety import MemberPolicy, Selection
 from ..tarstream import Member
 from .contents import ContentCheck, listed, member_key
 from .progress import ProgressMeter
@@ -37,12 +37,11 @@ class MemberFilter:
         self.skipped: set[str] = set()
         self.files = 0
         self.bytes = 0
-        self._last: tuple[Member | None, str] = (None, "")
+        self._path = ""  # where the member `decide` last let through is written
 
     def decide(self, member: Member) -> bool:
         """Return whether `member` is written; raise when its headers contradict the manifest."""
         path = self.policy.review(member)
-        self._last = (member, path)
         if path is None:
             self.skipped.add(member_key(member.raw_name))
             return False
@@ -58,19 +57,17 @@ class MemberFilter:
             raise self._mismatch(problem)
         if self.approve is not None:
             self.approve(member, path)
+        self._path = path
         return True
 
     def on_member(self, member: Member) -> None:
         """Check a file once its data has been read, and count it."""
         if member.type != "file":
             return
-        last, path = self._last
-        if last is member:
-            # `decide` just matched this member: its entry is the check's last one.
-            problem = self.check.data(path, member, self.check.last)
-        else:
-            path = clean_path(member.raw_name)
-            problem = self.check.data(path, member)
+        # The scanner calls this for a member right after `decide` let it through, so the
+        # path and the manifest entry are the ones `decide` found.
+        path = self._path
+        problem = self.check.data(path, member, self.check.last)
         if problem:
             raise self._mismatch(problem)
         if not self.helpers or path not in self.helpers or self.selection.includes(path):

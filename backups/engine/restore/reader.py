@@ -20,7 +20,6 @@ import threading
 import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import BinaryIO
 
 import zstandard
 
@@ -71,21 +70,6 @@ class _HashingReader(io.RawIOBase):
             self.sha.update(data)
             self.count += len(data)
         return data
-
-
-def _decompressing(kind: str, raw) -> BinaryIO:
-    """Return a reader of the decompressed bytes of `raw` (see compression.decompressor).
-
-    zstd takes in a whole chunk of stored bytes per call rather than its default 128 KiB:
-    a big-file restore then makes an eighth of the calls back into Python (each hashing a
-    piece and handing the GIL over), which measured about 0.1 CPU-s less per GiB. The
-    output is still read a chunk at a time, so the payload limit holds as before.
-    """
-    if kind == compression.ZSTD:
-        return zstandard.ZstdDecompressor().stream_reader(
-            raw, read_size=CHUNK, read_across_frames=True, closefd=False
-        )
-    return compression.decompressor(kind, raw)
 
 
 class ArchiveReader:
@@ -143,7 +127,7 @@ class ArchiveReader:
         return self._hashing.count
 
     def _decompressed(self) -> Iterator[bytes]:
-        reader = _decompressing(self.compression, self._hashing)
+        reader = compression.decompressor(self.compression, self._hashing)
         while True:
             try:
                 data = reader.read(CHUNK)

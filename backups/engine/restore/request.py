@@ -105,10 +105,16 @@ def check_target(request: RestoreRequest) -> None:
             check_postgres_uri(target)
         except ValueError as error:
             raise TargetError(str(error)) from None
-    elif kind == DIRECTORY:
-        _check_directory_target(target, request.in_place)
-    elif kind == SQLITE:
-        _check_sqlite_target(target, request.in_place)
+    elif kind in (DIRECTORY, SQLITE):
+        check = _check_directory_target if kind == DIRECTORY else _check_sqlite_target
+        try:
+            check(target, request.in_place)
+        except OSError as error:
+            where = error.filename or target
+            raise TargetError(
+                f"The target {where} cannot be checked: {error.strerror or error}. Check that "
+                "this user may read it, or choose another target."
+            ) from None
     if request.paths:
         selection_for(request, load_manifest(request.manifest))
 

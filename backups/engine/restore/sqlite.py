@@ -8,7 +8,7 @@ import sqlite3
 from pathlib import Path
 
 from ..atomic import fsync_dir
-from ..errors import ArchiveError, UnsafeArchiveError
+from ..errors import ArchiveError, TargetError, UnsafeArchiveError
 from ..safety import Selection, clean_path, shown
 from .files import remove_path
 from .journal import Journal
@@ -93,8 +93,11 @@ def _copy_into_live(run: RestoreRun, journal: Journal, snapshot: Path, target: P
     timeout = 60.0 if run.request.timeout_s is None else max(1.0, run.request.timeout_s)
     # A consistent copy of the current database, to put back on any failure.
     live, keep = sqlite3.connect(os.fspath(target), timeout=timeout), sqlite3.connect(aside)
-    with contextlib.closing(live), contextlib.closing(keep):
-        live.backup(keep)
+    try:
+        with contextlib.closing(live), contextlib.closing(keep):
+            live.backup(keep)
+    except sqlite3.Error as error:
+        raise _live_failed(target, "cannot be read to keep a copy of it", error) from None
     run.hooks.log(f"Saved the current database to {aside}.")
     meter = ProgressMeter(run.hooks, bytes_total=None, files_total=1, current="copying into place")
     page = snapshot.stat().st_size // max(1, page_count(snapshot))
@@ -113,13 +116,24 @@ def _copy_into_live(run: RestoreRun, journal: Journal, snapshot: Path, target: P
         verdict = sqlite_integrity(target, quick=True, immutable=False)
         if verdict != "ok":
             raise ArchiveError(f"The restored database fails PRAGMA quick_check: {verdict}.")
-    except BaseException:
+    except BaseException as error:
         # An unfinished copy was rolled back by SQLite itself; a finished one is undone.
         if committed:
             sqlite_copy(aside, target, timeout=timeout)
             run.hooks.log(f"Put the original database back into {target}.")
         journal.write(phase="staging")
+        if isinstance(error, sqlite3.Error):
+            raise _live_failed(target, "could not be written", error) from None
         raise
     run.checks.append({"name": "database", "ok": True, "detail": "quick_check after copy: ok"})
     run.hooks.log(f"Copied the restored database into {target}.")
     journal.write(phase="done")
+
+
+def _live_failed(target: Path, what: str, error: sqlite3.Error) -> TargetError:
+    return TargetError(
+        f"The live database {target} {what} ({error}); the restore changed nothing. If it "
+        "is locked, restore again once the process holding it is done. If it is damaged, "
+        "move it and its -wal and -shm files aside, then restore again: the backup is then "
+        "written as a new file."
+    )
