@@ -44,6 +44,15 @@ def kill_group(child: subprocess.Popen) -> None:
             child.kill()
 
 
+def wait_ticking(child: subprocess.Popen, tick: Callable[[], None]) -> int:
+    """Wait for `child` to exit, running `tick` (cancellation, timeouts) meanwhile."""
+    while True:
+        try:
+            return child.wait(timeout=0.2)
+        except subprocess.TimeoutExpired:
+            tick()
+
+
 class ProcessSink:
     """Feed a child process's stdin with what the scanner forwards.
 
@@ -162,13 +171,7 @@ class ProcessSink:
         if self._error is not None:
             raise self._error
         self._close_stdin()
-        while True:
-            try:
-                code = self.proc.wait(timeout=0.2)
-                break
-            except subprocess.TimeoutExpired:
-                tick()
-        if code != 0:
+        if wait_ticking(self.proc, tick) != 0:
             raise self.failure()
 
     def output(self) -> str:

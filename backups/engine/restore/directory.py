@@ -14,7 +14,7 @@ from .hardlink_helpers import hardlink_helpers
 from .journal import Journal
 from .paths_in_place import restore_paths
 from .recovery import recover_interrupted, undone_on_failure
-from .request import RestoreRequest, check_space, check_target, selection_for
+from .request import check_space, check_target, selection_for
 from .run import RestoreRun
 from .staging import prepare_staging, side_path, sync_filesystem
 
@@ -22,7 +22,7 @@ from .staging import prepare_staging, side_path, sync_filesystem
 def restore_directory(run: RestoreRun) -> str:
     """Restore into a local folder; return the folder's real path."""
     request = run.request
-    check_target(RestoreRequest(**{**request.__dict__, "paths": ()}))
+    check_target(request, run.manifest)
     target = Path(os.path.realpath(request.target))
     recover_interrupted(target.parent, hooks=run.hooks)
     if target.is_dir():

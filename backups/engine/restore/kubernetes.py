@@ -26,7 +26,7 @@ def kubectl_extract_argv(pod: PodPath) -> list[str]:
 def restore_pod(run: RestoreRun) -> str:
     """Verify the archive, then send what passes to the pod; return the pod path."""
     request = run.request
-    check_target(request)
+    check_target(request, run.manifest)
     pod = parse_pod_path(request.target)
     selection = selection_for(request, run.manifest)
     # A pod's files cannot be staged and swapped: the whole archive is verified first, so a

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from ..errors import ArchiveError, EngineError
 from ..manifest import Manifest
+from .children import kill_group, wait_ticking
 from .files import remove_path
 from .reader import THREAD, ArchiveReader, expected_sha256, scan_archive
 from .request import check_space, check_target
@@ -103,19 +104,20 @@ def _run_child(argv: list[str], run: RestoreRun, *, what: str) -> str:
     """Run a command to completion, checking for cancellation; return its output."""
     with tempfile.TemporaryFile() as output:
         try:
-            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=output, stderr=output)
+            proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=output,
+                stderr=output,
+                start_new_session=True,  # so a timeout or cancel kills all it started
+            )
         except FileNotFoundError:
             raise EngineError(f"{argv[0]} is not installed or not on PATH.") from None
         run.deadline.watch(proc)
         try:
-            while True:
-                try:
-                    code = proc.wait(timeout=0.2)
-                    break
-                except subprocess.TimeoutExpired:
-                    run.tick()
+            code = wait_ticking(proc, run.tick)
         except BaseException:
-            proc.kill()
+            kill_group(proc)
             proc.wait()
             raise
         output.seek(0)

@@ -81,11 +81,12 @@ def selection_for(request: RestoreRequest, manifest: Manifest) -> Selection:
     return selection
 
 
-def check_target(request: RestoreRequest) -> None:
+def check_target(request: RestoreRequest, manifest: Manifest | None = None) -> None:
     """Refuse unusable targets up front (raises TargetError), before anything is changed.
 
     A non-empty folder or an existing database file is refused unless `in_place`; the
-    target's parent must exist (in place, it is created); a pod path or URI must parse.
+    target's parent must exist (in place, it is created); a pod path or URI must parse;
+    `--path`s must be in the backup (`manifest`, when the caller has it loaded already).
     """
     if request.kind not in KINDS:
         raise TargetError(f"Unknown source kind {request.kind!r}: use one of {', '.join(KINDS)}.")
@@ -116,7 +117,7 @@ def check_target(request: RestoreRequest) -> None:
                 "this user may read it, or choose another target."
             ) from None
     if request.paths:
-        selection_for(request, load_manifest(request.manifest))
+        selection_for(request, load_manifest(request.manifest) if manifest is None else manifest)
 
 
 def _check_parent(path: Path, in_place: bool) -> None:
