@@ -228,6 +228,21 @@ def test_a_backup_whose_catalog_cannot_be_indexed_succeeds_with_a_warning(
     assert warning in page.text
 
 
+def test_import_archives_names_a_manifest_the_database_refuses_and_carries_on(
+    source, catalog_rejects_entries
+):
+    made = call_json("backup", source.name, "--inline")
+    out = StringIO()
+    with pytest.raises(CommandError) as caught:
+        call_command("import_archives", "--json", stdout=out)
+    assert caught.value.returncode == 2
+    report = json.loads(out.getvalue())
+    assert report["reindexed"] == []
+    [refused] = report["refused"]
+    assert refused.startswith(f"{Run.objects.get(pk=made['id']).manifest_path}: the database")
+    assert REJECT in refused and "run import_archives again" in refused
+
+
 def test_import_archives_indexes_a_known_backup_whose_catalog_indexing_failed(
     source, catalog_rejects_entries
 ):

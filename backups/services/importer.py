@@ -7,7 +7,7 @@ from datetime import datetime
 from pathlib import Path
 
 from django.core.management.color import no_style
-from django.db import connection, transaction
+from django.db import DatabaseError, connection, transaction
 from django.utils.text import slugify
 
 from backups.engine.errors import EngineError
@@ -116,6 +116,13 @@ def import_archives(root: Path) -> ImportReport:
             import_archive(manifest, report)
         except EngineError as error:
             report.refused.append(f"{manifest}: {error}")
+        except OSError as error:
+            report.refused.append(f"{manifest}: cannot be read: {error.strerror or error}.")
+        except DatabaseError as error:
+            report.refused.append(
+                f"{manifest}: the database refused it ({error}); fix the database, then run "
+                "import_archives again."
+            )
     if report.imported:
         # Runs were created with the ids their manifests recorded: move the id sequence
         # past them so the next run does not collide (PostgreSQL keeps a separate one).

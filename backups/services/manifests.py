@@ -17,7 +17,7 @@ import posixpath
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from django.db import connection, transaction
+from django.db import IntegrityError, connection, transaction
 
 from backups.engine.manifest import DIR, Entry, iter_manifest
 from backups.models import Manifest, ManifestDir, ManifestEntry, Run
@@ -83,18 +83,23 @@ def _rows(entries: Iterator[Entry], dir_ids: dict[str, int]) -> Iterator[tuple]:
         )
 
 
-def _insert_postgres(rows: Iterator[tuple]) -> int:
-    """COPY the rows into the table: the fast path, for a manifest without duplicates."""
-    table = connection.ops.quote_name(ManifestEntry._meta.db_table)
+def _copy(cursor, table: str, rows: Iterator[tuple]) -> int:
+    """COPY `rows` into `table`; its errors come out as Django's database errors."""
     count = 0
     with (
-        connection.cursor() as cursor,
+        connection.wrap_database_errors,
         cursor.connection.cursor().copy(f"COPY {table} ({', '.join(COLUMNS)}) FROM STDIN") as copy,
     ):
         for row in rows:
             copy.write_row(row)
             count += 1
     return count
+
+
+def _insert_postgres(rows: Iterator[tuple]) -> int:
+    """COPY the rows into the table: the fast path, for a manifest without duplicates."""
+    with connection.cursor() as cursor:
+        return _copy(cursor, connection.ops.quote_name(ManifestEntry._meta.db_table), rows)
 
 
 def _insert_postgres_first_copies(rows: Iterator[tuple]) -> int:
@@ -110,11 +115,7 @@ def _insert_postgres_first_copies(rows: Iterator[tuple]) -> int:
             f"CREATE TEMPORARY TABLE manifest_scratch (LIKE {table}, "
             "seq bigint GENERATED ALWAYS AS IDENTITY)"
         )
-        with cursor.connection.cursor().copy(
-            f"COPY manifest_scratch ({columns}) FROM STDIN"
-        ) as copy:
-            for row in rows:
-                copy.write_row(row)
+        _copy(cursor, "manifest_scratch", rows)
         cursor.execute(
             f"INSERT INTO {table} ({columns}) SELECT DISTINCT ON (directory_id, name) "
             f"{columns} FROM manifest_scratch ORDER BY directory_id, name, seq"
@@ -160,12 +161,10 @@ def manifest_store(run: Run, path: Path) -> Manifest:
         created = ManifestDir.objects.filter(manifest=manifest)
     dir_ids = {folder.path: folder.pk for folder in created}
     if connection.vendor == "postgresql":
-        from psycopg.errors import UniqueViolation
-
         try:
             with transaction.atomic():
                 stored = _insert_postgres(_rows(iter_manifest(path)[1], dir_ids))
-        except UniqueViolation:
+        except IntegrityError:
             # Rare (a tar that lists a path twice): only then pay for the scratch table.
             stored = _insert_postgres_first_copies(_rows(iter_manifest(path)[1], dir_ids))
     else:
