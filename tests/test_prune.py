@@ -11,7 +11,7 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.utils import timezone
 
-from backups.models import Manifest, Run
+from backups.models import AuditEvent, Manifest, Run
 from backups.services.catalog import policy_create, source_create
 from backups.services.prune import (
     PruneFenced,
@@ -100,6 +100,17 @@ def test_pruning_twice_removes_nothing_more(gfs):
     prune_execute(source=gfs)
     second = prune_execute(source=gfs)
     assert second["remove"] == []
+
+
+def test_every_removed_backup_leaves_an_audit_record(gfs):
+    runs = {run.pk: run for run in make_backups(gfs, hourly(24 * 3))}
+    removed = [entry["id"] for entry in prune_execute(source=gfs)["remove"]]
+    assert removed
+    events = AuditEvent.objects.filter(action="backup.prune")
+    assert sorted(int(event.object_id) for event in events) == sorted(removed)
+    for event in events:
+        assert (event.outcome, event.source, event.actor_name) == ("removed", gfs, "system")
+        assert event.detail["archive"] == runs[int(event.object_id)].archive
 
 
 def test_a_dry_run_lists_every_backup_with_its_reasons_and_changes_nothing(gfs):

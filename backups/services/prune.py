@@ -36,6 +36,7 @@ from django.db.models import F, Value
 from django.db.models.functions import Concat
 from django.utils import timezone
 
+from backups.audit import audit_record
 from backups.engine.atomic import fsync_dir
 from backups.engine.retention import PINNED, Rules, Snapshot, select
 from backups.models import Manifest, Run, Source
@@ -286,6 +287,18 @@ def _delete_owned(runs: list[Run], me: str) -> None:
             heartbeat_at=now,
             log=Concat(F("log"), Value(f"{now:%Y-%m-%d %H:%M:%S} removed by retention ({me})\n")),
         )
+        # Deleting a backup is destructive: each one leaves an audit record, as a restore does.
+        sources = Source.objects.in_bulk({run.source_id for run in runs})
+        for run in runs:
+            run.source = sources[run.source_id]
+            audit_record(
+                actor=None,
+                action="backup.prune",
+                outcome="removed",
+                obj=run,
+                source=run.source,
+                detail={"archive": run.archive, "pruner": me},
+            )
     # Outside the transaction: a big manifest takes a while to delete, and a crash here
     # leaves only rows that the next prune removes.
     Manifest.objects.filter(run_id__in=ids).delete()
