@@ -43,9 +43,11 @@ class ThreadWorker:
     borrows it, as the live server thread itself does.
     """
 
-    def __init__(self, *, start_delay_s: float = 0.0) -> None:
+    def __init__(self) -> None:
         self.runs: queue.Queue[int | None] = queue.Queue()
-        self.start_delay_s = start_delay_s
+        # Cleared, runs wait in the queue (a test looks at a queued run); set, they run.
+        self.gate = threading.Event()
+        self.gate.set()
         self.shared = connections["default"]
         self.share = self.shared.vendor == "sqlite" and self.shared.is_in_memory_db()
         self.thread = threading.Thread(target=self._loop, name="test-worker", daemon=True)
@@ -55,6 +57,7 @@ class ThreadWorker:
         self.runs.put(run_id)
 
     def stop(self) -> None:
+        self.gate.set()
         self.runs.put(None)
         self.thread.join(timeout=60)
 
@@ -64,8 +67,7 @@ class ThreadWorker:
             connections["default"] = self.shared
         try:
             while (run_id := self.runs.get()) is not None:
-                # A moment in the queue, so the page shows the run before it starts.
-                time.sleep(self.start_delay_s)
+                self.gate.wait()
                 run_execute(run_id)
         finally:
             if self.share:
@@ -76,7 +78,7 @@ class ThreadWorker:
 
 @pytest.fixture
 def worker(monkeypatch, live_server):
-    worker = ThreadWorker(start_delay_s=1.5)
+    worker = ThreadWorker()
     monkeypatch.setattr("backups.services.queue.async_task", worker.async_task)
     yield worker
     worker.stop()
@@ -132,11 +134,13 @@ def test_an_operator_backs_up_and_watches_the_progress_reach_100_percent(
 ):
     page = browse("olivia")
     page.get_by_role("link", name="files", exact=True).click()
+    worker.gate.clear()
     page.get_by_role("button", name="Back up now").click()
     # The run page, while the run still waits for the worker.
     expect(page.get_by_role("heading", name=re.compile(r"Backup #\d+ of files"))).to_be_visible()
     expect(page.locator("#run-live")).to_have_attribute("data-status", "queued")
     page.evaluate("window.notReloaded = true")
+    worker.gate.set()
     # htmx refreshes the live part until the run ends: no reload of the page.
     expect(page.locator("#progress-text")).to_have_text("100 %")
     expect(page.locator("#run-live")).to_have_attribute("data-status", "succeeded")

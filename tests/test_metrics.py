@@ -8,8 +8,9 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 from prometheus_client.parser import text_string_to_metric_families
 
-from backups.models import Run
+from backups.models import Run, Source
 from backups.services.catalog import source_create
+from backups.services.compliance import source_standing
 from tests.prune_helpers import make_backups
 
 pytestmark = pytest.mark.django_db
@@ -71,8 +72,18 @@ def test_each_source_exports_its_age_targets_and_standing(client, source):
         6000, abs=5
     )
     assert value(samples, "backup_running", source="files") == 0
-    assert value(samples, "backup_missed_schedules_30d", source="files") >= 0
+    # Slots count from when the source was created, moments ago: none can be missed yet.
+    assert value(samples, "backup_missed_schedules_30d", source="files") == 0
     assert value(samples, "backup_next_run_timestamp_seconds", source="files") > now.timestamp()
+
+
+def test_missed_schedules_are_those_of_the_compliance_standing(client, source):
+    # Watched for five hours of an hourly schedule, never backed up: at least four slots
+    # are past their tolerance, whatever the minute the test runs at.
+    Source.objects.filter(pk=source.pk).update(created_at=timezone.now() - timedelta(hours=5))
+    missed = source_standing(Source.objects.get(pk=source.pk)).missed_30d
+    assert missed >= 4
+    assert value(scrape(client), "backup_missed_schedules_30d", source="files") == missed
 
 
 def test_a_source_never_backed_up_has_an_unknown_standing_and_no_age(client, source):

@@ -217,11 +217,14 @@ def test_the_diff_of_identical_backups_is_empty(client, viewer, web):
     assert "No differences" in response.text
 
 
-def test_the_diff_can_be_limited_to_a_folder(client, viewer, two_backups):
-    _, new = two_backups
+def test_the_diff_can_be_limited_to_a_folder(client, viewer, web):
+    make_manifest(make_run(web, ago_s=7200), {"top.txt": "v1", "d/x": "1", "d/y": "1"})
+    new = make_run(web, ago_s=600)
+    make_manifest(new, {"top.txt": "v2", "d/x": "2", "d/y": "1"})
     client.force_login(viewer)
     response = client.get(reverse("manifest-diff", args=[new.pk]), {"path": "d"})
-    assert changes(response) == []
+    # Only the change inside "d", not the one at the top.
+    assert changes(response) == [("changed", "d/x")]
 
 
 def test_a_backup_with_nothing_before_it_has_nothing_to_compare(client, viewer, backup):
