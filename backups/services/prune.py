@@ -123,6 +123,12 @@ def _present(run: Run, names: dict[Path, set[str]]) -> bool:
     return archive.name in names.get(archive.parent, set())
 
 
+def _in_use(backup_ids: list[int]) -> set[int]:
+    """Return which of these backups a queued or running restore or verify reads."""
+    active = Run.objects.filter(backup_id__in=backup_ids, status__in=Run.ACTIVE)
+    return set(active.values_list("backup_id", flat=True).distinct())
+
+
 def prune_plan(*, source: Source, now: datetime | None = None) -> PrunePlan:
     """Return what retention keeps and removes for `source`, without changing anything.
 
@@ -158,12 +164,7 @@ def prune_plan(*, source: Source, now: datetime | None = None) -> PrunePlan:
     newest_verified = next((run for run in present if run.verified), None)
     if newest_verified is not None:
         pins[newest_verified.pk].append(VERIFIED)
-    in_use = set(
-        Run.objects.filter(backup__in=[run.pk for run in present], status__in=Run.ACTIVE)
-        .values_list("backup_id", flat=True)
-        .distinct()
-    )
-    for pk in in_use:
+    for pk in _in_use([run.pk for run in present]):
         pins[pk].append(IN_USE)
 
     by_id = {run.pk: run for run in present}
@@ -222,11 +223,7 @@ def _claim(runs: list[Run], me: str, now: datetime) -> tuple[list[Run], dict[int
             .filter(pk__in=list(wanted), kind=Run.Kind.BACKUP, status__in=Run.GOOD)
             .values("pk", "keep", "verified", "source_id")
         }
-        in_use = set(
-            Run.objects.filter(backup_id__in=list(rows), status__in=Run.ACTIVE).values_list(
-                "backup_id", flat=True
-            )
-        )
+        in_use = _in_use(list(rows))
         newest_verified = {
             Run.objects.restorable()
             .filter(source_id=source_id, verified=True)
@@ -340,7 +337,7 @@ def _finish_interrupted(runs, me: str, now: datetime) -> tuple[list[Run], list[s
         ).update(worker=me, heartbeat_at=now)
         if not adopted:
             continue
-        pinned = row.keep or Run.objects.filter(backup_id=row.pk, status__in=Run.ACTIVE).exists()
+        pinned = row.keep or bool(_in_use([row.pk]))
         if pinned and all(path.exists() for path in _files(row)):
             status = Run.Status.WARNING if row.warnings else Run.Status.SUCCEEDED
             Run.objects.filter(pk=row.pk, status=Run.Status.PRUNING, worker=me).update(
@@ -358,31 +355,30 @@ def _finish_interrupted(runs, me: str, now: datetime) -> tuple[list[Run], list[s
     return finished, problems
 
 
-def prune_recover(*, source: Source | None = None, now: datetime | None = None) -> list[int]:
-    """Finish the removals interrupted by dead pruners; return the runs now `pruned`."""
-    now = now or timezone.now()
+def _recover(source: Source | None, me: str, now: datetime) -> tuple[list[Run], list[str]]:
+    """Finish the removals dead pruners left (of `source`, or of all); return them, problems."""
     runs = Run.objects.filter(kind=Run.Kind.BACKUP, status=Run.Status.PRUNING).defer("log")
-    if source is not None:
-        runs = runs.filter(source=source)
-    finished, _problems = _finish_interrupted(list(runs), worker_identity(), now)
     leftovers = Manifest.objects.filter(run__status=Run.Status.PRUNED)
     if source is not None:
+        runs = runs.filter(source=source)
         leftovers = leftovers.filter(run__source=source)
+    finished, problems = _finish_interrupted(list(runs), me, now)
     leftovers.delete()
+    return finished, problems
+
+
+def prune_recover(*, source: Source | None = None, now: datetime | None = None) -> list[int]:
+    """Finish the removals interrupted by dead pruners; return the runs now `pruned`."""
+    finished, _problems = _recover(source, worker_identity(), now or timezone.now())
     return [run.pk for run in finished]
 
 
 def _prune_source(source: Source, me: str, dry_run: bool, result: dict) -> bool:
     """Prune one source into `result`; return False when this pruner was fenced out."""
     if not dry_run:
-        now = timezone.now()
-        interrupted = Run.objects.filter(
-            source=source, kind=Run.Kind.BACKUP, status=Run.Status.PRUNING
-        ).defer("log")
-        finished, problems = _finish_interrupted(list(interrupted), me, now)
+        finished, problems = _recover(source, me, timezone.now())
         result["problems"].extend(problems)
         result["remove"].extend(_entry(run, source) for run in finished)
-        Manifest.objects.filter(run__source=source, run__status=Run.Status.PRUNED).delete()
     plan = prune_plan(source=source)
     planned_at = time.monotonic()
     result["problems"].extend(plan.problems)
