@@ -120,34 +120,12 @@ def octal_mode(mode) -> str:
 
 
 @register.filter
-def hexdigest(value) -> str:
-    """Return raw hash bytes as lowercase hex."""
-    if not value:
-        return ""
-    return bytes(value).hex()
-
-
-@register.filter
 def short_hash(value) -> str:
     """Return the first 12 hex digits of a hash (bytes or hex string)."""
     if not value:
         return ""
     text = value if isinstance(value, str) else bytes(value).hex()
     return text[:12]
-
-
-@register.filter
-def epoch(value) -> datetime | None:
-    """Turn whole seconds since the epoch into an aware datetime."""
-    if value in (None, ""):
-        return None
-    return datetime.fromtimestamp(int(value), tz=timezone.get_current_timezone())
-
-
-@register.filter
-def get_item(mapping, key):
-    """Look up `key` in a dict from a template."""
-    return mapping.get(key) if mapping else None
 
 
 def _bytes(size: int) -> str:

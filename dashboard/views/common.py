@@ -12,12 +12,6 @@ from backups.models import AuditEvent, Run
 
 # Order of severity on the overview: what needs a human comes first.
 HEALTH_ORDER = {"breached": 0, "at_risk": 1, "never": 2, "ok": 3}
-HEALTH_LABELS = {
-    "breached": "breached",
-    "at_risk": "at risk",
-    "never": "never backed up",
-    "ok": "OK",
-}
 FAILED = (Run.Status.FAILED, Run.Status.ABANDONED)
 
 
