@@ -228,6 +228,10 @@ class Run(models.Model):
 
     ACTIVE = (Status.QUEUED, Status.RUNNING)
     GOOD = (Status.SUCCEEDED, Status.WARNING)
+    # Ended without a usable result.
+    BAD = (Status.FAILED, Status.ABANDONED)
+    # Backups that succeeded when they ran, whatever retention did since: RPO history.
+    SUCCEEDED_ONCE = (*GOOD, Status.PRUNING, Status.PRUNED)
     FINISHED = (
         Status.SUCCEEDED,
         Status.WARNING,

@@ -32,8 +32,6 @@ WINDOW = timedelta(days=30)
 MISSED_LIMIT = 1000
 
 # A backup that succeeded and was later pruned still covered its time: history counts it.
-SUCCEEDED_ONCE = (*Run.GOOD, Run.Status.PRUNING, Run.Status.PRUNED)
-FAILED = (Run.Status.FAILED, Run.Status.ABANDONED)
 
 INTEGRITY_OK = "ok"
 INTEGRITY_FAILED = "failed"
@@ -96,7 +94,7 @@ def _annotated(sources: QuerySet, start: datetime, recent: bool = True) -> Query
     )
     if not recent:
         return annotated  # the 30-day figures, the only readers of the next one, are left out
-    before_window = backups.filter(status__in=SUCCEEDED_ONCE, started_at__lt=start)
+    before_window = backups.filter(status__in=Run.SUCCEEDED_ONCE, started_at__lt=start)
     return annotated.annotate(
         success_before_window=Subquery(
             before_window.order_by("-started_at").values("started_at")[:1]
@@ -199,9 +197,10 @@ def _standing(
 
     if not recent:
         history = []
-    successes = [started for status, _q, started in history if status in SUCCEEDED_ONCE and started]
-    ended = [status for status, _q, _s in history if status in SUCCEEDED_ONCE or status in FAILED]
-    success_rate = sum(status in SUCCEEDED_ONCE for status in ended) / len(ended) if ended else None
+    once = Run.SUCCEEDED_ONCE
+    successes = [started for status, _q, started in history if status in once and started]
+    ended = [status for status, _q, _s in history if status in once or status in Run.BAD]
+    success_rate = sum(status in once for status in ended) / len(ended) if ended else None
     within = None
     if rpo_s is not None and recent:
         times = successes + ([source.success_before_window] if source.success_before_window else [])

@@ -12,7 +12,6 @@ from backups.models import AuditEvent, Run
 
 # Order of severity on the overview: what needs a human comes first.
 HEALTH_ORDER = {"breached": 0, "at_risk": 1, "never": 2, "ok": 3}
-FAILED = (Run.Status.FAILED, Run.Status.ABANDONED)
 
 
 @dataclass
@@ -100,7 +99,7 @@ def source_health(standing) -> str:
     if standing.last_success_at is None:
         return "never"
     last = standing.last_backup
-    if standing.rpo_status == "at_risk" or (last is not None and last.status in FAILED):
+    if standing.rpo_status == "at_risk" or (last is not None and last.status in Run.BAD):
         return "at_risk"
     return "ok"
 

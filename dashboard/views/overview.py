@@ -14,7 +14,7 @@ from django.views.decorators.http import require_GET
 from backups.models import Run, Source
 from backups.services.compliance import Standing, fleet_standing
 from dashboard.forms import OverviewFilterForm
-from dashboard.views.common import FAILED, HEALTH_ORDER, paginate, source_health
+from dashboard.views.common import HEALTH_ORDER, paginate, source_health
 
 PER_PAGE = 50
 # The columns the table and the standing need: every other one would be read and parsed
@@ -56,7 +56,7 @@ def _last_backup_at(row: FleetRow):
 
 def _failed_last(row: FleetRow) -> int:
     last = row.standing.last_backup
-    return 0 if last is not None and last.status in FAILED else 1
+    return 0 if last is not None and last.status in Run.BAD else 1
 
 
 # Each sort key returns a tuple whose first element puts missing values last.
@@ -90,10 +90,10 @@ def _activity(now) -> dict:
     """Count runs in progress and failures of the last 24 hours, in one query."""
     since = now - timedelta(hours=24)
     return Run.objects.filter(
-        Q(status__in=Run.ACTIVE) | Q(status__in=FAILED, finished_at__gte=since)
+        Q(status__in=Run.ACTIVE) | Q(status__in=Run.BAD, finished_at__gte=since)
     ).aggregate(
         running=Count("pk", filter=Q(status__in=Run.ACTIVE)),
-        failed_24h=Count("pk", filter=Q(status__in=FAILED)),
+        failed_24h=Count("pk", filter=Q(status__in=Run.BAD)),
     )
 
 

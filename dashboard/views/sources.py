@@ -18,16 +18,13 @@ from backups.services.verify import verify_request
 from dashboard import charts
 from dashboard.forms import RunFilterForm
 from dashboard.templatetags.dash import duration
-from dashboard.views.common import FAILED, paginate, permission_required_audited, source_health
+from dashboard.views.common import paginate, permission_required_audited, source_health
 
 RUNS_PER_PAGE = 25
 CHART_RUNS = 60
 RESTORE_POINTS = 10
 RETENTION_SHOWN = 50
 RPO_WINDOW = timedelta(days=30)
-# Backups that existed when they were taken count for the RPO history, even if retention
-# removed their archive since.
-COVERED = (*Run.GOOD, Run.Status.PRUNED)
 
 
 def _history_charts(source: Source, now) -> dict:
@@ -42,7 +39,7 @@ def _history_charts(source: Source, now) -> dict:
     )
     durations, sizes, payloads = [], [], []
     for run in recent:
-        failed = run["status"] in FAILED
+        failed = run["status"] in Run.BAD
         state = "failed" if failed else run["status"]
         when = timezone.localtime(run["started_at"])
         seconds = (run["finished_at"] - run["started_at"]).total_seconds()
@@ -67,7 +64,7 @@ def _history_charts(source: Source, now) -> dict:
             )
     start = now - RPO_WINDOW
     covered = Run.objects.filter(
-        source=source, kind=Run.Kind.BACKUP, status__in=COVERED, started_at__isnull=False
+        source=source, kind=Run.Kind.BACKUP, status__in=Run.SUCCEEDED_ONCE, started_at__isnull=False
     )
     # The newest backup before the window tells how old the data was when the window opened.
     times = list(covered.filter(started_at__gte=start).values_list("started_at", flat=True)) or []
