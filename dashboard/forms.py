@@ -8,9 +8,8 @@ from pathlib import PurePosixPath
 from django import forms
 from django.utils import timezone
 
-from backups.engine.errors import EngineError
-from backups.engine.restore import RestoreRequest, check_target
 from backups.models import Run, Source
+from backups.services.restore import restore_target_problem
 
 HEALTH_CHOICES = [
     ("", "any status"),
@@ -102,6 +101,8 @@ class RestoreForm(forms.Form):
         super().__init__(*args, **kwargs)
         self.source = source
         self.backups = {run.pk: run for run in backups}
+        for run in backups:
+            run.source = source  # they are its backups: no query per look-up
         self.fields["backup"].choices = [(run.pk, _backup_label(run)) for run in backups]
         if source.kind in WHOLE_ONLY:
             del self.fields["paths"]
@@ -142,20 +143,13 @@ class RestoreForm(forms.Form):
                 )
                 return data
         data["target"] = self.source.location if in_place else target
-        request = RestoreRequest(
-            archive=backup.archive_path,
-            manifest=backup.manifest_path,
-            kind=self.source.kind,
-            target=data["target"],
-            in_place=in_place,
-            paths=data.get("paths") or [],
-        )
         # The same check the restore itself starts with: refuse a bad target now, before
         # anyone types the confirmation, rather than after.
-        try:
-            check_target(request)
-        except EngineError as error:
-            self.add_error(None, str(error))
+        problem = restore_target_problem(
+            backup=backup, target=data["target"], in_place=in_place, paths=data.get("paths") or []
+        )
+        if problem:
+            self.add_error(None, problem)
         return data
 
 

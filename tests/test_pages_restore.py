@@ -68,7 +68,7 @@ def test_in_place_with_paths_names_each_path_that_is_replaced(
     client, operator, backup, monkeypatch
 ):
     # The selection is checked against the manifest; here only the wording is under test.
-    monkeypatch.setattr("dashboard.forms.check_target", lambda request: None)
+    monkeypatch.setattr("dashboard.forms.restore_target_problem", lambda **request: None)
     client.force_login(operator)
     response = review(client, backup, mode="in_place", paths="docs\nimg/logo.png\n")
     assert "Each of the 2 path(s) below" in response.text

@@ -17,18 +17,31 @@ class RestoreRefused(Exception):
     """The restore cannot start as asked (bad backup, bad target); nothing was changed."""
 
 
-def _engine_request(run_like, backup: Run) -> RestoreRequest:
-    source = backup.source
-    timeout = source.policy.run_timeout_s if source.policy_id else 3600
+def _engine_request(
+    backup: Run, *, target: str, in_place: bool, paths, timeout_s: float | None = None
+) -> RestoreRequest:
     return RestoreRequest(
         archive=backup.archive_path,
         manifest=backup.manifest_path,
-        kind=source.kind,
-        target=run_like.target,
-        in_place=run_like.in_place,
-        paths=list(run_like.paths),
-        timeout_s=timeout,
+        kind=backup.source.kind,
+        target=target,
+        in_place=in_place,
+        paths=list(paths),
+        timeout_s=timeout_s,
     )
+
+
+def restore_target_problem(*, backup: Run, target: str, in_place: bool, paths) -> str | None:
+    """Return why `target` (and `paths`) cannot take `backup`, or None.
+
+    The check every restore starts with; the dashboard runs it before anyone types the
+    confirmation. A manifest that cannot be read for `paths` is a problem too.
+    """
+    try:
+        check_target(_engine_request(backup, target=target, in_place=in_place, paths=paths))
+    except EngineError as error:
+        return str(error)
+    return None
 
 
 def restore_request(
@@ -83,10 +96,11 @@ def restore_request(
         paths=list(paths or []),
         exclusive=in_place,
     )
-    try:
-        check_target(_engine_request(run, backup))
-    except EngineError as error:  # a bad target, or a manifest --path cannot be read from
-        raise refuse(str(error)) from None
+    problem = restore_target_problem(
+        backup=backup, target=run.target, in_place=in_place, paths=run.paths
+    )
+    if problem:
+        raise refuse(problem)
     try:
         with transaction.atomic():
             run.save()
@@ -115,7 +129,15 @@ def restore_execute(run: Run, hooks: RunHooks) -> dict:
         + (" in place" if run.in_place else "")
         + (f" (paths: {', '.join(run.paths)})" if run.paths else "")
     )
-    result = run_restore(_engine_request(run, run.backup), hooks)
+    source = run.backup.source
+    request = _engine_request(
+        run.backup,
+        target=run.target,
+        in_place=run.in_place,
+        paths=run.paths,
+        timeout_s=source.policy.run_timeout_s if source.policy_id else 3600,
+    )
+    result = run_restore(request, hooks)
     return {
         "payload_bytes": result.bytes,
         "payload_files": result.files,
