@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+pytest_plugins = ["tests.suite_rules"]
+
 
 @pytest.fixture(autouse=True)
 def _fast_and_isolated(request, tmp_path):
