@@ -15,8 +15,10 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django_q.models import Schedule
 
+from backups.engine.fleetfile import load_fleet
 from backups.models import AuditEvent, Policy, Run, Source
 from backups.services.catalog import policy_create, source_create
+from backups.services.fleet import FleetRefused, fleet_apply, fleet_plan
 from backups.services.schedules import BACKUP_TASK
 
 pytestmark = pytest.mark.django_db
@@ -276,6 +278,26 @@ def test_prune_refuses_to_delete_a_source_with_backups_unless_asked_twice(tmp_pa
     output = apply(write(tmp_path, no_nightly), "--prune")
     assert "! policy nightly is kept: source(s) outside the file still use it (docs)" in output
     assert Policy.objects.filter(name="nightly").exists()
+
+
+def test_a_source_that_gets_a_run_between_plan_and_apply_is_not_deleted(tmp_path, folders):
+    apply(write(tmp_path, fleet_text(folders)))
+    text = fleet_text(folders).split("  docs:")[0]
+    fleet = load_fleet(text.encode(), "fleet.yaml")
+    plan = fleet_plan(fleet, prune=True)
+    assert [c.describe() for c in plan.changes if c.op == "-"] == [
+        "- source api",
+        "- source app-db",
+        "- source docs",
+    ]
+    before = catalog()
+    Run.objects.create(source=Source.objects.get(name="docs"))
+
+    with pytest.raises(FleetRefused) as caught:
+        fleet_apply(plan)
+
+    assert "a source to delete got a run while applying; nothing was changed" in str(caught.value)
+    assert catalog() == before
 
 
 @pytest.mark.parametrize(

@@ -23,7 +23,7 @@ from typing import Any
 
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
-from django.db.models import Count, Q
+from django.db.models import Count, ProtectedError, Q
 from django.utils import timezone
 from django.utils.text import slugify
 
@@ -31,7 +31,6 @@ from backups.engine.fleetfile import (
     POLICY_FIELDS,
     SOURCE_FIELDS,
     FleetFile,
-    FleetFileError,
     Item,
     dump_fleet,
 )
@@ -381,8 +380,9 @@ def _plan_policy_removals(
 def fleet_apply(plan: FleetPlan, *, actor=None) -> None:
     """Write the plan in one transaction, sync the schedules and record it in the audit log.
 
-    Raise FleetRefused (nothing written) when the catalog changed underneath in a way that
-    breaks a uniqueness rule, e.g. another apply ran at the same time.
+    Raise FleetRefused (nothing written) when the catalog changed since the plan in a way
+    that forbids it: a name taken by another apply running at the same time, a backup
+    started meanwhile of a source the plan deletes.
     """
     now = timezone.now()
     try:
@@ -390,6 +390,11 @@ def fleet_apply(plan: FleetPlan, *, actor=None) -> None:
             _write(plan, now)
             schedule_sync_all(now=now)
             AuditEvent.objects.bulk_create(_audit_events(plan, actor, now))
+    except ProtectedError:
+        raise FleetRefused(
+            f"{plan.fleet.name}: a source to delete got a run while applying; nothing was "
+            "changed, run the apply again."
+        ) from None
     except IntegrityError as error:
         raise FleetRefused(
             f"{plan.fleet.name}: the catalog changed while applying ({error}); nothing was "
@@ -513,15 +518,3 @@ def fleet_export() -> str:
             fields["slug"] = source.slug
         sources[source.name] = fields
     return dump_fleet({"policies": policies, "sources": sources})
-
-
-__all__ = [
-    "Change",
-    "FleetFileError",
-    "FleetPlan",
-    "FleetRefused",
-    "fleet_apply",
-    "fleet_export",
-    "fleet_plan",
-    "fleet_sha256",
-]
