@@ -332,13 +332,16 @@ def reap_abandoned(*, now=None) -> list[int]:
     reaped_runs = list(Run.objects.filter(pk__in=reaped).select_related("source"))
     for source_dir in {run.source.archive_dir for run in reaped_runs}:
         remove_dead_temps(source_dir)
-    for run in reaped_runs:
-        if run.kind == Run.Kind.RESTORE and run.target.startswith("/"):
-            # An in-place restore killed half-way: its journal puts the original back.
-            from backups.engine.restore import recover_interrupted
+    # A restore killed half-way: its journal puts the original back. Then any journal
+    # whose restore died on this host (its lock is free), whatever became of its run.
+    from backups.engine.restore import recover_interrupted
 
-            for action in recover_interrupted(Path(run.target).parent):
+    for run in reaped_runs:
+        if run.kind == Run.Kind.RESTORE:
+            for action in recover_interrupted(settings.STATE_DIR, run=str(run.pk)):
                 logger.warning("run %s: %s", run.pk, action)
+    for action in recover_interrupted(settings.STATE_DIR):
+        logger.warning("%s", action)
     return reaped
 
 

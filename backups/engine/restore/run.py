@@ -15,9 +15,11 @@ from .contents import member_key
 from .deadline import Deadline
 from .extract import stream_into, tar_env, tar_extract_argv
 from .hardlink_helpers import drop_helpers
+from .journal import BESIDE, Journal
 from .member_filter import MemberFilter
 from .progress import ProgressMeter
 from .reader import expected_sha256
+from .recovery import recover_interrupted
 from .request import RestoreRequest
 
 
@@ -35,6 +37,22 @@ class RestoreRun:
         self.files = 0
         self.bytes = 0
         self.token = secrets.token_hex(6)
+
+    def journal(self, *, kind: str, target: Path, layout: str = BESIDE, **details) -> Journal:
+        """Start this restore's journal in the request's state folder (see journal)."""
+        return Journal(
+            self.request.state_dir,
+            self.request.run_id or self.token,
+            self.token,
+            kind=kind,
+            target=target,
+            layout=layout,
+            **details,
+        )
+
+    def recover(self, target: Path) -> None:
+        """Undo an earlier restore into `target` that a crash interrupted, before this one."""
+        recover_interrupted(self.request.state_dir, target=target, hooks=self.hooks)
 
     def tick(self) -> None:
         """Raise Cancelled when the restore timed out or was cancelled."""

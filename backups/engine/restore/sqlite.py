@@ -13,11 +13,11 @@ from ..safety import Selection, clean_path, shown
 from .files import remove_path
 from .journal import Journal
 from .progress import ProgressMeter
-from .recovery import recover_interrupted, undone_on_failure
+from .recovery import undone_on_failure
 from .request import check_space, check_target
 from .run import RestoreRun
 from .sqlite_files import page_count, sqlite_copy, sqlite_integrity
-from .staging import prepare_staging, side_path, sync_filesystem
+from .staging import prepare_staging, sync_filesystem
 
 
 def _single_file(run: RestoreRun) -> str:
@@ -42,22 +42,16 @@ def restore_sqlite(run: RestoreRun) -> str:
     target = Path(request.target)
     if not target.parent.exists():
         target.parent.mkdir(parents=True)
-    recover_interrupted(target.parent, hooks=run.hooks)
+    run.recover(target)
     member = _single_file(run)
     live = request.in_place and target.exists()
     check_space(target.parent, run.manifest.total_bytes * (2 if live else 1))
-    staging = side_path(target, "restore", run.token)
-    aside = side_path(target, "before-restore", run.token)
-    journal = Journal(
-        target.parent,
-        target.name,
-        run.token,
+    journal = run.journal(
         kind="sqlite" if live else "file",
         target=target,
-        staging=staging,
-        aside=os.fspath(aside),
         before="file" if target.exists() else None,
     )
+    staging, aside = journal.staging, journal.aside
     with undone_on_failure(journal):
         prepare_staging(staging, None)
         run.extract(staging, Selection([]))
