@@ -9,6 +9,7 @@ from django.core.management import call_command
 
 from backups.models import Run
 from backups.services.execution import reap_abandoned
+from backups.services.schedules import housekeeping_run
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -86,3 +87,31 @@ def test_housekeeping_ignores_journals_planted_beside_a_restore_target(
 
     assert tree(victim) == {"precious.txt": b"not yours to delete"}
     assert os.path.exists(data_dir.parent / ".data.restore-0123456789ab.journal")
+
+
+def test_housekeeping_refuses_a_journal_whose_paths_are_not_its_target_s(
+    source, data_dir, victim, settings, caplog
+):
+    # Even in the private state folder, a journal decides nothing beyond its own target.
+    settings.STATE_DIR.mkdir(mode=0o700)
+    token = "0123456789ab"
+    record = {
+        "run": "41",
+        "token": token,
+        "kind": "tree",
+        "phase": "done",
+        "target": str(data_dir),
+        "layout": "beside",
+        "staging": str(victim),
+        "aside": str(victim),
+        "before": "dir",
+    }
+    journal = settings.STATE_DIR / f"restore-41.{token}.journal"
+    journal.write_text(json.dumps(record))
+
+    housekeeping_run()
+
+    assert tree(victim) == {"precious.txt": b"not yours to delete"}
+    assert journal.exists()
+    assert f"Refused the restore journal {journal}" in caplog.text
+    assert "not the ones its target and token give" in caplog.text
