@@ -64,7 +64,7 @@ def _restore_tree(run: RestoreRun, target: Path, selection: Selection, helpers) 
             journal.write(phase="done")
 
         try:
-            run.hooks.publish(swap)
+            run.publish(swap)
         except OSError as error:
             if error.errno in (errno.ENOTEMPTY, errno.EEXIST):
                 raise TargetError(

@@ -48,7 +48,7 @@ def restore_paths(run: RestoreRun, target: Path, selection: Selection, helpers, 
                 paths = sorted(names)
             else:
                 paths = list(selection.paths)
-            run.hooks.publish(
+            run.publish(
                 lambda: _swap_paths(
                     run, journal, target, paths, live_fd, replace=selection.everything
                 )

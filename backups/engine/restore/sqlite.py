@@ -66,7 +66,7 @@ def restore_sqlite(run: RestoreRun) -> str:
         sync_filesystem(staging)
         run.tick()
         if live:
-            run.hooks.publish(lambda: _copy_into_live(run, journal, snapshot, target, aside))
+            run.publish(lambda: _copy_into_live(run, journal, snapshot, target, aside))
         else:
 
             def move_in() -> None:
@@ -75,7 +75,7 @@ def restore_sqlite(run: RestoreRun) -> str:
                 fsync_dir(target.parent)
                 journal.write(phase="done")
 
-            run.hooks.publish(move_in)
+            run.publish(move_in)
     remove_path(staging)
     remove_path(aside)
     journal.close()
@@ -105,7 +105,10 @@ def _copy_into_live(run: RestoreRun, journal: Journal, snapshot: Path, target: P
     journal.write(phase="copying")
     committed = False
     try:
-        sqlite_copy(snapshot, target, timeout=timeout, progress=progress)
+        # A short busy wait: the backup API retries a database another process is writing
+        # by itself, calling `progress` between tries, so a cancel or the deadline is seen
+        # within a second or two while the live database is busy.
+        sqlite_copy(snapshot, target, timeout=1.0, progress=progress)
         committed = True
         verdict = sqlite_integrity(target, quick=True, immutable=False)
         if verdict != "ok":
