@@ -311,7 +311,8 @@ def reap_abandoned(*, now=None) -> list[int]:
     """Mark runs whose heartbeat stopped as abandoned, and remove their temporary files.
 
     Only runs whose heartbeat is older than ABANDON_AFTER_S are touched, so a live run,
-    which beats every second, is never declared dead.
+    which beats every second, is never declared dead. A reaped restore is rolled back from
+    its journal in STATE_DIR, and so is any other restore that died on this host.
     """
     now = now or timezone.now()
     cutoff = now - timedelta(seconds=settings.ABANDON_AFTER_S)
