@@ -259,6 +259,9 @@ class Run(models.Model):
     # Who executes the run (host:pid:nonce); publishing checks it to fence out a worker
     # that lost the run while it was paused.
     worker = models.CharField(max_length=200, blank=True)
+    # When the worker claimed the right to publish (rename an archive into place, swap a
+    # restored folder in, load a dump): from then on a cancel stops it only where safe.
+    publishing_at = models.DateTimeField(null=True, blank=True)
 
     bytes_done = models.BigIntegerField(default=0)
     bytes_total = models.BigIntegerField(null=True, blank=True)
@@ -385,6 +388,21 @@ class Run(models.Model):
         for name, value in progress.items():
             setattr(self, name, value)
         self.save(update_fields=["heartbeat_at", *progress])
+
+    def mark_publishing(self) -> bool:
+        """Claim the right to publish the result; return False when it is no longer ours.
+
+        One conditional UPDATE, its own short transaction: it holds only while this copy's
+        worker still owns the run and nobody asked to cancel it. Publishing itself then runs
+        outside any transaction, so the heartbeat, a cancel and every other writer carry on.
+        """
+        now = timezone.now()
+        claimed = Run.objects.filter(
+            pk=self.pk, status=self.Status.RUNNING, worker=self.worker, cancel_requested=False
+        ).update(publishing_at=now)
+        if claimed:
+            self.publishing_at = now
+        return claimed == 1
 
     def _finish(self, status: str, fields: list[str]) -> bool:
         """Save the final state, but only while this copy's worker still owns the run.

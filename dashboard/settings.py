@@ -131,6 +131,11 @@ STORAGES = {
 ARCHIVE_ROOT = Path(env_str("ARCHIVE_ROOT") or VAR_DIR / "archives")
 if not ARCHIVE_ROOT.is_absolute():
     ARCHIVE_ROOT = BASE_DIR / ARCHIVE_ROOT
+# The workers' private folder (created mode 0700, refused if others may write it) where a
+# restore keeps the journal that undoes it after a crash. Local to each worker host.
+STATE_DIR = Path(env_str("STATE_DIR") or VAR_DIR / "state")
+if not STATE_DIR.is_absolute():
+    STATE_DIR = BASE_DIR / STATE_DIR
 METRICS_TOKEN = env_str("METRICS_TOKEN") or None
 # Retention buckets (hourly, daily, ...) are computed in this zone.
 RETENTION_TIME_ZONE = env_str("RETENTION_TIME_ZONE", TIME_ZONE)

@@ -1,4 +1,4 @@
-"""Shared fixtures: named users for the permission matrix, an isolated ARCHIVE_ROOT."""
+"""Shared fixtures: named users for the permission matrix, isolated ARCHIVE_ROOT and STATE_DIR."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ def _fast_and_isolated(request, tmp_path):
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
     settings.ARCHIVE_ROOT = tmp_path / "archives"
     settings.ARCHIVE_ROOT.mkdir()
+    settings.STATE_DIR = tmp_path / "state"
 
 
 def _user(django_user_model, username, *, staff=False, superuser=False, perms=()):

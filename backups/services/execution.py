@@ -5,7 +5,9 @@ It claims the run with a conditional UPDATE, so a run delivered twice executes o
 thread then refreshes the heartbeat and the progress once a second with another
 conditional UPDATE that only matches while this worker still owns the run and nobody asked
 to cancel it: when it stops matching, the engine's next `check()` stops the work, and
-`publish()` re-checks ownership inside the transaction that commits the result.
+`publish()` claims the right to publish with one more conditional UPDATE before it renames,
+swaps or loads anything. Publishing itself holds no transaction: it can take minutes (a
+pg_restore, a copy into a live database) while the heartbeat, cancels and logins go on.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from django.conf import settings
-from django.db import close_old_connections, connection, transaction
+from django.db import close_old_connections, connection
 from django.db.models import DateTimeField, F, Value
 from django.db.models.functions import Greatest
 from django.utils import timezone
@@ -57,6 +59,8 @@ class RunHooks(Hooks):
         self.deadline = time.monotonic() + timeout if timeout else None
         self.timeout_s = timeout
         self._lost: EngineError | None = None
+        self._publishing = False
+        self._published = False
         self._log_dirty = False
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._beat_loop, name=f"beat-{run.pk}", daemon=True)
@@ -69,7 +73,8 @@ class RunHooks(Hooks):
             listener(progress)
 
     def check(self) -> None:
-        if self._lost is not None:
+        # Once the result is out, a cancel is too late: the run finishes as it is.
+        if self._lost is not None and not (self._published and isinstance(self._lost, Cancelled)):
             raise self._lost
         if self.interrupt.is_set():
             raise Cancelled(self.interrupt_reason)
@@ -80,20 +85,22 @@ class RunHooks(Hooks):
             )
 
     def publish(self, action: Callable[[], None]) -> None:
-        with transaction.atomic():
-            owned = (
-                Run.objects.select_for_update()
-                .filter(
-                    pk=self.run.pk,
-                    status=Run.Status.RUNNING,
-                    worker=self.run.worker,
-                    cancel_requested=False,
-                )
-                .exists()
-            )
-            if not owned:
-                raise self._lost_reason()
+        """Claim the right to publish, then run `action` outside any transaction.
+
+        A worker that lost the run, or whose run was cancelled, publishes nothing. A cancel
+        that comes while `action` runs stops it where the engine checks (only where stopping
+        is safe); otherwise it is too late, and the run finishes.
+        """
+        if not self.run.mark_publishing():
+            raise self._lost_reason()
+        self._publishing = True
+        try:
             action()
+        finally:
+            self._publishing = False
+        self._published = True
+        if Run.objects.filter(pk=self.run.pk, cancel_requested=True).exists():
+            self.log("A cancel came while the result was being published: too late to cancel.")
 
     def warn(self, message: str) -> None:
         self.warnings.append(message)
@@ -152,6 +159,8 @@ class RunHooks(Hooks):
         """Say why this worker no longer owns the run: a cancel (still ours to end) or not."""
         state = Run.objects.filter(pk=self.run.pk).values("status", "cancel_requested").first()
         if state and state["cancel_requested"] and state["status"] == Run.Status.RUNNING:
+            if self._publishing:
+                return Cancelled("Cancelled on request while publishing.")
             return Cancelled("Cancelled on request; nothing was published.")
         return FencedError(
             f"Run #{self.run.pk} was taken from this worker "
@@ -302,7 +311,8 @@ def reap_abandoned(*, now=None) -> list[int]:
     """Mark runs whose heartbeat stopped as abandoned, and remove their temporary files.
 
     Only runs whose heartbeat is older than ABANDON_AFTER_S are touched, so a live run,
-    which beats every second, is never declared dead.
+    which beats every second, is never declared dead. A reaped restore is rolled back from
+    its journal in STATE_DIR, and so is any other restore that died on this host.
     """
     now = now or timezone.now()
     cutoff = now - timedelta(seconds=settings.ABANDON_AFTER_S)
@@ -332,13 +342,16 @@ def reap_abandoned(*, now=None) -> list[int]:
     reaped_runs = list(Run.objects.filter(pk__in=reaped).select_related("source"))
     for source_dir in {run.source.archive_dir for run in reaped_runs}:
         remove_dead_temps(source_dir)
-    for run in reaped_runs:
-        if run.kind == Run.Kind.RESTORE and run.target.startswith("/"):
-            # An in-place restore killed half-way: its journal puts the original back.
-            from backups.engine.restore import recover_interrupted
+    # A restore killed half-way: its journal puts the original back. Then any journal
+    # whose restore died on this host (its lock is free), whatever became of its run.
+    from backups.engine.restore import recover_interrupted
 
-            for action in recover_interrupted(Path(run.target).parent):
+    for run in reaped_runs:
+        if run.kind == Run.Kind.RESTORE:
+            for action in recover_interrupted(settings.STATE_DIR, run=str(run.pk)):
                 logger.warning("run %s: %s", run.pk, action)
+    for action in recover_interrupted(settings.STATE_DIR):
+        logger.warning("%s", action)
     return reaped
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from django.conf import settings
 from django.db import IntegrityError, transaction
 
 from backups.audit import audit_record
@@ -18,7 +19,7 @@ class RestoreRefused(Exception):
 
 
 def _engine_request(
-    backup: Run, *, target: str, in_place: bool, paths, timeout_s: float | None = None
+    backup: Run, *, target: str, in_place: bool, paths, timeout_s: float | None = None, **more
 ) -> RestoreRequest:
     return RestoreRequest(
         archive=backup.archive_path,
@@ -28,6 +29,7 @@ def _engine_request(
         in_place=in_place,
         paths=list(paths),
         timeout_s=timeout_s,
+        **more,
     )
 
 
@@ -136,6 +138,8 @@ def restore_execute(run: Run, hooks: RunHooks) -> dict:
         in_place=run.in_place,
         paths=run.paths,
         timeout_s=source.policy.run_timeout_s if source.policy_id else 3600,
+        state_dir=settings.STATE_DIR,
+        run_id=str(run.pk),
     )
     result = run_restore(request, hooks)
     return {

@@ -66,7 +66,16 @@ def run_cancel_view(request, pk):
     """Stop a queued or running run, then show it."""
     run = _run(pk)
     if run_cancel(run=run, user=request.user):
-        messages.success(request, f"Asked {run.kind} #{run.pk} to stop; it ends within seconds.")
+        if run.publishing_at:
+            messages.warning(
+                request,
+                f"Asked {run.kind} #{run.pk} to stop, but it is already publishing its result: "
+                "it stops if it still safely can, otherwise it finishes.",
+            )
+        else:
+            messages.success(
+                request, f"Asked {run.kind} #{run.pk} to stop; it ends within seconds."
+            )
     else:
         messages.info(request, f"{run.kind.capitalize()} #{run.pk} had already ended.")
     return redirect("run-detail", pk=run.pk)

@@ -10,11 +10,11 @@ import subprocess
 
 import pytest
 
-from backups.engine.errors import ArchiveError, TargetError
+from backups.engine.errors import ArchiveError, Cancelled, TargetError
 from backups.engine.hooks import RecordingHooks
 from backups.engine.manifest import Entry
 from backups.engine.restore import RestoreRequest, check_target, run_restore
-from tests.engine.restore_helpers import compress, write_archive
+from tests.engine.restore_helpers import CancelWhilePublishing, compress, write_archive
 
 SERVER = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/")
 
@@ -114,3 +114,16 @@ def test_restore_refuses_a_uri_with_a_password(database, tmp_path):
 
     with pytest.raises(TargetError, match="password"):
         check_target(request_for(backup, "postgresql://u:secret@127.0.0.1/db"))
+
+
+def test_a_cancel_during_pg_restore_stops_it_and_leaves_the_database_as_it_was(database, tmp_path):
+    # Big enough that pg_restore runs across several checks (one every 0.2 s).
+    psql(database, "INSERT INTO projects (name) SELECT 'q' || n FROM generate_series(1, 400000) n")
+    backup = dump_archive(database, tmp_path / "archives")
+    psql(database, "DELETE FROM projects WHERE id > 10")
+    hooks = CancelWhilePublishing()
+
+    with pytest.raises(Cancelled, match="^Cancelled by a user. It was stopped there: the target"):
+        run_restore(request_for(backup, database), hooks)
+
+    assert psql(database, "SELECT COUNT(*) FROM projects") == "10"

@@ -14,8 +14,10 @@ stream to write them directly, which saves a pipe and a process hop per byte.
 
 A directory is extracted into a staging folder next to the target (same filesystem), then
 renamed into place; in place, the current data is first renamed aside and removed only
-after success. A journal in the same folder records each step, so `recover_interrupted`
-puts the original back after a crash at any point.
+after success. A journal records each step, so `recover_interrupted` puts the original
+back after a crash at any point. Journals live in the workers' private state folder
+(`RestoreRequest.state_dir`), never beside the target: data is anybody's upload, and a
+journal decides what is moved and deleted.
 
 The modules, in the order a restore meets them: `request` (what to restore, and the
 checks on a target), `run` (the state one restore shares between its steps), `reader`

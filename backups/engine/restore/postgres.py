@@ -93,7 +93,7 @@ def restore_postgres(run: RestoreRun) -> str:
         def load() -> None:
             _run_child(pg_restore_argv(request.target, dump), run, what="pg_restore")
 
-        run.hooks.publish(load)
+        run.publish(load)
         run.files, run.bytes = 1, run.manifest.total_bytes
     finally:
         remove_path(scratch)

@@ -29,7 +29,10 @@ class RestoreRequest:
 
     `target` has the form of the source's location: a folder, a database file, a pod path
     `NAMESPACE/POD[/CONTAINER]:/ABS/PATH` or a libpq URI. `paths` restricts a restore to
-    those paths (relative to the source root) and what is below them.
+    those paths (relative to the source root) and what is below them. `state_dir` is the
+    workers' private folder where the restore keeps its journal, named after `run_id`, so
+    that a crash can be undone (see journal); without it a crash leaves the undoing to a
+    person.
     """
 
     archive: Path
@@ -39,6 +42,8 @@ class RestoreRequest:
     in_place: bool = False
     paths: Sequence[str] = ()
     timeout_s: float | None = None
+    state_dir: Path | None = None
+    run_id: str | None = None
 
 
 @dataclass
