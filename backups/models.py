@@ -19,6 +19,7 @@ from django.utils.text import slugify
 
 from backups.engine import compression as engine_compression
 from backups.engine.locations import KINDS, check_location
+from backups.engine.names import printable
 from backups.fields import SecondsField
 from backups.validators import validate_cron, validate_excludes
 
@@ -411,20 +412,20 @@ class Run(models.Model):
 
     def mark_failed(self, error: str, **result) -> bool:
         """Record a failure with a message a user can act on."""
-        self.error = error
+        self.error = printable(error)
         for name, value in result.items():
             setattr(self, name, value)
         return self._finish(self.Status.FAILED, ["error", *result])
 
     def mark_cancelled(self, reason: str = "Cancelled.") -> bool:
         """Record that the run was stopped on request."""
-        self.error = reason
+        self.error = printable(reason)
         return self._finish(self.Status.CANCELLED, ["error"])
 
     def append_log(self, line: str) -> None:
         """Add a timestamped line to the bounded log (oldest lines are dropped)."""
         stamp = timezone.now().strftime("%H:%M:%S")
-        text = f"{self.log}{stamp} {line}\n"
+        text = f"{self.log}{stamp} {printable(line)}\n"
         if len(text) > LOG_LIMIT_CHARS:
             text = text[-LOG_LIMIT_CHARS:].split("\n", 1)[-1]
         self.log = text

@@ -60,8 +60,8 @@ def _source_for(header: dict, folder: Path, report: ImportReport) -> Source:
     return source
 
 
-def _when(value: str | None) -> datetime | None:
-    return datetime.fromisoformat(value) if value else None
+def _when(value: datetime | None) -> datetime | None:
+    return value or None
 
 
 def import_archive(manifest_path: Path, report: ImportReport) -> None:
