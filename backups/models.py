@@ -7,6 +7,7 @@ commands read it, never the queue's tables.
 from __future__ import annotations
 
 import datetime as dt
+import os
 from pathlib import Path
 
 from django.conf import settings
@@ -18,6 +19,7 @@ from django.utils import timezone
 from django.utils.text import slugify
 
 from backups.engine import compression as engine_compression
+from backups.engine.errors import ArchiveError
 from backups.engine.locations import KINDS, check_location
 from backups.engine.names import printable
 from backups.fields import SecondsField
@@ -360,6 +362,33 @@ class Run(models.Model):
     @property
     def archive_path(self) -> Path | None:
         return Path(self.archive) if self.archive else None
+
+    def stored_archive(self) -> Path:
+        """Return the archive's path once it is known to lie directly in its source's folder.
+
+        The catalog can be rebuilt from files on disk, so `archive` is not trusted: a
+        restore, a verification or a prune reads or removes only a regular file (not a
+        symlink) directly inside ARCHIVE_ROOT/<source slug>/, with its sidecar and manifest
+        beside it. Raise ArchiveError, naming the path, for anything else.
+        """
+        folder = Path(os.path.realpath(settings.ARCHIVE_ROOT / self.source.slug))
+        path = Path(self.archive) if self.archive else None
+        inside = (
+            path is not None
+            and self.source.slug not in ("", ".", "..")
+            and "/" not in self.source.slug
+            and path.is_absolute()
+            and "\x00" not in self.archive
+            and Path(os.path.realpath(path)) == folder / path.name
+            and os.path.realpath(path.parent) == str(folder)
+        )
+        if not inside:
+            raise ArchiveError(
+                f"Backup #{self.pk} names the archive {printable(self.archive or '(none)')}, "
+                f"which is not a file directly in its source's folder {folder}: it is neither "
+                "read nor removed. Check the archive folder, then run import_archives."
+            )
+        return path
 
     @property
     def manifest_path(self) -> Path | None:

@@ -23,7 +23,7 @@ def _engine_request(
 ) -> RestoreRequest:
     """Return the engine's request; `paths` are catalog text, the engine's are file names."""
     return RestoreRequest(
-        archive=backup.archive_path,
+        archive=backup.stored_archive(),
         manifest=backup.manifest_path,
         kind=backup.source.kind,
         target=target,

@@ -38,8 +38,9 @@ def verify_execute(run: Run, hooks: RunHooks) -> dict:
     if source.kind == "sqlite":
         names.append("database")
     queries = source.policy.check_queries if source.policy_id else []
+    archive = backup.stored_archive()
     checks = verify_archive(
-        archive=backup.archive_path,
+        archive=archive,
         manifest=backup.manifest_path,
         kind=source.kind,
         checks=names,
@@ -51,7 +52,7 @@ def verify_execute(run: Run, hooks: RunHooks) -> dict:
         scratch = settings.ARCHIVE_ROOT / ".drills"
         scratch.mkdir(parents=True, exist_ok=True)
         outcome = drill(
-            archive=backup.archive_path,
+            archive=archive,
             manifest=backup.manifest_path,
             kind=source.kind,
             scratch_dir=scratch,
