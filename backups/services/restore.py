@@ -30,6 +30,8 @@ def _engine_request(
         in_place=in_place,
         paths=[catalog_to_name(path) for path in paths],
         timeout_s=timeout_s,
+        # The files beside each other can be swapped together; the catalog's record cannot.
+        catalog_sha256=backup.sha256 or None,
     )
 
 

@@ -46,6 +46,7 @@ def verify_execute(run: Run, hooks: RunHooks) -> dict:
         checks=names,
         sqlite_queries=queries,
         hooks=hooks,
+        catalog_sha256=backup.sha256 or None,
     )
     result: dict = {"archive": backup.archive, "sha256": backup.sha256}
     if run.drill and all(check["ok"] for check in checks):
@@ -57,6 +58,7 @@ def verify_execute(run: Run, hooks: RunHooks) -> dict:
             kind=source.kind,
             scratch_dir=scratch,
             hooks=hooks,
+            catalog_sha256=backup.sha256 or None,
         )
         checks.append(outcome)
         if outcome.get("ok"):

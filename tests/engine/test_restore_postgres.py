@@ -114,3 +114,15 @@ def test_restore_refuses_a_uri_with_a_password(database, tmp_path):
 
     with pytest.raises(TargetError, match="password"):
         check_target(request_for(backup, "postgresql://u:secret@127.0.0.1/db"))
+
+
+def test_restore_of_a_dump_the_catalog_does_not_know_leaves_the_database_alone(database, tmp_path):
+    backup = dump_archive(database, tmp_path / "archives")
+    psql(database, "DELETE FROM projects WHERE id > 10")
+    request = request_for(backup, database)
+    request.catalog_sha256 = "e" * 64
+
+    with pytest.raises(ArchiveError, match="the files on disk are not the ones this backup"):
+        run_restore(request, RecordingHooks())
+
+    assert psql(database, "SELECT COUNT(*) FROM projects") == "10"

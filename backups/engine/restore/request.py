@@ -29,7 +29,9 @@ class RestoreRequest:
 
     `target` has the form of the source's location: a folder, a database file, a pod path
     `NAMESPACE/POD[/CONTAINER]:/ABS/PATH` or a libpq URI. `paths` restricts a restore to
-    those paths (relative to the source root) and what is below them.
+    those paths (relative to the source root) and what is below them. `catalog_sha256`,
+    when set, is the archive's sha256 as recorded apart from the files (the catalog): the
+    restore refuses an archive whose manifest and checksum file say otherwise.
     """
 
     archive: Path
@@ -39,6 +41,7 @@ class RestoreRequest:
     in_place: bool = False
     paths: Sequence[str] = ()
     timeout_s: float | None = None
+    catalog_sha256: str | None = None
 
 
 @dataclass
