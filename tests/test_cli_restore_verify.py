@@ -168,3 +168,21 @@ def test_a_backup_whose_three_files_were_swapped_for_anothers_fails_verify_and_r
     restore = call_json("restore", str(first.pk), "--to", str(target), "--inline", expect=1)
     assert restore["status"] == "failed" and sentence in restore["error"]
     assert not target.exists()
+
+
+def test_a_malformed_manifest_is_refused_by_restore_and_verify_with_a_sentence(backup, tmp_path):
+    # An ISO date where the mtime is a number: the kind of damage a hand edit leaves.
+    path = backup.manifest_path
+    text = path.read_text()
+    mtime = json.loads(text)["entries"][0]["mtime"]
+    path.write_text(text.replace(f'"mtime":{mtime}', '"mtime":"2026-01-01T00:00:00Z"', 1))
+    sentence = f"The manifest {path} is not valid at entries[0].mtime: expected `int | float`"
+    target = tmp_path / "restored"
+    restore = call_json("restore", str(backup.pk), "--to", str(target), "--inline", expect=1)
+    assert restore["status"] == "failed" and sentence in restore["error"]
+    assert not target.exists()
+    with pytest.raises(CommandError) as caught:
+        call_command("restore", str(backup.pk), "--to", str(target), "--path", "sub", "--inline")
+    assert caught.value.returncode == 2 and sentence in str(caught.value)
+    verify = call_json("verify", str(backup.pk), "--inline", expect=1)
+    assert verify["status"] == "failed" and sentence in verify["error"]

@@ -160,6 +160,8 @@ def prune_plan(*, source: Source, now: datetime | None = None) -> PrunePlan:
         .order_by("-started_at", "-pk")
     )
     plan = PrunePlan(source=source)
+    for run in backups:
+        run.source = source  # its own backups: no query per run to find their folder
     backups, outside = _split_outside(backups)
     plan.problems.extend(problem for _run, problem in outside)
     if not backups:
@@ -295,8 +297,10 @@ def _delete_owned(runs: list[Run], me: str) -> None:
                 "was paused past ABANDON_AFTER_S and another pruner took over. Nothing "
                 "more was deleted."
             )
+        sources = Source.objects.in_bulk({run.source_id for run in runs})
         folders = set()
         for run in runs:
+            run.source = sources[run.source_id]
             files = _files(run)
             for path in files:
                 path.unlink(missing_ok=True)
@@ -311,9 +315,7 @@ def _delete_owned(runs: list[Run], me: str) -> None:
             log=Concat(F("log"), Value(f"{now:%Y-%m-%d %H:%M:%S} removed by retention ({me})\n")),
         )
         # Deleting a backup is destructive: each one leaves an audit record, as a restore does.
-        sources = Source.objects.in_bulk({run.source_id for run in runs})
         for run in runs:
-            run.source = sources[run.source_id]
             audit_record(
                 actor=None,
                 action="backup.prune",
