@@ -175,6 +175,14 @@ class Source(models.Model):
                 raise ValidationError({"name": "The name needs at least one letter or digit."})
         if self.kind and self.kind not in KINDS:
             raise ValidationError({"kind": f"Unknown kind {self.kind!r}."})
+        if self.location and printable(self.location) != self.location:
+            # The catalog's text columns cannot hold such bytes: refuse now, with a reason.
+            raise ValidationError(
+                {
+                    "location": f"{printable(self.location)} is not valid UTF-8 (the \\xNN "
+                    "are its other bytes); back up a folder above it, or rename it."
+                }
+            )
         if self.kind and self.location:
             try:
                 check_location(self.kind, self.location)

@@ -14,11 +14,11 @@ from io import StringIO
 from pathlib import Path
 
 import pytest
-from django.core.management import call_command
+from django.core.management import CommandError, call_command
 from django.urls import reverse
 
 from backups.engine.names import catalog_to_name
-from backups.models import ManifestEntry, Run
+from backups.models import ManifestEntry, Run, Source
 from backups.services.execution import run_execute
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -246,3 +246,31 @@ def test_the_command_line_prints_such_names_without_a_traceback(tmp_path):
     restored = manage(*argv, b"--path", LATIN1_DIR, b"--inline", b"--json")
     assert json.loads(restored.stdout)["status"] == "succeeded"
     assert tree(target) == {LATIN1_FILE: NAMES[LATIN1_FILE]}
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "sentence"),
+    [
+        ("--location", "umlauts-\udcc4", "umlauts-\\xc4 is not valid UTF-8"),
+        ("--exclude", "x\udcff*", "The exclude pattern 'x\\xff*' is not valid UTF-8"),
+    ],
+)
+def test_a_location_or_exclude_that_is_not_utf8_is_refused_with_a_sentence(
+    tmp_path, option, value, sentence
+):
+    location = str(tmp_path / value) if option == "--location" else str(tmp_path)
+    args = ["source", "add", "odd", "--kind", "directory", "--location", location]
+    if option == "--exclude":
+        args += ["--exclude", value]
+    with pytest.raises(CommandError) as caught:
+        call_command(*args, stdout=StringIO())
+    assert caught.value.returncode == 2 and sentence in str(caught.value)
+    assert not Source.objects.exists()
+
+
+def test_a_restore_target_that_is_not_utf8_is_refused_with_a_sentence(odd_backup, tmp_path):
+    with pytest.raises(CommandError) as caught:
+        call_command("restore", str(odd_backup.pk), "--to", f"{tmp_path}/out-\udcff")
+    assert caught.value.returncode == 2
+    assert f"The target {tmp_path}/out-\\xff is not valid UTF-8" in str(caught.value)
+    assert not Run.objects.filter(kind=Run.Kind.RESTORE).exists()
