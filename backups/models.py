@@ -7,6 +7,7 @@ commands read it, never the queue's tables.
 from __future__ import annotations
 
 import datetime as dt
+import os
 from pathlib import Path
 
 from django.conf import settings
@@ -18,7 +19,9 @@ from django.utils import timezone
 from django.utils.text import slugify
 
 from backups.engine import compression as engine_compression
+from backups.engine.errors import ArchiveError
 from backups.engine.locations import KINDS, check_location
+from backups.engine.names import printable
 from backups.fields import SecondsField
 from backups.validators import validate_cron, validate_excludes
 
@@ -172,6 +175,14 @@ class Source(models.Model):
                 raise ValidationError({"name": "The name needs at least one letter or digit."})
         if self.kind and self.kind not in KINDS:
             raise ValidationError({"kind": f"Unknown kind {self.kind!r}."})
+        if self.location and printable(self.location) != self.location:
+            # The catalog's text columns cannot hold such bytes: refuse now, with a reason.
+            raise ValidationError(
+                {
+                    "location": f"{printable(self.location)} is not valid UTF-8 (the \\xNN "
+                    "are its other bytes); back up a folder above it, or rename it."
+                }
+            )
         if self.kind and self.location:
             try:
                 check_location(self.kind, self.location)
@@ -363,6 +374,33 @@ class Run(models.Model):
     def archive_path(self) -> Path | None:
         return Path(self.archive) if self.archive else None
 
+    def stored_archive(self) -> Path:
+        """Return the archive's path once it is known to lie directly in its source's folder.
+
+        The catalog can be rebuilt from files on disk, so `archive` is not trusted: a
+        restore, a verification or a prune reads or removes only a regular file (not a
+        symlink) directly inside ARCHIVE_ROOT/<source slug>/, with its sidecar and manifest
+        beside it. Raise ArchiveError, naming the path, for anything else.
+        """
+        folder = Path(os.path.realpath(settings.ARCHIVE_ROOT / self.source.slug))
+        path = Path(self.archive) if self.archive else None
+        inside = (
+            path is not None
+            and self.source.slug not in ("", ".", "..")
+            and "/" not in self.source.slug
+            and path.is_absolute()
+            and "\x00" not in self.archive
+            and Path(os.path.realpath(path)) == folder / path.name
+            and os.path.realpath(path.parent) == str(folder)
+        )
+        if not inside:
+            raise ArchiveError(
+                f"Backup #{self.pk} names the archive {printable(self.archive or '(none)')}, "
+                f"which is not a file directly in its source's folder {folder}: it is neither "
+                "read nor removed. Check the archive folder, then run import_archives."
+            )
+        return path
+
     @property
     def manifest_path(self) -> Path | None:
         """Return the manifest beside the archive: `<stem>.manifest.json`."""
@@ -429,20 +467,20 @@ class Run(models.Model):
 
     def mark_failed(self, error: str, **result) -> bool:
         """Record a failure with a message a user can act on."""
-        self.error = error
+        self.error = printable(error)
         for name, value in result.items():
             setattr(self, name, value)
         return self._finish(self.Status.FAILED, ["error", *result])
 
     def mark_cancelled(self, reason: str = "Cancelled.") -> bool:
         """Record that the run was stopped on request."""
-        self.error = reason
+        self.error = printable(reason)
         return self._finish(self.Status.CANCELLED, ["error"])
 
     def append_log(self, line: str) -> None:
         """Add a timestamped line to the bounded log (oldest lines are dropped)."""
         stamp = timezone.now().strftime("%H:%M:%S")
-        text = f"{self.log}{stamp} {line}\n"
+        text = f"{self.log}{stamp} {printable(line)}\n"
         if len(text) > LOG_LIMIT_CHARS:
             text = text[-LOG_LIMIT_CHARS:].split("\n", 1)[-1]
         self.log = text

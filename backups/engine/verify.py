@@ -37,6 +37,7 @@ from .restore import (
     ContentCheck,
     ProgressMeter,
     RestoreRequest,
+    catalog_mismatch,
     decompress_verified,
     listed,
     member_key,
@@ -76,10 +77,14 @@ def verify_archive(
     checks: Sequence[str] = (CHECKSUM, CONTENTS),
     sqlite_queries: Sequence[dict] = (),
     hooks: Hooks,
+    catalog_sha256: str | None = None,
 ) -> list[dict]:
     """Run the named checks on an archive; return one result per check, failures included.
 
     `sqlite_queries` are `{"sql": ..., "expect": "> 0"}` items for the `database` check.
+    `catalog_sha256`, when set, is the sha256 recorded apart from the files (the
+    catalog): the checksum check fails when the archive, its manifest and its checksum
+    file agree with each other but not with it.
     """
     archive, manifest = Path(archive), Path(manifest)
     try:
@@ -90,11 +95,13 @@ def verify_archive(
     for name in checks:
         try:
             if name == CHECKSUM:
-                results.append(_checksum(archive, loaded, hooks))
+                results.append(_checksum(archive, loaded, hooks, catalog_sha256))
             elif name == CONTENTS:
                 results.append(_contents(archive, loaded, kind, hooks))
             elif name == DATABASE:
-                results.append(_database(archive, manifest, kind, sqlite_queries, hooks))
+                results.append(
+                    _database(archive, manifest, kind, sqlite_queries, hooks, catalog_sha256)
+                )
             else:
                 results.append(
                     _result(name, False, f"Unknown check {name!r}; use {', '.join(CHECKS)}.")
@@ -128,7 +135,7 @@ def _archive_problem(archive: Path, manifest: Manifest) -> str | None:
     return None
 
 
-def _checksum(archive: Path, manifest: Manifest, hooks: Hooks) -> dict:
+def _checksum(archive: Path, manifest: Manifest, hooks: Hooks, catalog: str | None) -> dict:
     problem = _archive_problem(archive, manifest)
     if problem:
         return _result(CHECKSUM, False, problem)
@@ -167,6 +174,8 @@ def _checksum(archive: Path, manifest: Manifest, hooks: Hooks) -> dict:
         return _result(
             CHECKSUM, False, f"The archive matches its manifest's sha256, but {side_problem}"
         )
+    if catalog and catalog.lower() != actual:
+        return _result(CHECKSUM, False, catalog_mismatch(archive.name, actual, catalog))
     return _result(
         CHECKSUM,
         True,
@@ -307,7 +316,12 @@ def _dump_contents(archive: Path, manifest: Manifest, hooks: Hooks) -> dict:
 
 
 def _database(
-    archive: Path, manifest: Path, kind: str, queries: Sequence[dict], hooks: Hooks
+    archive: Path,
+    manifest: Path,
+    kind: str,
+    queries: Sequence[dict],
+    hooks: Hooks,
+    catalog: str | None = None,
 ) -> dict:
     if kind != SQLITE:
         return _result(
@@ -318,7 +332,13 @@ def _database(
         target = scratch / "snapshot.db"
         try:
             run_restore(
-                RestoreRequest(archive=archive, manifest=manifest, kind=SQLITE, target=str(target)),
+                RestoreRequest(
+                    archive=archive,
+                    manifest=manifest,
+                    kind=SQLITE,
+                    target=str(target),
+                    catalog_sha256=catalog,
+                ),
                 hooks,
             )
         except Cancelled:
@@ -363,12 +383,21 @@ def _run_query(database: Path, query: dict) -> dict:
     return outcome
 
 
-def drill(*, archive: Path, manifest: Path, kind: str, scratch_dir: Path, hooks: Hooks) -> dict:
+def drill(
+    *,
+    archive: Path,
+    manifest: Path,
+    kind: str,
+    scratch_dir: Path,
+    hooks: Hooks,
+    catalog_sha256: str | None = None,
+) -> dict:
     """Restore the archive in full into scratch, verified, timed end to end, then removed.
 
     Return `{"name": "drill", "ok", "detail", "duration_s"}`. A PostgreSQL dump is
     restored to an SQL script with pg_restore (every table's data is read), since a drill
-    must not need a database server of its own.
+    must not need a database server of its own. `catalog_sha256` is checked as a
+    restore checks it.
     """
     started = time.monotonic()
     scratch_dir = Path(scratch_dir)
@@ -383,7 +412,9 @@ def drill(*, archive: Path, manifest: Path, kind: str, scratch_dir: Path, hooks:
             "duration_s": 0.0,
         }
     try:
-        ok, detail = _drill_into(Path(archive), Path(manifest), kind, scratch, hooks)
+        ok, detail = _drill_into(
+            Path(archive), Path(manifest), kind, scratch, hooks, catalog_sha256
+        )
     except Cancelled:
         raise
     except (EngineError, OSError) as error:
@@ -396,10 +427,10 @@ def drill(*, archive: Path, manifest: Path, kind: str, scratch_dir: Path, hooks:
 
 
 def _drill_into(
-    archive: Path, manifest: Path, kind: str, scratch: Path, hooks: Hooks
+    archive: Path, manifest: Path, kind: str, scratch: Path, hooks: Hooks, catalog: str | None
 ) -> tuple[bool, str]:
     if kind == POSTGRES:
-        return _drill_postgres(archive, manifest, scratch, hooks)
+        return _drill_postgres(archive, manifest, scratch, hooks, catalog)
     if kind == SQLITE:
         target, restore_kind = scratch / "restored.db", SQLITE
     elif kind in (DIRECTORY, KUBERNETES):
@@ -407,7 +438,13 @@ def _drill_into(
     else:
         return False, f"Unknown source kind {kind!r}."
     result = run_restore(
-        RestoreRequest(archive=archive, manifest=manifest, kind=restore_kind, target=str(target)),
+        RestoreRequest(
+            archive=archive,
+            manifest=manifest,
+            kind=restore_kind,
+            target=str(target),
+            catalog_sha256=catalog,
+        ),
         hooks,
     )
     for line in result.warnings:
@@ -419,13 +456,17 @@ def _drill_into(
     )
 
 
-def _drill_postgres(archive: Path, manifest: Path, scratch: Path, hooks: Hooks) -> tuple[bool, str]:
+def _drill_postgres(
+    archive: Path, manifest: Path, scratch: Path, hooks: Hooks, catalog: str | None
+) -> tuple[bool, str]:
     loaded = load_manifest(manifest)
     dump = scratch / "dump.pgdump"
     meter = ProgressMeter(
         hooks, bytes_total=loaded.total_bytes, files_total=1, current="verifying the dump"
     )
-    decompress_verified(archive, loaded, dump, tick=hooks.check, meter=meter)
+    decompress_verified(
+        archive, loaded, dump, tick=hooks.check, meter=meter, catalog_sha256=catalog
+    )
     script = scratch / "restore.sql"
     command = [os.environ.get("PG_RESTORE") or "pg_restore", "--no-owner", "-f", str(script)]
     try:

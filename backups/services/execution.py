@@ -32,6 +32,7 @@ from django.utils import timezone
 from backups.engine.atomic import stale_temps
 from backups.engine.errors import Cancelled, EngineError, FencedError
 from backups.engine.hooks import Hooks, Progress
+from backups.engine.names import printable
 from backups.models import Run
 
 logger = logging.getLogger(__name__)
@@ -103,11 +104,14 @@ class RunHooks(Hooks):
             self.log("A cancel came while the result was being published: too late to cancel.")
 
     def warn(self, message: str) -> None:
+        # Messages can quote file names, and a file name need not be UTF-8; the Run's
+        # columns are text.
+        message = printable(message)
         self.warnings.append(message)
         self.log(f"warning: {message}")
 
     def log(self, message: str) -> None:
-        self.lines.append(f"{timezone.now():%H:%M:%S} {message}")
+        self.lines.append(f"{timezone.now():%H:%M:%S} {printable(message)}")
         self._log_dirty = True
 
     # Heartbeat side --------------------------------------------------------------------
@@ -133,7 +137,7 @@ class RunHooks(Hooks):
             "bytes_total": progress.bytes_total,
             "files_done": progress.files_done,
             "files_total": progress.files_total,
-            "current_item": progress.current[-1000:],
+            "current_item": printable(progress.current)[-1000:],
         }
 
     def beat(self) -> bool:

@@ -7,6 +7,7 @@ from django.db import IntegrityError, transaction
 
 from backups.audit import audit_record
 from backups.engine.errors import EngineError
+from backups.engine.names import catalog_to_name, printable
 from backups.engine.restore import RestoreRequest, check_target, run_restore
 from backups.models import AuditEvent, Run
 from backups.services.backup import SourceBusy
@@ -21,14 +22,17 @@ class RestoreRefused(Exception):
 def _engine_request(
     backup: Run, *, target: str, in_place: bool, paths, timeout_s: float | None = None, **more
 ) -> RestoreRequest:
+    """Return the engine's request; `paths` are catalog text, the engine's are file names."""
     return RestoreRequest(
-        archive=backup.archive_path,
+        archive=backup.stored_archive(),
         manifest=backup.manifest_path,
         kind=backup.source.kind,
         target=target,
         in_place=in_place,
-        paths=list(paths),
+        paths=[catalog_to_name(path) for path in paths],
         timeout_s=timeout_s,
+        # The files beside each other can be swapped together; the catalog's record cannot.
+        catalog_sha256=backup.sha256 or None,
         **more,
     )
 
@@ -64,7 +68,7 @@ def restore_request(
     source = backup.source
     detail = {
         "backup": backup.pk,
-        "target": source.location if in_place else target,
+        "target": source.location if in_place else target and printable(target),
         "in_place": in_place,
         "paths": list(paths or []),
     }
@@ -87,6 +91,11 @@ def restore_request(
         )
     if not in_place and not target:
         raise refuse("Give a target (--to) or restore in place (--in-place --yes).")
+    if target and printable(target) != target:
+        raise refuse(
+            f"The target {printable(target)} is not valid UTF-8 (the \\xNN are its other "
+            "bytes); restore into a folder whose path is UTF-8, then move the files."
+        )
     run = Run(
         source=source,
         kind=Run.Kind.RESTORE,

@@ -38,24 +38,27 @@ def verify_execute(run: Run, hooks: RunHooks) -> dict:
     if source.kind == "sqlite":
         names.append("database")
     queries = source.policy.check_queries if source.policy_id else []
+    archive = backup.stored_archive()
     checks = verify_archive(
-        archive=backup.archive_path,
+        archive=archive,
         manifest=backup.manifest_path,
         kind=source.kind,
         checks=names,
         sqlite_queries=queries,
         hooks=hooks,
+        catalog_sha256=backup.sha256 or None,
     )
     result: dict = {"archive": backup.archive, "sha256": backup.sha256}
     if run.drill and all(check["ok"] for check in checks):
         scratch = settings.ARCHIVE_ROOT / ".drills"
         scratch.mkdir(parents=True, exist_ok=True)
         outcome = drill(
-            archive=backup.archive_path,
+            archive=archive,
             manifest=backup.manifest_path,
             kind=source.kind,
             scratch_dir=scratch,
             hooks=hooks,
+            catalog_sha256=backup.sha256 or None,
         )
         checks.append(outcome)
         if outcome.get("ok"):

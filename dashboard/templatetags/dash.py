@@ -138,6 +138,18 @@ def _bytes(size: int) -> str:
     return f"{size} bytes"
 
 
+def _modified(mtime: int, zone) -> tuple[str, str]:
+    """Return an mtime as (ISO 8601, shown); a date no calendar holds is shown as a number.
+
+    Manifests are checked for sane dates; a catalog filled before they were may hold any.
+    """
+    try:
+        moment = datetime.fromtimestamp(mtime, tz=zone)
+    except (OverflowError, OSError, ValueError):
+        return "", f"@{mtime}"
+    return moment.isoformat(), f"{moment:%Y-%m-%d %H:%M}"
+
+
 @register.simple_tag
 def entry_rows(rows, can_restore: bool, search: bool = False):
     """Render a folder listing's or a search's table rows.
@@ -178,7 +190,6 @@ def entry_rows(rows, can_restore: bool, search: bool = False):
             name = row.name
         if row.target:
             name = format_html("{} → <code>{}</code>", name, row.target)
-        moment = datetime.fromtimestamp(row.mtime, tz=zone)
         sha = row.sha256_hex
         parts.append(
             format_html(
@@ -192,8 +203,7 @@ def entry_rows(rows, can_restore: bool, search: bool = False):
                 row.type_label,
                 "" if row.is_dir else _bytes(row.size),
                 octal_mode(row.mode),
-                moment.isoformat(),
-                f"{moment:%Y-%m-%d %H:%M}",
+                *_modified(row.mtime, zone),
                 format_html('<code class="hash" title="{}">{}…</code>', sha, sha[:12])
                 if sha
                 else "",

@@ -525,3 +525,19 @@ def test_the_second_reading_agrees_with_tar_wherever_the_stream_is_cut(tree, tmp
 
     assert snapshot(staging) == snapshot(tree)
     assert len(out.data) < len(stream) - (1 << 20)  # the big file did not go through tar
+
+
+def test_a_restore_refuses_an_archive_the_catalog_does_not_know_and_writes_nothing(tmp_path):
+    source = make_tree(tmp_path / "source")
+    backup = archive_of(source, tmp_path / "archives")
+    target = tmp_path / "target"
+    request = RestoreRequest(
+        archive=backup.archive,
+        manifest=backup.manifest,
+        kind="directory",
+        target=str(target),
+        catalog_sha256="e" * 64,
+    )
+    with pytest.raises(ArchiveError, match=f"but the catalog recorded {'e' * 64}"):
+        run_restore(request, RecordingHooks())
+    assert not target.exists()

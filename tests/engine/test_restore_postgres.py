@@ -127,3 +127,15 @@ def test_a_cancel_during_pg_restore_stops_it_and_leaves_the_database_as_it_was(d
         run_restore(request_for(backup, database), hooks)
 
     assert psql(database, "SELECT COUNT(*) FROM projects") == "10"
+
+
+def test_restore_of_a_dump_the_catalog_does_not_know_leaves_the_database_alone(database, tmp_path):
+    backup = dump_archive(database, tmp_path / "archives")
+    psql(database, "DELETE FROM projects WHERE id > 10")
+    request = request_for(backup, database)
+    request.catalog_sha256 = "e" * 64
+
+    with pytest.raises(ArchiveError, match="the files on disk are not the ones this backup"):
+        run_restore(request, RecordingHooks())
+
+    assert psql(database, "SELECT COUNT(*) FROM projects") == "10"

@@ -295,3 +295,39 @@ def test_a_drill_of_an_awkward_tree(tree, tmp_path):
     )
 
     assert result["ok"], result
+
+
+OTHER = "f" * 64
+
+
+def test_an_archive_that_is_not_the_one_the_catalog_recorded_fails_the_checksum(backup):
+    # Archive, manifest and checksum file agree; the sha256 kept apart from them does not.
+    results = by_name(verify(backup, catalog_sha256=OTHER))
+    assert results["contents"]["ok"]
+    checksum = results["checksum"]
+    assert not checksum["ok"]
+    assert f"but the catalog recorded {OTHER} when this backup was written" in checksum["detail"]
+    assert "the files on disk are not the ones this backup wrote" in checksum["detail"]
+    assert by_name(verify(backup, catalog_sha256=sha_of(backup)))["checksum"]["ok"]
+
+
+@pytest.mark.parametrize("kind", ["directory", "sqlite"])
+def test_a_drill_refuses_an_archive_the_catalog_does_not_know(kind, source, tmp_path):
+    if kind == "sqlite":
+        backup = database_archive(make_database(tmp_path / "app.db"), tmp_path / "archives")
+    else:
+        backup = archive_of(source, tmp_path / "archives")
+    outcome = drill(
+        archive=backup.archive,
+        manifest=backup.manifest,
+        kind=kind,
+        scratch_dir=tmp_path / "scratch",
+        hooks=RecordingHooks(),
+        catalog_sha256=OTHER,
+    )
+    assert not outcome["ok"]
+    assert "the files on disk are not the ones this backup wrote" in outcome["detail"]
+
+
+def sha_of(backup):
+    return json.loads(backup.manifest.read_text())["archive"]["sha256"]

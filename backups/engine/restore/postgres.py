@@ -29,13 +29,16 @@ class _DumpWriter:
         self.out.write(chunk)
 
 
-def decompress_verified(archive: Path, manifest: Manifest, dest: Path, *, tick, meter) -> str:
+def decompress_verified(
+    archive: Path, manifest: Manifest, dest: Path, *, tick, meter, catalog_sha256=None
+) -> str:
     """Decompress a single-payload archive (a pg_dump) into `dest`, verifying as it goes.
 
     Return the archive's sha256; raise ArchiveError when the archive, its size or (when
-    the manifest lists one file) the payload's sha256 does not match.
+    the manifest lists one file) the payload's sha256 does not match, or when the
+    archive is not the one whose sha256 the catalog recorded (`catalog_sha256`).
     """
-    expected = expected_sha256(archive, manifest)
+    expected = expected_sha256(archive, manifest, catalog_sha256)
     reader = ArchiveReader(archive, limit=manifest.total_bytes, tick=tick, mode=THREAD)
     try:
         with open(dest, "wb") as out:
@@ -85,7 +88,14 @@ def restore_postgres(run: RestoreRun) -> str:
         check_space(scratch, run.manifest.total_bytes)
         dump = scratch / "dump.pgdump"
         meter = run.meter(f"verifying {run.archive.name}")
-        digest = decompress_verified(run.archive, run.manifest, dump, tick=run.tick, meter=meter)
+        digest = decompress_verified(
+            run.archive,
+            run.manifest,
+            dump,
+            tick=run.tick,
+            meter=meter,
+            catalog_sha256=run.request.catalog_sha256,
+        )
         run.passed_checksum(digest)
         meter.progress.current = "pg_restore"
         meter.update(force=True)

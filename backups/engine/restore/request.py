@@ -32,7 +32,9 @@ class RestoreRequest:
     those paths (relative to the source root) and what is below them. `state_dir` is the
     workers' private folder where the restore keeps its journal, named after `run_id`, so
     that a crash can be undone (see journal); without it a crash leaves the undoing to a
-    person.
+    person. `catalog_sha256`, when set, is the archive's sha256 as recorded apart from the
+    files (the catalog): the restore refuses an archive whose manifest and checksum file
+    say otherwise.
     """
 
     archive: Path
@@ -44,6 +46,7 @@ class RestoreRequest:
     timeout_s: float | None = None
     state_dir: Path | None = None
     run_id: str | None = None
+    catalog_sha256: str | None = None
 
 
 @dataclass

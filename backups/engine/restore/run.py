@@ -99,7 +99,7 @@ class RestoreRun:
                 f"The archive {self.archive} is {size} bytes but its manifest says {recorded}: "
                 f"it is {'truncated' if size < recorded else 'not the file that was written'}."
             )
-        return expected_sha256(self.archive, self.manifest)
+        return expected_sha256(self.archive, self.manifest, self.request.catalog_sha256)
 
     def meter(self, current: str, selection: Selection | None = None) -> ProgressMeter:
         """Start reporting progress on `current`, over the files `selection` keeps."""
