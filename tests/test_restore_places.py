@@ -242,3 +242,16 @@ def test_a_restored_setuid_root_file_is_neither_setuid_nor_someone_elses(
         "theirs": 0o644,
     }
     assert {info.st_uid for info in restored.values()} == {os.geteuid()}
+
+
+def test_a_restore_folder_that_does_not_exist_yet_is_made(
+    client, operator, backup, settings, tmp_path, data_dir
+):
+    settings.RESTORE_ROOTS = [tmp_path / "var" / "restores"]  # a fresh install's default
+    target = tmp_path / "var" / "restores" / "files-1"
+    client.force_login(operator)
+    confirm(client, backup, str(target))
+
+    assert execute_run(Run.objects.get(kind=Run.Kind.RESTORE).pk) == Run.Status.SUCCEEDED
+
+    assert (target / "a.txt").read_text() == (data_dir / "a.txt").read_text()

@@ -217,3 +217,15 @@ def test_an_allowed_namespace_is_reviewed_as_overwriting_files_there(
     assert response.templates[0].name == "dashboard/restore_confirm.html"
     assert "Files in the pod may be overwritten" in response.text
     assert "Nothing existing is overwritten" not in response.text
+
+
+def test_a_pod_restored_in_place_is_reviewed_as_overwriting_without_a_copy_aside(
+    client, operator, pod_backup
+):
+    client.force_login(operator)
+
+    response = post(client, pod_backup, "", mode="in_place")
+
+    assert "This overwrites live data" in response.text
+    assert "nothing is kept of them. Files created since stay as they are." in response.text
+    assert "moved aside" not in response.text

@@ -537,6 +537,47 @@ class _Collect:
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
+def test_set_id_bits_come_off_wherever_the_stream_is_cut(tree, tmp_path, seed):
+    import random
+
+    from backups.engine.restore.splitter import Splitter
+    from backups.engine.safety import MemberPolicy
+    from backups.engine.tarstream import TarScanner
+
+    for name in ("suid", LONG):
+        (tree / name).write_text("#!/bin/sh\n")
+        os.chmod(tree / name, 0o6755)
+    stream = gnu_tar(tree)
+    out = _Collect()
+    splitter = Splitter(out, root=None, direct_min=None, keep_owners=False)
+    policy = MemberPolicy()
+
+    def decide(member):
+        splitter.approve(member, policy.review(member))
+        return True
+
+    scanner = TarScanner(decide=decide, sink=splitter)
+    rng = random.Random(seed)
+    position = 0
+    while position < len(stream):
+        step = rng.choice([1, 7, 511, 512, 513, 4096])
+        scanner.feed(stream[position : position + step])
+        position += step
+    scanner.close()
+    splitter.finish()
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    subprocess.run(["tar", "-xpf", "-", "-C", str(staging)], input=bytes(out.data), check=True)
+
+    for name in ("suid", LONG):
+        assert stat.S_IMODE(os.stat(staging / name).st_mode) == 0o755
+    for path in tree.rglob("*"):
+        if path.name not in ("suid", LONG):
+            restored = staging / path.relative_to(tree)
+            assert os.lstat(restored).st_mode == os.lstat(path).st_mode, path
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
 def test_the_second_reading_agrees_with_tar_wherever_the_stream_is_cut(tree, tmp_path, seed):
     import random
 
