@@ -120,6 +120,12 @@ class RestoreForm(forms.Form):
         self.fields["backup"].choices = [(run.pk, _backup_label(run)) for run in backups]
         if source.kind in WHOLE_ONLY:
             del self.fields["paths"]
+        if source.kind == Source.Kind.KUBERNETES:
+            # tar in a pod writes over files of the same name: say so from the start.
+            self.fields["mode"].choices = [
+                ("new", "A new location (files of the same name there are replaced)"),
+                *self.fields["mode"].choices[1:],
+            ]
 
     @property
     def chosen(self) -> Run | None:

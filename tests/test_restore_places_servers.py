@@ -229,3 +229,12 @@ def test_a_pod_restored_in_place_is_reviewed_as_overwriting_without_a_copy_aside
     assert "This overwrites live data" in response.text
     assert "nothing is kept of them. Files created since stay as they are." in response.text
     assert "moved aside" not in response.text
+
+
+def test_the_restore_form_of_a_pod_does_not_promise_to_touch_nothing(client, operator, pod_backup):
+    client.force_login(operator)
+
+    response = client.get(reverse("restore-start"), {"backup": pod_backup.pk})
+
+    assert "A new location (files of the same name there are replaced)" in response.text
+    assert "nothing existing is touched" not in response.text

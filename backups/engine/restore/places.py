@@ -157,7 +157,8 @@ def postgres_target(
         raise TargetError(str(error)) from None
     own = _servers(source) if source_location else ()
     wanted = _servers(params)
-    found = PostgresTarget(params, wanted, bool(own) and set(wanted) <= set(own))
+    # In place, the target is the source's own location whatever it looks like.
+    found = PostgresTarget(params, wanted, in_place or (bool(own) and set(wanted) <= set(own)))
     if in_place:
         return found
     for key, value in params.items():
