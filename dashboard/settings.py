@@ -10,7 +10,7 @@ from pathlib import Path
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
-from dashboard.env import env_bool, env_int, env_list, env_str
+from dashboard.env import env_bool, env_int, env_list, env_list_matching, env_paths, env_str
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = BASE_DIR / "var"
@@ -96,6 +96,10 @@ if _database["ENGINE"] == "django.db.backends.sqlite3":
         "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
     }
 DATABASES = {"default": _database}
+# The dashboard's own SQLite file (None on PostgreSQL): no restore may write over it.
+DATABASE_FILE = (
+    Path(_database["NAME"]) if _database["ENGINE"] == "django.db.backends.sqlite3" else None
+)
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 AUTH_PASSWORD_VALIDATORS = [
@@ -136,6 +140,22 @@ if not ARCHIVE_ROOT.is_absolute():
 STATE_DIR = Path(env_str("STATE_DIR") or VAR_DIR / "state")
 if not STATE_DIR.is_absolute():
     STATE_DIR = BASE_DIR / STATE_DIR
+# Folders a restore to a new location asked for in the dashboard must stay inside. The
+# command line (a shell on the host) may restore elsewhere; nothing restores into, over or
+# around ARCHIVE_ROOT, the dashboard's database or another source's location.
+RESTORE_ROOTS = env_paths("RESTORE_ROOTS", [VAR_DIR / "restores"], base=BASE_DIR)
+# PostgreSQL servers (HOST or HOST:PORT) and Kubernetes namespaces a restore to a new
+# location may go to besides the source's own.
+RESTORE_POSTGRES_HOSTS = env_list_matching(
+    "RESTORE_POSTGRES_HOSTS",
+    r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+|/[^,:]*)(:[0-9]{1,5})?",
+    "HOST, HOST:PORT or [IPV6]:PORT",
+)
+RESTORE_POD_NAMESPACES = env_list_matching(
+    "RESTORE_POD_NAMESPACES",
+    r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?",
+    "a Kubernetes namespace name",
+)
 METRICS_TOKEN = env_str("METRICS_TOKEN") or None
 # Retention buckets (hourly, daily, ...) are computed in this zone.
 RETENTION_TIME_ZONE = env_str("RETENTION_TIME_ZONE", TIME_ZONE)

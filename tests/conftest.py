@@ -13,11 +13,13 @@ def _fast_and_isolated(request, tmp_path):
     if not request.config.pluginmanager.hasplugin("django"):
         return
     settings = request.getfixturevalue("settings")
-    # MD5 keeps logins fast; every test writes archives under its own folder.
+    # MD5 keeps logins fast; every test writes archives under its own folder, and may
+    # restore anywhere in its own folder (tests of the restore roots narrow them).
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
     settings.ARCHIVE_ROOT = tmp_path / "archives"
     settings.ARCHIVE_ROOT.mkdir()
     settings.STATE_DIR = tmp_path / "state"
+    settings.RESTORE_ROOTS = [tmp_path]
 
 
 def _user(django_user_model, username, *, staff=False, superuser=False, perms=()):

@@ -7,6 +7,9 @@ import re
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from psycopg import Error as PsycopgError
+from psycopg.conninfo import conninfo_to_dict
+
 DIRECTORY, SQLITE, KUBERNETES, POSTGRES = "directory", "sqlite", "kubernetes", "postgres"
 KINDS = (DIRECTORY, SQLITE, KUBERNETES, POSTGRES)
 
@@ -60,6 +63,18 @@ def check_postgres_uri(location: str) -> str:
     if not dbname:
         raise ValueError(f"{location!r} names no database: add /DBNAME at the end.")
     return dbname
+
+
+def postgres_conninfo(location: str) -> dict[str, str]:
+    """Return the connection parameters libpq reads from `location` (query string included).
+
+    Raise ValueError naming the problem when libpq cannot parse it.
+    """
+    try:
+        params = conninfo_to_dict(location.strip())
+    except PsycopgError as error:
+        raise ValueError(f"{location!r} is not a libpq URI libpq can read: {error}") from None
+    return {key: str(value) for key, value in params.items() if value is not None}
 
 
 def check_location(kind: str, location: str, *, must_exist: bool = True) -> None:

@@ -36,6 +36,8 @@ def cluster(tmp_path, monkeypatch):
 
 
 def request_for(backup, target, **options):
+    # The archives here are made from local folders standing for pod prod/api-0's data.
+    options.setdefault("source_location", "prod/api-0/app:/var/data")
     return RestoreRequest(
         archive=backup.archive,
         manifest=backup.manifest,

@@ -20,9 +20,11 @@ back after a crash at any point. Journals live in the workers' private state fol
 journal decides what is moved and deleted.
 
 The modules, in the order a restore meets them: `request` (what to restore, and the
-checks on a target), `run` (the state one restore shares between its steps), `reader`
-(decompressing and hashing the archive), `member_filter` and `contents` (each member
-against the safety policy, the selection and the manifest), `extract`, `splitter`,
+checks on a target), `places` (where a restore may write: restore roots, refused
+places, PostgreSQL servers and pod namespaces), `run` (the state one restore shares
+between its steps), `reader` (decompressing and hashing the archive), `member_filter`
+and `contents` (each member against the safety policy, the selection and the
+manifest), `extract`, `splitter`,
 `direct_files` and `children` (writing through tar), `staging`, `journal`, `recovery` and
 `files` (staging beside the target, and putting it back after a crash), then one module
 per kind of target: `directory` (with `paths_in_place` and `hardlink_helpers`), `sqlite`

@@ -150,6 +150,7 @@ class RestoreRun:
                 meter=filter_.meter,
                 tick=self.tick,
                 staging=staging,
+                keep_owners=self.request.keeps_owners,
             )
         except BaseException:
             if sink is not None:
@@ -193,7 +194,7 @@ class RestoreRun:
         expected = self.expected()
         filter_ = self.member_filter(f"restoring {self.archive.name}", selection, helpers)
         sink = ProcessSink(
-            tar_extract_argv(staging),
+            tar_extract_argv(staging, keep_owners=self.request.keeps_owners),
             what=f"tar extracting into {staging}",
             deadline=self.deadline,
             env=tar_env(),

@@ -38,8 +38,9 @@ def _single_file(run: RestoreRun) -> str:
 def restore_sqlite(run: RestoreRun) -> str:
     """Restore a database file, checked with PRAGMA integrity_check first; return its path."""
     request = run.request
-    check_target(request)
-    target = Path(request.target)
+    check_target(request, run.manifest)
+    # The place checked is the real one: a symlink is followed here as it was there.
+    target = Path(os.path.realpath(request.target))
     if not target.parent.exists():
         target.parent.mkdir(parents=True)
     run.recover(target)
