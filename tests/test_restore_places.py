@@ -146,8 +146,18 @@ def test_the_archive_storage_is_refused_even_inside_the_roots(
 
     inside = refused(review(client, backup, str(settings.ARCHIVE_ROOT / "files-copy")))
     assert "is inside the archive storage" in inside
+
+
+def test_a_folder_around_the_archive_storage_is_refused(
+    client, operator, source, settings, tmp_path
+):
+    settings.RESTORE_ROOTS = [tmp_path]
     around = tmp_path / "wrapper"
     settings.ARCHIVE_ROOT = around / "archives"
+    settings.ARCHIVE_ROOT.mkdir(parents=True)
+    backup = backup_of(source)
+    client.force_login(operator)
+
     assert "contains the archive storage" in refused(review(client, backup, str(around)))
 
 
