@@ -296,6 +296,8 @@ class Run(models.Model):
     verified_at = models.DateTimeField(null=True, blank=True)
 
     objects = RunQuerySet.as_manager()
+    # Not stored: set by verify_request when it returns a verification already under way.
+    already_active = False
 
     class Meta:
         ordering = ["-queued_at", "-id"]
@@ -328,6 +330,13 @@ class Run(models.Model):
                 fields=["source"],
                 condition=Q(exclusive=True, status__in=["queued", "running"]),
                 name="one_exclusive_run_per_source",
+            ),
+            # A backup is verified (and drilled) once at a time: a second request while one
+            # is queued or running gets that one back instead of a duplicate.
+            models.UniqueConstraint(
+                fields=["backup", "drill"],
+                condition=Q(kind="verify", status__in=["queued", "running"]),
+                name="one_active_verify_per_backup",
             ),
             models.CheckConstraint(
                 condition=Q(finished_at__isnull=True)
