@@ -539,3 +539,25 @@ class AuditEvent(models.Model):
         return (
             f"{self.at:%Y-%m-%d %H:%M} {self.actor_name or 'system'} {self.action} {self.outcome}"
         )
+
+
+class WorkerBeat(models.Model):
+    """When a worker last ran a recurring job, the every-minute housekeeping above all.
+
+    /healthz tells from it whether any worker cluster is alive, whatever the broker (ORM
+    or Redis): a row written by the job itself proves a worker took a task and ran it.
+    """
+
+    name = models.CharField(max_length=50, primary_key=True)
+    at = models.DateTimeField()
+    worker = models.CharField(max_length=200, blank=True)
+
+    def __str__(self) -> str:
+        return f"{self.name} at {self.at:%Y-%m-%d %H:%M:%S}"
+
+    @classmethod
+    def beat(cls, name: str, *, worker: str = "", at: dt.datetime | None = None) -> None:
+        """Record that `worker` ran the job `name` now (one row per job, overwritten)."""
+        cls.objects.update_or_create(
+            name=name, defaults={"at": at or timezone.now(), "worker": worker[:200]}
+        )
