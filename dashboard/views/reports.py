@@ -11,7 +11,7 @@ from django.views.decorators.http import require_GET
 
 from backups.models import Source
 from backups.services.compliance import fleet_standing
-from dashboard.views.common import paginate
+from dashboard.views.common import paginate, permission_required_audited
 
 PER_PAGE = 100
 CSV_COLUMNS = [
@@ -43,6 +43,7 @@ def _number(value, digits: int = 1) -> str:
     return "" if value is None else f"{value:.{digits}f}"
 
 
+@permission_required_audited("backups.view_source")
 @require_GET
 def compliance_report(request):
     """List every source's targets, measured values and 30-day record, with a CSV export.
@@ -58,6 +59,7 @@ def compliance_report(request):
     return render(request, "dashboard/compliance_report.html", context)
 
 
+@permission_required_audited("backups.view_source")
 @require_GET
 def compliance_report_csv(request):
     """Return the compliance report as CSV, one row per source, for spreadsheets and audits."""

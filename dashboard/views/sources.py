@@ -104,6 +104,7 @@ def _history_charts(source: Source, now) -> dict:
     }
 
 
+@permission_required_audited("backups.view_source")
 @require_GET
 def source_detail(request, slug):
     """Show one source: is it safe now, how did it get here, what can be done about it."""
