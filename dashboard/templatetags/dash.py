@@ -138,6 +138,17 @@ def _bytes(size: int) -> str:
     return f"{size} bytes"
 
 
+def _moment(mtime, zone) -> datetime | None:
+    """Return a file's modification time as a date, None when no calendar holds it.
+
+    A manifest is read from disk and may say anything: an mtime of 10**12 is year 33658.
+    """
+    try:
+        return datetime.fromtimestamp(mtime, tz=zone)
+    except (OverflowError, OSError, ValueError, TypeError):
+        return None
+
+
 @register.simple_tag
 def entry_rows(rows, can_restore: bool, search: bool = False):
     """Render a folder listing's or a search's table rows.
@@ -178,7 +189,7 @@ def entry_rows(rows, can_restore: bool, search: bool = False):
             name = row.name
         if row.target:
             name = format_html("{} → <code>{}</code>", name, row.target)
-        moment = datetime.fromtimestamp(row.mtime, tz=zone)
+        moment = _moment(row.mtime, zone)
         sha = row.sha256_hex
         parts.append(
             format_html(
@@ -192,8 +203,8 @@ def entry_rows(rows, can_restore: bool, search: bool = False):
                 row.type_label,
                 "" if row.is_dir else _bytes(row.size),
                 octal_mode(row.mode),
-                moment.isoformat(),
-                f"{moment:%Y-%m-%d %H:%M}",
+                moment.isoformat() if moment else "",
+                f"{moment:%Y-%m-%d %H:%M}" if moment else f"{row.mtime} (out of range)",
                 format_html('<code class="hash" title="{}">{}…</code>', sha, sha[:12])
                 if sha
                 else "",

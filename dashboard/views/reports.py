@@ -35,6 +35,26 @@ CSV_COLUMNS = [
 ]
 
 
+# A spreadsheet runs a cell that starts with one of these as a formula: a source named
+# `=HYPERLINK(...)` must come out as text.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_cell(value):
+    """Return `value` as a CSV cell a spreadsheet shows as text, never runs as a formula.
+
+    Numbers stay numbers (a negative one too); any other text that starts like a formula
+    gets a leading apostrophe, which spreadsheets hide.
+    """
+    if not isinstance(value, str) or not value.startswith(FORMULA_STARTS):
+        return value
+    try:
+        float(value)
+    except ValueError:
+        return "'" + value
+    return value
+
+
 def _iso(moment) -> str:
     return moment.isoformat() if moment else ""
 
@@ -70,8 +90,9 @@ def compliance_report_csv(request):
     writer.writerow(CSV_COLUMNS)
     for s in sorted(fleet_standing(now=now), key=lambda s: s.source.name.lower()):
         source = s.source
-        writer.writerow(
-            [
+        row = [
+            csv_cell(cell)
+            for cell in [
                 source.name,
                 source.kind,
                 source.owner,
@@ -90,5 +111,6 @@ def compliance_report_csv(request):
                 _number(s.success_rate_30d, 4),
                 s.missed_30d,
             ]
-        )
+        ]
+        writer.writerow(row)
     return response
