@@ -200,3 +200,17 @@ def test_policy_and_source_added_on_the_command_line_are_audited_with_their_valu
     assert source.detail["changes"]["location"] == [None, str(data_dir)]
     assert source.detail["changes"]["policy"] == [None, "nightly"]
     assert source.source.name == "files"
+
+
+def test_a_password_change_is_audited_without_the_password(client, admin_user, viewer):
+    client.force_login(admin_user)
+    url = reverse("admin:auth_user_password_change", args=[viewer.pk])
+    form = {"password1": "another-long-phrase", "password2": "another-long-phrase"}
+    assert client.post(url, form).status_code == 302
+    event = AuditEvent.objects.get(action="user.password")
+    assert (event.actor, event.object_repr, event.detail) == (admin_user, "victor", {})
+
+
+def test_a_login_records_no_account_change(client, viewer):
+    client.force_login(viewer)
+    assert not AuditEvent.objects.filter(action__in=["user.change", "user.password"]).exists()

@@ -5,6 +5,7 @@ import io
 
 import pytest
 from django.urls import reverse
+from django.utils.html import escape
 
 from backups.audit import audit_record
 from backups.models import AuditEvent
@@ -146,3 +147,14 @@ def test_activity_query_count_does_not_grow_with_the_log(
     # + 1 (a page of events with their sources).
     with django_assert_num_queries(5):
         client.get(reverse("activity"))
+
+
+def test_an_edit_shows_its_old_and_new_values_in_the_activity_log(client, operator):
+    db = make_source("db")
+    changes = {"owner": ["", "team-a"], "excludes": [[], ["*.log"]]}
+    audit_record(actor=operator, action="source.change", outcome="succeeded", obj=db,
+                 detail={"changes": changes})  # fmt: skip
+    client.force_login(operator)
+    response = client.get(reverse("activity"), {"action": "source."})
+    shown = escape('{"owner": ["", "team-a"], "excludes": [[], ["*.log"]]}')
+    assert shown in response.text

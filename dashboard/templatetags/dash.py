@@ -5,6 +5,7 @@ Every status is shown as words with a symbol, never as a colour alone.
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from urllib.parse import quote
 
@@ -109,6 +110,17 @@ def percent(value) -> str:
     if value is None:
         return "—"
     return f"{float(value) * 100:.1f} %"
+
+
+@register.filter
+def audit_value(value) -> str:
+    """Format a value of an audit record's detail: text as it is, the rest as JSON.
+
+    An edit's `changes` read `{"rpo_s": [7200, 10800]}` rather than Python's repr.
+    """
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, ensure_ascii=False, default=str)
 
 
 @register.filter
