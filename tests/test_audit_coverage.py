@@ -138,6 +138,9 @@ def test_backup_verify_and_drill_requests_from_the_dashboard_are_audited(client,
     assert refused.outcome == "failed" and "busy" in refused.detail["error"]
 
 
+# Inline runs close their database connections as workers do: a real transaction, not a
+# test one wrapped around them.
+@pytest.mark.django_db(transaction=True)
 def test_a_command_line_restore_names_the_os_account_and_the_sudo_caller(
     source, tmp_path, monkeypatch
 ):
