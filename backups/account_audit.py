@@ -31,9 +31,10 @@ def _record(action: str, obj, detail: dict) -> None:
 
 
 def _user_before_save(sender, instance, update_fields=None, **kwargs) -> None:
-    # A login saves only last_login: no watched field, no query.
-    read = {*WATCHED, "password"}
-    if instance.pk is None or (update_fields is not None and not read & set(update_fields)):
+    # A login saves only last_login, or only the password when Django re-hashes it with
+    # stronger parameters: neither is a change anyone made, and neither costs a query.
+    # Password changes (the admin's form, `changepassword`) save the whole user.
+    if instance.pk is None or (update_fields is not None and not set(WATCHED) & set(update_fields)):
         instance._audit_before = None
         return
     instance._audit_before = (

@@ -5,6 +5,7 @@ import pwd
 from io import StringIO
 
 import pytest
+from django.contrib.auth.hashers import PBKDF2PasswordHasher
 from django.contrib.auth.models import Group, Permission
 from django.core.management import call_command
 from django.urls import reverse
@@ -13,6 +14,14 @@ from backups.models import AuditEvent, Policy, Run
 from tests.pages_helpers import make_run
 
 pytestmark = pytest.mark.django_db
+
+
+class QuickPBKDF2Hasher(PBKDF2PasswordHasher):
+    """The default hasher, with one iteration: fast tests."""
+
+    algorithm = "quick_pbkdf2"
+    iterations = 1
+
 
 ME = pwd.getpwuid(__import__("os").geteuid()).pw_name
 
@@ -217,3 +226,19 @@ def test_a_password_change_is_audited_without_the_password(client, admin_user, v
 def test_a_login_records_no_account_change(client, viewer):
     client.force_login(viewer)
     assert not AuditEvent.objects.filter(action__in=["user.change", "user.password"]).exists()
+
+
+def test_a_password_rehashed_at_login_is_no_password_change(client, viewer, settings):
+    # Django re-hashes a password whose hasher is outdated when its owner logs in.
+    viewer.set_password("a-long-pass-phrase")
+    viewer.save()
+    AuditEvent.objects.all().delete()
+    settings.PASSWORD_HASHERS = [
+        "tests.test_audit_coverage.QuickPBKDF2Hasher",
+        "django.contrib.auth.hashers.MD5PasswordHasher",
+    ]
+    form = {"username": "victor", "password": "a-long-pass-phrase"}
+    assert client.post(reverse("login"), form).status_code == 302
+    viewer.refresh_from_db()
+    assert viewer.password.startswith("quick_pbkdf2$")
+    assert not AuditEvent.objects.filter(action="user.password").exists()
