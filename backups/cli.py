@@ -16,6 +16,8 @@ from django.core.management.base import (
 )
 from django.db import connections
 
+from backups.audit import CommandLineActor, audit_actor
+
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_BUSY = 0, 1, 2, 3
 _SURROGATE = re.compile(r"[\ud800-\udfff]")
 
@@ -97,8 +99,11 @@ class CliCommand(BaseCommand):
             connections.close_all()
 
     def execute(self, *args, **options):
+        # What a command does is recorded in the audit log under the operating-system
+        # account that ran it (`cli:alice`), not as the system.
         try:
-            return super().execute(*args, **options)
+            with audit_actor(CommandLineActor.current()):
+                return super().execute(*args, **options)
         except ValidationError as error:
             raise usage_error(validation_message(error)) from None
 

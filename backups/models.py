@@ -310,6 +310,8 @@ class Run(models.Model):
     verified_at = models.DateTimeField(null=True, blank=True)
 
     objects = RunQuerySet.as_manager()
+    # Not stored: set by verify_request when it returns a verification already under way.
+    already_active = False
 
     class Meta:
         ordering = ["-queued_at", "-id"]
@@ -342,6 +344,13 @@ class Run(models.Model):
                 fields=["source"],
                 condition=Q(exclusive=True, status__in=["queued", "running"]),
                 name="one_exclusive_run_per_source",
+            ),
+            # A backup is verified (and drilled) once at a time: a second request while one
+            # is queued or running gets that one back instead of a duplicate.
+            models.UniqueConstraint(
+                fields=["backup", "drill"],
+                condition=Q(kind="verify", status__in=["queued", "running"]),
+                name="one_active_verify_per_backup",
             ),
             models.CheckConstraint(
                 condition=Q(finished_at__isnull=True)
@@ -585,4 +594,26 @@ class AuditEvent(models.Model):
     def __str__(self) -> str:
         return (
             f"{self.at:%Y-%m-%d %H:%M} {self.actor_name or 'system'} {self.action} {self.outcome}"
+        )
+
+
+class WorkerBeat(models.Model):
+    """When a worker last ran a recurring job, the every-minute housekeeping above all.
+
+    /healthz tells from it whether any worker cluster is alive, whatever the broker (ORM
+    or Redis): a row written by the job itself proves a worker took a task and ran it.
+    """
+
+    name = models.CharField(max_length=50, primary_key=True)
+    at = models.DateTimeField()
+    worker = models.CharField(max_length=200, blank=True)
+
+    def __str__(self) -> str:
+        return f"{self.name} at {self.at:%Y-%m-%d %H:%M:%S}"
+
+    @classmethod
+    def beat(cls, name: str, *, worker: str = "", at: dt.datetime | None = None) -> None:
+        """Record that `worker` ran the job `name` now (one row per job, overwritten)."""
+        cls.objects.update_or_create(
+            name=name, defaults={"at": at or timezone.now(), "worker": worker[:200]}
         )

@@ -43,16 +43,24 @@ def admin_user(django_user_model):
 
 @pytest.fixture
 def operator(django_user_model):
-    """Staff who may restore."""
-    return _user(
-        django_user_model, "olivia", staff=True, perms=["run_restore", "add_run", "view_run"]
-    )
+    """Staff with the operators' role: may back up, restore and read the audit log."""
+    from backups.management.commands.bootstrap import ROLES
+
+    return _user(django_user_model, "olivia", staff=True, perms=ROLES["operators"])
 
 
 @pytest.fixture
 def viewer(django_user_model):
-    """Staff who see everything and may restore nothing."""
-    return _user(django_user_model, "victor", staff=True, perms=["view_run"])
+    """Staff with the viewers' role: see sources, runs and reports; change nothing."""
+    from backups.management.commands.bootstrap import ROLES
+
+    return _user(django_user_model, "victor", staff=True, perms=ROLES["viewers"])
+
+
+@pytest.fixture
+def nobody(django_user_model):
+    """A signed-in account in no group, with no permission: sees nothing."""
+    return _user(django_user_model, "nadia")
 
 
 @pytest.fixture

@@ -105,3 +105,29 @@ def test_a_bad_restore_allow_list_is_refused_with_its_name(name, value):
     result = _manage("check", **{name: value})
     assert result.returncode != 0
     assert name in result.stderr and value in result.stderr
+
+
+SHOW = (
+    "from django.conf import settings as s; "
+    "print(s.AXES_FAILURE_LIMIT, int(s.AXES_COOLOFF_TIME.total_seconds()), "
+    "s.TRUSTED_PROXY_COUNT, s.METRICS_PUBLIC)"
+)
+
+
+def test_login_throttling_and_metrics_are_closed_by_default_in_production():
+    result = _manage("shell", "-c", SHOW, **PRODUCTION)
+    assert result.stdout.splitlines()[-1].split() == ["5", "900", "0", "False"], result.stderr
+
+
+def test_login_throttling_and_metrics_follow_the_environment():
+    env = {
+        **PRODUCTION,
+        "LOGIN_FAILURE_LIMIT": "3",
+        "LOGIN_COOLOFF_S": "60",
+        "TRUSTED_PROXY_COUNT": "2",
+        "METRICS_PUBLIC": "1",
+    }
+    result = _manage("shell", "-c", SHOW, **env)
+    assert result.stdout.splitlines()[-1].split() == ["3", "60", "2", "True"], result.stderr
+    result = _manage("check", **{**PRODUCTION, "LOGIN_FAILURE_LIMIT": "0"})
+    assert result.returncode != 0 and "LOGIN_FAILURE_LIMIT" in result.stderr

@@ -12,7 +12,6 @@ wrong. Only cancellation (errors.Cancelled) propagates.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import operator
 import os
@@ -46,8 +45,8 @@ from .restore import (
     run_restore,
     scan_archive,
     sidecar_path,
-    sqlite_uri,
 )
+from .restore.sqlite_files import QueryRefused, sqlite_read_query
 from .tarstream import Member, TarScanner
 
 CHECKSUM, CONTENTS, DATABASE, DRILL = "checksum", "contents", "database", "drill"
@@ -63,6 +62,8 @@ _OPERATORS = {
     "<=": operator.le,
 }
 _LISTED = 5
+# How long one check query may run before it is stopped.
+QUERY_TIME_S = 60.0
 
 
 def _result(name: str, ok: bool, detail: str, **extra) -> dict:
@@ -76,15 +77,17 @@ def verify_archive(
     kind: str,
     checks: Sequence[str] = (CHECKSUM, CONTENTS),
     sqlite_queries: Sequence[dict] = (),
+    query_time_s: float = QUERY_TIME_S,
     hooks: Hooks,
     catalog_sha256: str | None = None,
 ) -> list[dict]:
     """Run the named checks on an archive; return one result per check, failures included.
 
-    `sqlite_queries` are `{"sql": ..., "expect": "> 0"}` items for the `database` check.
-    `catalog_sha256`, when set, is the sha256 recorded apart from the files (the
-    catalog): the checksum check fails when the archive, its manifest and its checksum
-    file agree with each other but not with it.
+    `sqlite_queries` are `{"sql": ..., "expect": "> 0"}` items for the `database` check;
+    each may only read, and is stopped after `query_time_s`. `catalog_sha256`, when set,
+    is the sha256 recorded apart from the files (the catalog): the checksum check fails
+    when the archive, its manifest and its checksum file agree with each other but not
+    with it.
     """
     archive, manifest = Path(archive), Path(manifest)
     try:
@@ -100,7 +103,9 @@ def verify_archive(
                 results.append(_contents(archive, loaded, kind, hooks))
             elif name == DATABASE:
                 results.append(
-                    _database(archive, manifest, kind, sqlite_queries, hooks, catalog_sha256)
+                    _database(
+                        archive, manifest, kind, sqlite_queries, query_time_s, hooks, catalog_sha256
+                    )
                 )
             else:
                 results.append(
@@ -320,6 +325,7 @@ def _database(
     manifest: Path,
     kind: str,
     queries: Sequence[dict],
+    time_limit_s: float,
     hooks: Hooks,
     catalog: str | None = None,
 ) -> dict:
@@ -345,7 +351,7 @@ def _database(
             raise
         except EngineError as error:
             return _result(DATABASE, False, f"The snapshot cannot be checked: {error}")
-        outcomes = [_run_query(target, query) for query in queries]
+        outcomes = [_run_query(target, query, time_limit_s) for query in queries]
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     ok = all(outcome["ok"] for outcome in outcomes)
@@ -353,7 +359,7 @@ def _database(
     return _result(DATABASE, ok, "; ".join(details) + ".", queries=outcomes)
 
 
-def _run_query(database: Path, query: dict) -> dict:
+def _run_query(database: Path, query: dict, time_limit_s: float) -> dict:
     """Run one check query read-only; compare its first value with `expect`."""
     sql = str(query.get("sql", "")).strip()
     expect = str(query.get("expect", "")).strip()
@@ -366,8 +372,10 @@ def _run_query(database: Path, query: dict) -> dict:
         )
         return outcome
     try:
-        with contextlib.closing(sqlite3.connect(sqlite_uri(database), uri=True)) as db:
-            row = db.execute(sql).fetchone()
+        row = sqlite_read_query(database, sql, time_limit_s=time_limit_s)
+    except QueryRefused as refused:
+        outcome["detail"] = f"{sql!r} {refused}"
+        return outcome
     except sqlite3.Error as error:
         outcome["detail"] = f"{sql!r} failed: {error}"
         return outcome

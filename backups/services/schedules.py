@@ -22,7 +22,7 @@ from django.utils import timezone
 from django_q.models import Schedule
 
 from backups.engine.durations import next_run
-from backups.models import Run, Source
+from backups.models import Run, Source, WorkerBeat
 
 logger = logging.getLogger(__name__)
 
@@ -324,9 +324,11 @@ def drills_queue_due(*, now: datetime | None = None) -> list[Run]:
 def housekeeping_run(*, now: datetime | None = None) -> dict:
     """Do the periodic chores: reap dead runs, finish interrupted prunes, queue due drills,
     and reconcile the schedules with the catalog. Return what was done."""
-    from backups.services.execution import reap_abandoned
+    from backups.services.execution import reap_abandoned, worker_identity
     from backups.services.prune import prune_recover
 
+    # First, so that /healthz sees the workers alive even when a chore below fails.
+    WorkerBeat.beat(HOUSEKEEPING_NAME, worker=worker_identity())
     reaped = reap_abandoned(now=now)
     recovered = prune_recover()
     drills = drills_queue_due(now=now)

@@ -5,6 +5,7 @@ Every status is shown as words with a symbol, never as a colour alone.
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from urllib.parse import quote
 
@@ -112,6 +113,17 @@ def percent(value) -> str:
 
 
 @register.filter
+def audit_value(value) -> str:
+    """Format a value of an audit record's detail: text as it is, the rest as JSON.
+
+    An edit's `changes` read `{"rpo_s": [7200, 10800]}` rather than Python's repr.
+    """
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, ensure_ascii=False, default=str)
+
+
+@register.filter
 def octal_mode(mode) -> str:
     """Format permission bits the way `ls -l` users read them: `0644`."""
     if mode in (None, ""):
@@ -138,15 +150,16 @@ def _bytes(size: int) -> str:
     return f"{size} bytes"
 
 
-def _modified(mtime: int, zone) -> tuple[str, str]:
+def _modified(mtime, zone) -> tuple[str, str]:
     """Return an mtime as (ISO 8601, shown); a date no calendar holds is shown as a number.
 
-    Manifests are checked for sane dates; a catalog filled before they were may hold any.
+    A manifest is read from disk and may say anything (an mtime of 10**12 is year 33658),
+    and a catalog filled before manifests were checked may hold any value.
     """
     try:
         moment = datetime.fromtimestamp(mtime, tz=zone)
-    except (OverflowError, OSError, ValueError):
-        return "", f"@{mtime}"
+    except (OverflowError, OSError, ValueError, TypeError):
+        return "", f"{mtime} (out of range)"
     return moment.isoformat(), f"{moment:%Y-%m-%d %H:%M}"
 
 

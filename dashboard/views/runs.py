@@ -36,6 +36,7 @@ def _live_context(run: Run) -> dict:
     }
 
 
+@permission_required_audited("backups.view_run")
 @require_GET
 def run_detail(request, pk):
     """Show a run: status, progress, timings, archive and hash, errors, checks, log."""
@@ -54,6 +55,7 @@ def run_detail(request, pk):
     return render(request, "dashboard/run_detail.html", context)
 
 
+@permission_required_audited("backups.view_run")
 @require_GET
 def run_live(request, pk):
     """Return the live part of a run's page; it stops polling once the run has ended."""

@@ -219,7 +219,49 @@ def test_check_queries_cannot_change_the_snapshot(database_backup):
     )
 
     assert not results["database"]["ok"]
-    assert "readonly" in results["database"]["detail"]
+    assert "may only read" in results["database"]["detail"]
+
+
+@pytest.mark.parametrize("sql", ["VACUUM INTO '{file}'", "ATTACH '{file}' AS other"])
+def test_check_queries_cannot_write_a_file_elsewhere(database_backup, tmp_path, sql):
+    planted = tmp_path / "copy.db"
+    queries = [{"sql": sql.format(file=planted), "expect": "= 0"}]
+
+    results = by_name(
+        verify(database_backup, kind="sqlite", checks=["database"], sqlite_queries=queries)
+    )
+
+    assert not results["database"]["ok"]
+    assert "may only read (SELECT), and this one asks for ATTACH" in results["database"]["detail"]
+    assert not planted.exists()
+
+
+def test_a_check_query_that_never_ends_is_stopped_at_its_time_limit(database_backup):
+    endless = "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n) SELECT max(i) FROM n"
+    queries = [{"sql": endless, "expect": "> 0"}]
+
+    results = by_name(
+        verify(
+            database_backup,
+            kind="sqlite",
+            checks=["database"],
+            sqlite_queries=queries,
+            query_time_s=0.2,
+        )
+    )
+
+    assert not results["database"]["ok"]
+    assert "stopped after 0.2 s, its time limit" in results["database"]["detail"]
+
+
+def test_a_check_query_may_read_a_pragma_that_only_reports(database_backup):
+    queries = [{"sql": "PRAGMA user_version", "expect": "= 0"}]
+
+    results = by_name(
+        verify(database_backup, kind="sqlite", checks=["database"], sqlite_queries=queries)
+    )
+
+    assert results["database"]["ok"], results
 
 
 def test_the_database_check_fails_clearly_when_the_archive_is_damaged(database_backup):
