@@ -21,6 +21,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -248,3 +249,61 @@ def s3_env(monkeypatch, tmp_path):
     for name, value in {**isolated_aws_env(tmp_path), **credentials_env()}.items():
         monkeypatch.setenv(name, value)
     return ENV_PREFIX
+
+
+class CuttingProxy:
+    """A loopback TCP proxy to `port` that cuts one connection after `cut_after` bytes.
+
+    The bytes counted are those flowing back from the server: a download broken half-way,
+    as a flaky network or a restarted load balancer breaks it.
+    """
+
+    def __init__(self, port: int, cut_after: int) -> None:
+        self.port = port
+        self.cut_after = cut_after
+        self.cuts = 0
+        self._listener = socket.socket()
+        self._listener.bind(("127.0.0.1", 0))
+        self._listener.listen(16)
+        self._lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @property
+    def endpoint(self) -> str:
+        """Return the proxy's URL."""
+        return f"http://127.0.0.1:{self._listener.getsockname()[1]}"
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.port))
+            threading.Thread(target=self._pump, args=(client, upstream, False), daemon=True).start()
+            threading.Thread(target=self._pump, args=(upstream, client, True), daemon=True).start()
+
+    def _pump(self, source: socket.socket, sink: socket.socket, counted: bool) -> None:
+        sent = 0
+        try:
+            while data := source.recv(1 << 16):
+                if counted:
+                    with self._lock:
+                        cut = self.cuts == 0 and sent + len(data) > self.cut_after
+                        if cut:
+                            self.cuts += 1
+                    if cut:
+                        sink.sendall(data[: self.cut_after - sent])
+                        break
+                sink.sendall(data)
+                sent += len(data)
+        except OSError:
+            pass
+        for sock in (source, sink):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+
+    def close(self) -> None:
+        """Stop accepting connections."""
+        self._listener.close()

@@ -28,6 +28,7 @@ from tests.s3server import (
     READER_KEY,
     READER_SECRET,
     SECRET_KEY,
+    CuttingProxy,
     SeaweedServer,
     credentials_env,
     free_ports,
@@ -232,6 +233,20 @@ def test_the_s3_server_killed_mid_upload_fails_the_write_and_leaves_an_upload_to
         )
     finally:
         server.stop()
+
+
+def test_a_read_broken_half_way_resumes_where_it_stopped(s3_server, s3_env):
+    writer = s3_storage_for(s3_server, s3_env)
+    data = random.Random(5).randbytes(20 * MiB)
+    writer.put_atomic(KEY, data)
+    proxy = CuttingProxy(s3_server.ports["s3"], cut_after=7 * MiB + 12_345)
+    try:
+        reader = s3_storage_for(proxy, s3_env, prefix=writer.prefix, max_attempts=1)
+        with reader.open_read(KEY) as stream:
+            assert read_all(stream) == data
+    finally:
+        proxy.close()
+    assert proxy.cuts == 1
 
 
 def test_check_passes_on_a_working_storage(storage):

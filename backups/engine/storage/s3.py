@@ -276,9 +276,11 @@ class S3Reader(io.RawIOBase):
         self._body = response["Body"]
 
     def readable(self) -> bool:
+        """Return True: this stream is for reading."""
         return True
 
     def readinto(self, buffer) -> int:
+        """Read up to len(buffer) bytes into it; return how many (0 at the end)."""
         if self._body is None:
             return 0
         view = memoryview(buffer).cast("B")
@@ -300,6 +302,7 @@ class S3Reader(io.RawIOBase):
         return count
 
     def close(self) -> None:
+        """Close the response stream."""
         if self._body is not None:
             with contextlib.suppress(Exception):
                 self._body.close()
