@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-pytest_plugins = ["tests.suite_rules"]
+pytest_plugins = ["tests.suite_rules", "tests.s3server"]
 
 
 @pytest.fixture(autouse=True)

@@ -39,3 +39,11 @@ class TargetError(EngineError):
 
 class StateFolderError(EngineError):
     """The workers' private state folder is unsafe: another user may write it, or owns it."""
+
+
+class StorageError(EngineError):
+    """A storage cannot be used: wrong credentials, missing bucket, unreachable endpoint."""
+
+
+class MissingObjectError(StorageError):
+    """An object (an archive, a sidecar, a manifest) is not in its storage."""
