@@ -257,7 +257,8 @@ class Run(models.Model):
     queued_at = models.DateTimeField(default=timezone.now)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
-    # Written with the database's clock, and compared with it: hosts' clocks differ.
+    # A running run's heartbeat is written, and compared, with the database's clock:
+    # hosts' clocks differ.
     heartbeat_at = models.DateTimeField(null=True, blank=True)
     # Who executes the run (host:pid:nonce); publishing checks it to fence out a worker
     # that lost the run while it was paused.

@@ -6,6 +6,11 @@ thread then refreshes the heartbeat and the progress once a second with another
 conditional UPDATE that only matches while this worker still owns the run and nobody asked
 to cancel it: when it stops matching, the engine's next `check()` stops the work, and
 `publish()` re-checks ownership inside the transaction that commits the result.
+
+Heartbeats are stamped with the database's clock, the one the reaper compares them with,
+so hosts whose clocks differ do not reap each other's live runs. The claim also records
+the executing process (host, pid, start time), so the reaper on that host sees at once
+that it died. Whatever goes wrong inside, a run ends with a sentence in its error.
 """
 
 from __future__ import annotations
