@@ -71,6 +71,7 @@ def test_status_shows_a_source_never_backed_up(source, capsys):
     assert line.startswith("files") and "never" in line and "unknown" in line
 
 
+@pytest.mark.django_db(transaction=True)
 def test_a_backup_made_by_a_host_whose_clock_is_ahead_leaves_the_rpo_unknown(
     source, capsys, monkeypatch
 ):

@@ -201,7 +201,8 @@ class World:
         import psycopg
 
         with psycopg.connect(self.database_url, autocommit=True) as db:
-            return db.execute(sql, params).fetchall()
+            cursor = db.execute(sql, params)
+            return cursor.fetchall() if cursor.description else []
 
     def runs(self, source: str, kind: str = "backup") -> list[dict]:
         """Return the runs of `source`, oldest first, as dicts."""
@@ -748,3 +749,29 @@ def test_a_worker_host_shutting_down_cancels_its_run_and_every_process_exits(wor
     assert run["error"].startswith("Cancelled: its worker was shut down (SIGTERM)")
     assert not list(folder.glob("*.tmp"))
     assert _files_of(folder, run_id) == []
+
+
+def test_a_database_restart_in_the_middle_of_a_backup_costs_it_nothing(world):
+    if not world.database_url.startswith("postgres"):
+        pytest.skip("only a database server drops its clients' connections")
+    _shop(world, megabytes=2)
+    folder = world.archives / "shop"
+    worker = world.spawn(
+        [sys.executable, "manage.py", "backup", "shop", "--inline", "--json"],
+        "inline",
+        SLOW_KUBECTL_BPS=300_000,
+    )
+    run_id = world.wait_until(
+        "the backup to start", lambda: world.runs("shop") and world.runs("shop")[0]["id"]
+    )
+    world.wait_until("the backup to be writing", lambda: _writing(world, run_id, folder))
+    # What a restart or a failover does to every session of the database.
+    world.query(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+        "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+    )
+    assert worker.wait(timeout=60) == 0, world.logs()
+    run = world.run(run_id)
+    assert run["status"] == "succeeded", run["log"]
+    count = world.query("SELECT COUNT(*) FROM backups_manifest WHERE run_id = %s", (run_id,))
+    assert count == [(1,)], "the catalog was indexed"

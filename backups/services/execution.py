@@ -108,6 +108,7 @@ class RunHooks(Hooks):
             )
 
     def publish(self, action: Callable[[], None]) -> None:
+        connection_refresh()  # the engine may have outlasted the one opened before it
         with transaction.atomic():
             owned = (
                 Run.objects.select_for_update()

@@ -8,7 +8,7 @@ from django.utils import timezone
 from backups.engine.errors import ArchiveError
 from backups.engine.verify import drill, verify_archive
 from backups.models import Run
-from backups.services.execution import RunHooks
+from backups.services.execution import RunHooks, connection_refresh
 from backups.services.queue import run_enqueue
 
 
@@ -61,6 +61,7 @@ def verify_execute(run: Run, hooks: RunHooks) -> dict:
         if outcome.get("ok"):
             result["restore_seconds"] = outcome.get("duration_s")
     ok = all(check["ok"] for check in checks)
+    connection_refresh()  # the checks may have outlasted the one opened before them
     Run.objects.filter(pk=backup.pk).update(verified=ok, verified_at=timezone.now())
     Run.objects.filter(pk=run.pk).update(checks=checks)
     run.checks = checks
