@@ -775,3 +775,24 @@ def test_a_database_restart_in_the_middle_of_a_backup_costs_it_nothing(world):
     assert run["status"] == "succeeded", run["log"]
     count = world.query("SELECT COUNT(*) FROM backups_manifest WHERE run_id = %s", (run_id,))
     assert count == [(1,)], "the catalog was indexed"
+
+
+def test_an_in_place_restore_killed_outright_does_not_hold_up_the_next_one(world):
+    _shop(world)
+    made = world.manage("backup", "shop", "--inline", "--json")
+    assert made.returncode == 0, made.stderr
+    backup_id = str(json.loads(made.stdout)["id"])
+    restore = [sys.executable, "manage.py", "restore", backup_id, "--in-place", "--yes"]
+    killed = world.spawn([*restore, "--inline"], "killed", FAKE_KUBECTL_STALL=60)
+    first = world.wait_until(
+        "the restore to start",
+        lambda: (r := world.runs("shop", "restore")) and r[0]["status"] == "running" and r[0]["id"],
+    )
+    world.kill(killed)
+
+    again = world.manage(*restore[2:], "--inline", "--json")
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["status"] == "succeeded"
+    gone = world.run(first)
+    assert gone["status"] == "abandoned"
+    assert gone["error"].startswith(f"Its process was gone (pid {killed.pid} on ")
