@@ -173,6 +173,15 @@ class World:
                 os.killpg(process.pid, signal.SIGKILL)
             process.wait()
             process.log.close()
+        # A process killed outright leaves the helpers it started in sessions of their own
+        # (this world's stand-in kubectl) to run on: end them too.
+        kubectl = str(self.root / "bin" / "kubectl").encode()
+        for entry in Path("/proc").iterdir():
+            try:
+                if entry.name.isdigit() and kubectl in (entry / "cmdline").read_bytes():
+                    os.killpg(os.getpgid(int(entry.name)), signal.SIGKILL)
+            except OSError:  # gone meanwhile
+                continue
 
     def logs(self) -> str:
         text = []
