@@ -276,10 +276,11 @@ def test_a_backup_whose_verification_cannot_be_requested_still_succeeds_and_says
 
 
 def test_a_heartbeat_the_database_keeps_refusing_fails_the_run_with_the_reason(
-    stalled_pod, settings
+    stalled_pod, settings, monkeypatch
 ):
     # The reaper would take a run that cannot beat for ABANDON_AFTER_S (10 s here) and
     # say its worker stopped answering; the worker, still there, says why first.
+    monkeypatch.setenv("FAKE_KUBECTL_STALL", "12")
     settings.ABANDON_AFTER_S = 10
     settings.HEARTBEAT_INTERVAL_S = 1
     refused = "OLD.status = 'running' AND NEW.heartbeat_at <> OLD.heartbeat_at"

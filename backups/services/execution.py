@@ -189,9 +189,9 @@ class RunHooks(Hooks):
 
     def _beat_loop(self) -> None:
         interval = min(1.0, settings.HEARTBEAT_INTERVAL_S)
-        # A run silent for ABANDON_AFTER_S is taken by the reaper: past half of that, stop
-        # it with the reason rather than be fenced out later without one.
-        give_up_s = settings.ABANDON_AFTER_S / 2
+        # A run silent for ABANDON_AFTER_S is taken by the reaper: past three quarters of
+        # that, stop it with the reason rather than be fenced out later without one.
+        give_up_s = settings.ABANDON_AFTER_S * 3 / 4
         last_beat = time.monotonic()
         try:
             while not self._stop.wait(interval):
