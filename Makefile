@@ -3,10 +3,15 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
+# Installs what a target needs from the system's packages, or says what to install.
+SYSTEM := PYTHON=$(PYTHON) scripts/ensure-system
 
-.PHONY: run test lint bench clean
+.PHONY: run test lint bench clean system-run system-test system-bench
 
-$(VENV)/.installed: pyproject.toml
+system-run system-test system-bench: system-%:
+	@$(SYSTEM) $*
+
+$(VENV)/.installed: pyproject.toml | system-run
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python >= 3.11 is required")'
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
@@ -17,7 +22,7 @@ $(VENV)/.installed-test: $(VENV)/.installed pyproject.toml
 	$(PIP) install --quiet -e ".[test]"
 	@touch $@
 
-run: $(VENV)/.installed
+run: system-run $(VENV)/.installed
 	$(PY) manage.py migrate --noinput
 	$(PY) manage.py bootstrap
 	$(PY) manage.py serve
@@ -27,10 +32,10 @@ lint: $(VENV)/.installed-test
 	$(VENV)/bin/ruff format --check .
 	$(PY) manage.py makemigrations --check --dry-run
 
-test: lint
+test: system-test lint
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
-bench: $(VENV)/.installed-test
+bench: system-bench $(VENV)/.installed-test
 	$(PY) -m bench $(BENCH_ARGS)
 
 clean:

@@ -4,19 +4,28 @@ from __future__ import annotations
 
 from django.contrib import admin
 
-from backups.audit import audit_record
+from backups.audit import audit_record, field_changes, field_values
 from backups.models import AuditEvent, Manifest, Policy, Run, Source
 from backups.services.schedules import schedule_sync, schedule_sync_all, schedule_sync_policy
 
 
 class AuditedAdmin(admin.ModelAdmin):
-    """Record every change made through the admin in the audit log."""
+    """Record every change made through the admin in the audit log, old and new values."""
 
     def save_model(self, request, obj, form, change):
+        before = None
+        if change:
+            stored = type(obj)._default_manager.filter(pk=obj.pk).first()
+            before = field_values(stored) if stored is not None else None
         super().save_model(request, obj, form, change)
         action = f"{obj._meta.model_name}.{'change' if change else 'create'}"
-        detail = {"fields": sorted(form.changed_data)} if change else {}
-        audit_record(actor=request.user, action=action, outcome="succeeded", obj=obj, detail=detail)
+        audit_record(
+            actor=request.user,
+            action=action,
+            outcome="succeeded",
+            obj=obj,
+            detail={"changes": field_changes(before, field_values(obj))},
+        )
 
     def delete_model(self, request, obj):
         audit_record(
@@ -119,6 +128,19 @@ class RunAdmin(admin.ModelAdmin):
     readonly_fields = [
         field.name for field in Run._meta.concrete_fields if field.name not in ("keep",)
     ]
+
+    def save_model(self, request, obj, form, change):
+        super().save_model(request, obj, form, change)
+        if "keep" in form.changed_data:
+            # A pinned backup outlives every retention rule; unpinning lets prune remove it.
+            audit_record(
+                actor=request.user,
+                action="backup.pin" if obj.keep else "backup.unpin",
+                outcome="succeeded",
+                obj=obj,
+                source=obj.source,
+                detail={"keep": obj.keep},
+            )
 
     def has_add_permission(self, request):
         return False

@@ -20,6 +20,7 @@ class BackupsConfig(AppConfig):
         from django_q.signals import post_spawn
 
         # Registers the queue-safety checks that `qcluster` and `migrate` run at start-up.
-        from backups import checks  # noqa: F401
+        from backups import account_audit, checks  # noqa: F401
 
+        account_audit.connect()
         post_spawn.connect(_reap_on_worker_start, dispatch_uid="backups-reap-on-spawn")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 from typing import Any
 
@@ -15,7 +16,10 @@ from django.core.management.base import (
 )
 from django.db import connections
 
+from backups.audit import CommandLineActor, audit_actor
+
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_BUSY = 0, 1, 2, 3
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
 
 
 def usage_error(message: str) -> CommandError:
@@ -71,6 +75,11 @@ class CliCommand(BaseCommand):
         # Django's version prefixes errors with the exception's class name; users and
         # scripts get a plain `error: …` line and the contract's exit code instead.
         self._called_from_command_line = True
+        # A file name need not be UTF-8: Python hands its bad bytes over as surrogate
+        # escapes, and the terminal gets those bytes back as they are, not a traceback.
+        for stream in (sys.stdout, sys.stderr):
+            if hasattr(stream, "reconfigure"):
+                stream.reconfigure(errors="surrogateescape")
         parser = self.create_parser(argv[0], argv[1])
         options = parser.parse_args(argv[2:])
         cmd_options = vars(options)
@@ -90,11 +99,20 @@ class CliCommand(BaseCommand):
             connections.close_all()
 
     def execute(self, *args, **options):
+        # What a command does is recorded in the audit log under the operating-system
+        # account that ran it (`cli:alice`), not as the system.
         try:
-            return super().execute(*args, **options)
+            with audit_actor(CommandLineActor.current()):
+                return super().execute(*args, **options)
         except ValidationError as error:
             raise usage_error(validation_message(error)) from None
 
     def print_json(self, data: Any) -> None:
-        """Write one JSON object to stdout."""
-        self.stdout.write(json.dumps(data, indent=2, default=str, ensure_ascii=False))
+        """Write one JSON object to stdout.
+
+        Text is written as UTF-8, except the bytes of a file name that are not UTF-8: they
+        are written as `\\udcXX` escapes, as manifest.json writes them, and decode back to
+        the same name (Python's json module, with os.fsencode).
+        """
+        text = json.dumps(data, indent=2, default=str, ensure_ascii=False)
+        self.stdout.write(_SURROGATE.sub(lambda match: f"\\u{ord(match.group()):04x}", text))

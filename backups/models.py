@@ -7,6 +7,7 @@ commands read it, never the queue's tables.
 from __future__ import annotations
 
 import datetime as dt
+import os
 from pathlib import Path
 
 from django.conf import settings
@@ -19,7 +20,9 @@ from django.utils import timezone
 from django.utils.text import slugify
 
 from backups.engine import compression as engine_compression
+from backups.engine.errors import ArchiveError
 from backups.engine.locations import KINDS, check_location
+from backups.engine.names import printable
 from backups.engine.processes import ProcessName, process_gone
 from backups.fields import SecondsField
 from backups.validators import validate_cron, validate_excludes
@@ -174,6 +177,14 @@ class Source(models.Model):
                 raise ValidationError({"name": "The name needs at least one letter or digit."})
         if self.kind and self.kind not in KINDS:
             raise ValidationError({"kind": f"Unknown kind {self.kind!r}."})
+        if self.location and printable(self.location) != self.location:
+            # The catalog's text columns cannot hold such bytes: refuse now, with a reason.
+            raise ValidationError(
+                {
+                    "location": f"{printable(self.location)} is not valid UTF-8 (the \\xNN "
+                    "are its other bytes); back up a folder above it, or rename it."
+                }
+            )
         if self.kind and self.location:
             try:
                 check_location(self.kind, self.location)
@@ -273,6 +284,9 @@ class Run(models.Model):
     worker_pid_ns = models.CharField(
         max_length=100, blank=True, help_text="The PID namespace: boot id and inode."
     )
+    # When the worker claimed the right to publish (rename an archive into place, swap a
+    # restored folder in, load a dump): from then on a cancel stops it only where safe.
+    publishing_at = models.DateTimeField(null=True, blank=True)
 
     bytes_done = models.BigIntegerField(default=0)
     bytes_total = models.BigIntegerField(null=True, blank=True)
@@ -310,6 +324,8 @@ class Run(models.Model):
     verified_at = models.DateTimeField(null=True, blank=True)
 
     objects = RunQuerySet.as_manager()
+    # Not stored: set by verify_request when it returns a verification already under way.
+    already_active = False
 
     class Meta:
         ordering = ["-queued_at", "-id"]
@@ -343,6 +359,13 @@ class Run(models.Model):
                 condition=Q(exclusive=True, status__in=["queued", "running"]),
                 name="one_exclusive_run_per_source",
             ),
+            # A backup is verified (and drilled) once at a time: a second request while one
+            # is queued or running gets that one back instead of a duplicate.
+            models.UniqueConstraint(
+                fields=["backup", "drill"],
+                condition=Q(kind="verify", status__in=["queued", "running"]),
+                name="one_active_verify_per_backup",
+            ),
             models.CheckConstraint(
                 condition=Q(finished_at__isnull=True)
                 | Q(started_at__isnull=True)
@@ -373,6 +396,33 @@ class Run(models.Model):
     @property
     def archive_path(self) -> Path | None:
         return Path(self.archive) if self.archive else None
+
+    def stored_archive(self) -> Path:
+        """Return the archive's path once it is known to lie directly in its source's folder.
+
+        The catalog can be rebuilt from files on disk, so `archive` is not trusted: a
+        restore, a verification or a prune reads or removes only a regular file (not a
+        symlink) directly inside ARCHIVE_ROOT/<source slug>/, with its sidecar and manifest
+        beside it. Raise ArchiveError, naming the path, for anything else.
+        """
+        folder = Path(os.path.realpath(settings.ARCHIVE_ROOT / self.source.slug))
+        path = Path(self.archive) if self.archive else None
+        inside = (
+            path is not None
+            and self.source.slug not in ("", ".", "..")
+            and "/" not in self.source.slug
+            and path.is_absolute()
+            and "\x00" not in self.archive
+            and Path(os.path.realpath(path)) == folder / path.name
+            and os.path.realpath(path.parent) == str(folder)
+        )
+        if not inside:
+            raise ArchiveError(
+                f"Backup #{self.pk} names the archive {printable(self.archive or '(none)')}, "
+                f"which is not a file directly in its source's folder {folder}: it is neither "
+                "read nor removed. Check the archive folder, then run import_archives."
+            )
+        return path
 
     @property
     def manifest_path(self) -> Path | None:
@@ -417,6 +467,21 @@ class Run(models.Model):
         self.save(update_fields=["heartbeat_at", *progress])
         self.refresh_from_db(fields=["heartbeat_at"])
 
+    def mark_publishing(self) -> bool:
+        """Claim the right to publish the result; return False when it is no longer ours.
+
+        One conditional UPDATE, its own short transaction: it holds only while this copy's
+        worker still owns the run and nobody asked to cancel it. Publishing itself then runs
+        outside any transaction, so the heartbeat, a cancel and every other writer carry on.
+        """
+        now = timezone.now()
+        claimed = Run.objects.filter(
+            pk=self.pk, status=self.Status.RUNNING, worker=self.worker, cancel_requested=False
+        ).update(publishing_at=now)
+        if claimed:
+            self.publishing_at = now
+        return claimed == 1
+
     def _finish(self, status: str, fields: list[str]) -> bool:
         """Save the final state, but only while this copy's worker still owns the run.
 
@@ -442,14 +507,14 @@ class Run(models.Model):
 
     def mark_failed(self, error: str, **result) -> bool:
         """Record a failure with a message a user can act on."""
-        self.error = error
+        self.error = printable(error)
         for name, value in result.items():
             setattr(self, name, value)
         return self._finish(self.Status.FAILED, ["error", *result])
 
     def mark_cancelled(self, reason: str = "Cancelled.", **result) -> bool:
         """Record that the run was stopped on request, with its log and progress so far."""
-        self.error = reason
+        self.error = printable(reason)
         for name, value in result.items():
             setattr(self, name, value)
         return self._finish(self.Status.CANCELLED, ["error", *result])
@@ -457,7 +522,7 @@ class Run(models.Model):
     def append_log(self, line: str) -> None:
         """Add a timestamped line to the bounded log (oldest lines are dropped)."""
         stamp = timezone.now().strftime("%H:%M:%S")
-        text = f"{self.log}{stamp} {line}\n"
+        text = f"{self.log}{stamp} {printable(line)}\n"
         if len(text) > LOG_LIMIT_CHARS:
             text = text[-LOG_LIMIT_CHARS:].split("\n", 1)[-1]
         self.log = text
@@ -562,4 +627,26 @@ class AuditEvent(models.Model):
     def __str__(self) -> str:
         return (
             f"{self.at:%Y-%m-%d %H:%M} {self.actor_name or 'system'} {self.action} {self.outcome}"
+        )
+
+
+class WorkerBeat(models.Model):
+    """When a worker last ran a recurring job, the every-minute housekeeping above all.
+
+    /healthz tells from it whether any worker cluster is alive, whatever the broker (ORM
+    or Redis): a row written by the job itself proves a worker took a task and ran it.
+    """
+
+    name = models.CharField(max_length=50, primary_key=True)
+    at = models.DateTimeField()
+    worker = models.CharField(max_length=200, blank=True)
+
+    def __str__(self) -> str:
+        return f"{self.name} at {self.at:%Y-%m-%d %H:%M:%S}"
+
+    @classmethod
+    def beat(cls, name: str, *, worker: str = "", at: dt.datetime | None = None) -> None:
+        """Record that `worker` ran the job `name` now (one row per job, overwritten)."""
+        cls.objects.update_or_create(
+            name=name, defaults={"at": at or timezone.now(), "worker": worker[:200]}
         )

@@ -6,3 +6,8 @@ from django.apps import AppConfig
 class DashboardConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
     name = "dashboard"
+
+    def ready(self) -> None:
+        from dashboard import logins
+
+        logins.connect()

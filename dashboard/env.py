@@ -7,6 +7,8 @@ production fails at start-up instead of silently falling back to a default.
 from __future__ import annotations
 
 import os
+import re
+from pathlib import Path
 
 from django.core.exceptions import ImproperlyConfigured
 
@@ -53,3 +55,19 @@ def env_list(name: str, default: list[str]) -> list[str]:
     if value is None:
         return default
     return [item.strip() for item in value.split(",") if item.strip()]
+
+
+def env_paths(name: str, default: list[Path], *, base: Path) -> list[Path]:
+    """Return a comma-separated list of folders, a relative one taken from `base`."""
+    if os.environ.get(name) is None:
+        return default
+    return [base / item for item in env_list(name, [])]
+
+
+def env_list_matching(name: str, pattern: str, what: str) -> list[str]:
+    """Return a comma-separated list (empty when unset) whose every item is `what`."""
+    items = env_list(name, [])
+    for item in items:
+        if not re.fullmatch(pattern, item):
+            raise ImproperlyConfigured(f"{name} holds {item!r}, which is not {what}.")
+    return items

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
+from urllib.parse import urlsplit, urlunsplit
 
 from django import forms
+from django.conf import settings
 from django.utils import timezone
 
 from backups.models import Run, Source
@@ -57,17 +59,26 @@ class ActivityFilterForm(forms.Form):
 
 
 def suggested_target(source: Source, backup: Run | None) -> str:
-    """Return a new location beside the source's own, named after the backup."""
+    """Return a new location named after the backup, where a restore may go.
+
+    A folder or database file goes in the first of RESTORE_ROOTS; a pod path beside the
+    source's in the same pod; a PostgreSQL database is a new one on the source's server.
+    """
     suffix = f"restored-{backup.pk}" if backup else "restored"
     location = source.location
-    if source.kind == Source.Kind.DIRECTORY:
-        return f"{location.rstrip('/')}-{suffix}"
-    if source.kind == Source.Kind.SQLITE:
-        stem, ext = os.path.splitext(location)
-        return f"{stem}-{suffix}{ext}"
+    if source.kind in (Source.Kind.DIRECTORY, Source.Kind.SQLITE):
+        if not settings.RESTORE_ROOTS:
+            return ""
+        ext = os.path.splitext(location)[1] if source.kind == Source.Kind.SQLITE else ""
+        return str(Path(settings.RESTORE_ROOTS[0]) / f"{source.slug}-{suffix}{ext}")
     if source.kind == Source.Kind.KUBERNETES and ":" in location:
         pod, path = location.split(":", 1)
         return f"{pod}:{path.rstrip('/')}-{suffix}"
+    if source.kind == Source.Kind.POSTGRES:
+        parts = urlsplit(location)
+        if parts.path.strip("/"):
+            dbname = f"{parts.path.strip('/')}_{suffix.replace('-', '_')}"
+            return urlunsplit(parts._replace(path=f"/{dbname}"))
     return ""
 
 
@@ -88,7 +99,10 @@ class RestoreForm(forms.Form):
         required=False,
         max_length=1000,
         label="New location",
-        help_text="Same form as the source's location; a folder must be new or empty.",
+        help_text=(
+            "Same form as the source's location: a folder or file must be new (or an empty "
+            "folder) inside the restore folders, a database new or empty."
+        ),
     )
     paths = forms.CharField(
         required=False,
@@ -106,6 +120,12 @@ class RestoreForm(forms.Form):
         self.fields["backup"].choices = [(run.pk, _backup_label(run)) for run in backups]
         if source.kind in WHOLE_ONLY:
             del self.fields["paths"]
+        if source.kind == Source.Kind.KUBERNETES:
+            # tar in a pod writes over files of the same name: say so from the start.
+            self.fields["mode"].choices = [
+                ("new", "A new location (files of the same name there are replaced)"),
+                *self.fields["mode"].choices[1:],
+            ]
 
     @property
     def chosen(self) -> Run | None:

@@ -1,9 +1,11 @@
-"""Login for every page, also for the pages' own htmx refreshes."""
+"""Login for every page, also for the pages' own htmx refreshes; the client's address."""
 
 from __future__ import annotations
 
+import ipaddress
 from urllib.parse import urlsplit
 
+from django.conf import settings
 from django.contrib.auth.middleware import LoginRequiredMiddleware as DjangoLoginRequired
 from django.contrib.auth.views import redirect_to_login
 from django_htmx.http import HttpResponseClientRedirect
@@ -27,3 +29,26 @@ class LoginRequiredMiddleware(DjangoLoginRequired):
             back, self.get_login_url(view_func), self.get_redirect_field_name(view_func)
         )
         return HttpResponseClientRedirect(login["Location"])
+
+
+def client_address(request) -> str | None:
+    """Return the address of the client behind TRUSTED_PROXY_COUNT reverse proxies.
+
+    Each proxy appends to X-Forwarded-For the address it received the request from, so
+    only the last TRUSTED_PROXY_COUNT entries were written by proxies we trust: the
+    outermost of them names the client. Entries further left come from the client and are
+    ignored. Without trusted proxies, or when the header is shorter than the chain (a
+    request that bypassed a proxy), the connection's own address is the answer.
+    """
+    remote = request.META.get("REMOTE_ADDR") or None
+    count = settings.TRUSTED_PROXY_COUNT
+    if not count:
+        return remote
+    header = request.META.get("HTTP_X_FORWARDED_FOR", "")
+    hops = [hop.strip() for hop in header.split(",") if hop.strip()]
+    if len(hops) < count:
+        return remote
+    try:
+        return str(ipaddress.ip_address(hops[-count]))
+    except ValueError:
+        return remote

@@ -5,12 +5,13 @@ With DEBUG off the settings are production-safe and refuse to start without a re
 SECRET_KEY and ALLOWED_HOSTS.
 """
 
+from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
-from dashboard.env import env_bool, env_int, env_list, env_str
+from dashboard.env import env_bool, env_int, env_list, env_list_matching, env_paths, env_str
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = BASE_DIR / "var"
@@ -38,6 +39,7 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "django.contrib.humanize",
     "django_htmx",
+    "axes",
     # Before django_q: its `qcluster` command is replaced by ours (backups/workers.py).
     "backups",
     "django_q",
@@ -55,6 +57,9 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
+    "backups.audit.AuditActorMiddleware",
+    # Last, as django-axes asks: it turns a refused login into the lockout page.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "dashboard.urls"
@@ -97,6 +102,10 @@ if _database["ENGINE"] == "django.db.backends.sqlite3":
         "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
     }
 DATABASES = {"default": _database}
+# The dashboard's own SQLite file (None on PostgreSQL): no restore may write over it.
+DATABASE_FILE = (
+    Path(_database["NAME"]) if _database["ENGINE"] == "django.db.backends.sqlite3" else None
+)
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 AUTH_PASSWORD_VALIDATORS = [
@@ -105,6 +114,27 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
+# django-axes counts failed logins (the dashboard's and the admin's) per user name and
+# client address, and refuses that pair for a cool-off period once it reaches the limit.
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_FAILURE_LIMIT = env_int("LOGIN_FAILURE_LIMIT", 5, minimum=1)
+AXES_COOLOFF_TIME = timedelta(seconds=env_int("LOGIN_COOLOFF_S", 15 * 60, minimum=1))
+# Per user name and address together: a wrong password typed from elsewhere cannot lock a
+# colleague out, and one address cannot go on guessing one account.
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_LOCKOUT_TEMPLATE = "registration/locked_out.html"
+# No start-up banner: every command's output stays its own (one error line, JSON).
+AXES_VERBOSE = False
+# Behind reverse proxies the connection comes from the last proxy; the client is then the
+# address the outermost of TRUSTED_PROXY_COUNT proxies saw (X-Forwarded-For, from the
+# right). 0: the connection's own address, and X-Forwarded-For is ignored (it is forgeable).
+TRUSTED_PROXY_COUNT = env_int("TRUSTED_PROXY_COUNT", 0, minimum=0)
+AXES_CLIENT_IP_CALLABLE = "dashboard.middleware.client_address"
+
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "overview"
 LOGOUT_REDIRECT_URL = "login"
@@ -132,12 +162,37 @@ STORAGES = {
 ARCHIVE_ROOT = Path(env_str("ARCHIVE_ROOT") or VAR_DIR / "archives")
 if not ARCHIVE_ROOT.is_absolute():
     ARCHIVE_ROOT = BASE_DIR / ARCHIVE_ROOT
+# The workers' private folder (created mode 0700, refused if others may write it) where a
+# restore keeps the journal that undoes it after a crash. Local to each worker host.
+STATE_DIR = Path(env_str("STATE_DIR") or VAR_DIR / "state")
+if not STATE_DIR.is_absolute():
+    STATE_DIR = BASE_DIR / STATE_DIR
+# Folders a restore to a new location asked for in the dashboard must stay inside. The
+# command line (a shell on the host) may restore elsewhere; nothing restores into, over or
+# around ARCHIVE_ROOT, the dashboard's database or another source's location.
+RESTORE_ROOTS = env_paths("RESTORE_ROOTS", [VAR_DIR / "restores"], base=BASE_DIR)
+# PostgreSQL servers (HOST or HOST:PORT) and Kubernetes namespaces a restore to a new
+# location may go to besides the source's own.
+RESTORE_POSTGRES_HOSTS = env_list_matching(
+    "RESTORE_POSTGRES_HOSTS",
+    r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+|/[^,:]*)(:[0-9]{1,5})?",
+    "HOST, HOST:PORT or [IPV6]:PORT",
+)
+RESTORE_POD_NAMESPACES = env_list_matching(
+    "RESTORE_POD_NAMESPACES",
+    r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?",
+    "a Kubernetes namespace name",
+)
 METRICS_TOKEN = env_str("METRICS_TOKEN") or None
+# Without a token, /metrics answers only in development or when explicitly opened.
+METRICS_PUBLIC = env_bool("METRICS_PUBLIC", default=DEBUG)
 # Retention buckets (hourly, daily, ...) are computed in this zone.
 RETENTION_TIME_ZONE = env_str("RETENTION_TIME_ZONE", TIME_ZONE)
 # A running run whose heartbeat is older than this is declared abandoned.
 HEARTBEAT_INTERVAL_S = env_int("HEARTBEAT_INTERVAL_S", 5, minimum=1)
 ABANDON_AFTER_S = env_int("ABANDON_AFTER_S", 120, minimum=10)
+# A policy's SQLite check query is stopped after this long (it may only read, too).
+CHECK_QUERY_TIMEOUT_S = env_int("CHECK_QUERY_TIMEOUT_S", 60, minimum=1)
 # Free space kept in reserve beyond the last archive's size before a backup starts.
 DISK_RESERVE_BYTES = env_int("DISK_RESERVE_BYTES", 64 * 1024 * 1024, minimum=0)
 

@@ -1,4 +1,4 @@
-"""Shared fixtures: named users for the permission matrix, an isolated ARCHIVE_ROOT."""
+"""Shared fixtures: named users for the permission matrix, isolated ARCHIVE_ROOT and STATE_DIR."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ import os
 from pathlib import Path
 
 import pytest
+
+pytest_plugins = ["tests.suite_rules"]
 
 FAKE_KUBECTL = Path(__file__).resolve().parent / "engine" / "fake_kubectl"
 
@@ -16,10 +18,13 @@ def _fast_and_isolated(request, tmp_path):
     if not request.config.pluginmanager.hasplugin("django"):
         return
     settings = request.getfixturevalue("settings")
-    # MD5 keeps logins fast; every test writes archives under its own folder.
+    # MD5 keeps logins fast; every test writes archives under its own folder, and may
+    # restore anywhere in its own folder (tests of the restore roots narrow them).
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
     settings.ARCHIVE_ROOT = tmp_path / "archives"
     settings.ARCHIVE_ROOT.mkdir()
+    settings.STATE_DIR = tmp_path / "state"
+    settings.RESTORE_ROOTS = [tmp_path]
 
 
 def _user(django_user_model, username, *, staff=False, superuser=False, perms=()):
@@ -43,16 +48,24 @@ def admin_user(django_user_model):
 
 @pytest.fixture
 def operator(django_user_model):
-    """Staff who may restore."""
-    return _user(
-        django_user_model, "olivia", staff=True, perms=["run_restore", "add_run", "view_run"]
-    )
+    """Staff with the operators' role: may back up, restore and read the audit log."""
+    from backups.management.commands.bootstrap import ROLES
+
+    return _user(django_user_model, "olivia", staff=True, perms=ROLES["operators"])
 
 
 @pytest.fixture
 def viewer(django_user_model):
-    """Staff who see everything and may restore nothing."""
-    return _user(django_user_model, "victor", staff=True, perms=["view_run"])
+    """Staff with the viewers' role: see sources, runs and reports; change nothing."""
+    from backups.management.commands.bootstrap import ROLES
+
+    return _user(django_user_model, "victor", staff=True, perms=ROLES["viewers"])
+
+
+@pytest.fixture
+def nobody(django_user_model):
+    """A signed-in account in no group, with no permission: sees nothing."""
+    return _user(django_user_model, "nadia")
 
 
 @pytest.fixture

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 from datetime import timedelta
 
+from django.conf import settings
 from django.utils import timezone
 
 from backups.models import Manifest, ManifestDir, ManifestEntry, Policy, Run, Source
@@ -51,7 +52,8 @@ def make_run(source: Source, *, kind="backup", status="succeeded", ago_s=3600, t
     if kind == "backup" and status in Run.GOOD:
         _counter["n"] += 1
         values.update(
-            archive=f"/var/archives/{source.slug}/{_counter['n']}.tar.zst",
+            # In the source's folder, where restores, verifications and prunes look.
+            archive=str(settings.ARCHIVE_ROOT / source.slug / f"{_counter['n']}.tar.zst"),
             size=1000 + _counter["n"],
             sha256=hashlib.sha256(str(_counter["n"]).encode()).hexdigest(),
             payload_bytes=5000,

@@ -51,3 +51,18 @@ def test_the_run_page_offers_cancel_to_operators_only(client, source, operator, 
     assert response.status_code == 302
     run.refresh_from_db()
     assert run.status == Run.Status.CANCELLED
+
+
+def test_cancelling_a_run_that_is_publishing_says_it_may_be_too_late(
+    client, source, operator, capsys
+):
+    run = run_claim(Run.objects.create(source=source).pk, "host:1:a")
+    assert run.mark_publishing() is True
+
+    call_command("cancel", str(run.pk))
+    out = capsys.readouterr().out
+    assert "already publishing its result" in out and "otherwise it finishes" in out
+
+    client.force_login(operator)
+    response = client.post(reverse("run-cancel", args=[run.pk]), follow=True)
+    assert "already publishing its result" in response.text

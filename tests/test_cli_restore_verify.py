@@ -1,6 +1,7 @@
 """`restore` and `verify` end to end: verified restores, refusals, audit, drills."""
 
 import json
+import subprocess
 from io import StringIO
 
 import pytest
@@ -49,7 +50,8 @@ def test_restore_to_a_new_folder_reproduces_the_tree_and_is_audited(backup, data
     assert run["status"] == "succeeded" and run["backup"] == backup.pk
     assert run["target"] == str(target)
     assert tree(target) == tree(data_dir)
-    actions = list(AuditEvent.objects.order_by("pk").values_list("action", "outcome"))
+    restores = AuditEvent.objects.filter(action__startswith="restore.").order_by("pk")
+    actions = list(restores.values_list("action", "outcome"))
     assert actions == [("restore.request", "requested"), ("restore.finish", "succeeded")]
 
 
@@ -62,7 +64,7 @@ def test_restore_refuses_a_non_empty_target_and_leaves_it_untouched(backup, tmp_
     assert caught.value.returncode == 2
     assert tree(target) == {"keep.txt": b"mine"}
     assert not Run.objects.filter(kind="restore").exists()
-    assert AuditEvent.objects.get().outcome == "failed"
+    assert AuditEvent.objects.get(action__startswith="restore.").outcome == "failed"
 
 
 def test_in_place_restore_needs_yes(backup):
@@ -126,6 +128,66 @@ def test_a_drill_restores_to_scratch_and_records_its_duration(backup, settings):
     assert stored.restore_seconds is not None and stored.restore_seconds >= 0
     scratch = settings.ARCHIVE_ROOT / ".drills"
     assert not scratch.exists() or not any(scratch.iterdir())
+
+
+def swap_in(older: Run, newer: Run) -> None:
+    """Copy `newer`'s archive, sidecar and manifest over `older`'s, names made to fit."""
+    archive, name = older.archive_path, older.archive_path.name
+    archive.write_bytes(newer.archive_path.read_bytes())
+    sidecar = newer.archive_path.with_name(newer.archive_path.name + ".sha256").read_text()
+    archive.with_name(name + ".sha256").write_text(sidecar.replace(newer.archive_path.name, name))
+    manifest = json.loads(newer.manifest_path.read_text())
+    manifest["archive"]["name"] = name
+    manifest["run"] = older.pk
+    manifest["started_at"] = older.started_at.isoformat()
+    older.manifest_path.write_text(json.dumps(manifest))
+
+
+def test_a_backup_whose_three_files_were_swapped_for_anothers_fails_verify_and_restore(
+    source, data_dir, tmp_path
+):
+    first = Run.objects.get(pk=call_json("backup", source.name, "--inline")["id"])
+    (data_dir / "a.txt").write_text("changed after the first backup\n")
+    second = Run.objects.get(pk=call_json("backup", source.name, "--inline")["id"])
+    swap_in(first, second)
+    # Beside each other, the files agree: only the catalog knows they are not #1's.
+    assert (
+        subprocess.run(
+            ["sha256sum", "-c", first.archive_path.name + ".sha256"], cwd=first.archive_path.parent
+        ).returncode
+        == 0
+    )
+    sentence = (
+        f"its checksum file say sha256 {second.sha256}, but the catalog recorded "
+        f"{first.sha256} when this backup was written: the files on disk are not the ones "
+        "this backup wrote"
+    )
+    verify = call_json("verify", str(first.pk), "--inline", expect=1)
+    assert verify["status"] == "failed"
+    checksum = next(check for check in verify["checks"] if check["name"] == "checksum")
+    assert not checksum["ok"] and sentence in checksum["detail"]
+    target = tmp_path / "restored"
+    restore = call_json("restore", str(first.pk), "--to", str(target), "--inline", expect=1)
+    assert restore["status"] == "failed" and sentence in restore["error"]
+    assert not target.exists()
+
+
+def test_a_malformed_manifest_is_refused_by_restore_and_verify_with_a_sentence(backup, tmp_path):
+    # An ISO date where the mtime is a number: the kind of damage a hand edit leaves.
+    path = backup.manifest_path
+    text = path.read_text()
+    mtime = json.loads(text)["entries"][0]["mtime"]
+    path.write_text(text.replace(f'"mtime":{mtime}', '"mtime":"2026-01-01T00:00:00Z"', 1))
+    sentence = f"The manifest {path} is not valid at entries[0].mtime: expected `int | float`"
+    target = tmp_path / "restored"
+    restore = call_json("restore", str(backup.pk), "--to", str(target), "--inline", expect=1)
+    assert restore["status"] == "failed" and sentence in restore["error"]
+    assert not target.exists()
+    with pytest.raises(CommandError) as caught:
+        call_command("restore", str(backup.pk), "--to", str(target), "--path", "sub", "--inline")
+    assert caught.value.returncode == 2 and sentence in str(caught.value)
+    verify = call_json("verify", str(backup.pk), "--inline", expect=1)
+    assert verify["status"] == "failed" and sentence in verify["error"]
 
 
 def test_an_unexpected_failure_is_one_sentence_for_the_user(backup):

@@ -41,7 +41,13 @@ def test_source_add_accepts_each_valid_location_form(tmp_path):
     call_command(
         "source", "add", "pg", "--kind", "postgres", "--location", "postgresql://app@db:5432/app"
     )
-    assert set(Source.objects.values_list("name", flat=True)) == {"db", "pod", "pod2", "pg"}
+    # A password file on the workers is the right place for the password.
+    call_command(
+        "source", "add", "pg2", "--kind", "postgres",
+        "--location", "postgresql://app@db/app?sslmode=require&passfile=/etc/backups/pgpass",
+    )  # fmt: skip
+    names = set(Source.objects.values_list("name", flat=True))
+    assert names == {"db", "pod", "pod2", "pg", "pg2"}
 
 
 @pytest.mark.parametrize(
@@ -57,6 +63,16 @@ def test_source_add_accepts_each_valid_location_form(tmp_path):
         ("kubernetes", "Prod/API:/data", "not a pod location"),
         ("postgres", "mysql://db/app", "not a PostgreSQL URI"),
         ("postgres", "postgresql://app:secret@db/app", "contains a password"),
+        # libpq decodes the key: this is `password=secret`.
+        ("postgres", "postgresql://app@db/app?pass%77ord=secret", "contains a password"),
+        ("postgres", "postgresql://app@db/app?%70assword=secret", "contains a password"),
+        ("postgres", "postgresql://app:@db/app", "contains a password"),
+        (
+            "postgres",
+            "postgresql://db/app?dbname=host%3Ddb%20password%3Dsecret",
+            "contains a password",
+        ),
+        ("postgres", "postgresql://app@db/app?%ZZ=1", "cannot be read"),
         ("postgres", "postgresql://app@db", "names no database"),
     ],
 )

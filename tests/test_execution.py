@@ -12,6 +12,7 @@ from backups.services.execution import (
     RunHooks,
     reap_abandoned,
     remove_dead_temps,
+    run_cancel,
     run_claim,
     temp_run_id,
 )
@@ -77,6 +78,47 @@ def test_a_cancel_landing_just_before_publishing_ends_the_run_as_cancelled(runni
     with pytest.raises(Cancelled, match="Cancelled on request"):
         hooks.publish(lambda: published.append(True))
     assert published == []
+
+
+def test_publishing_is_claimed_on_the_run_and_runs_outside_any_transaction(running):
+    from django.db import connection
+
+    hooks = RunHooks(running)
+    seen = []
+    hooks.publish(lambda: seen.append(len(connection.atomic_blocks)))
+    running.refresh_from_db()
+    assert running.publishing_at is not None
+    # The test itself runs inside a transaction; publishing must open none of its own.
+    assert seen == [len(connection.atomic_blocks)]
+
+
+def test_a_cancel_during_a_step_that_cannot_stop_is_too_late_and_the_step_finishes(running):
+    hooks = RunHooks(running)
+    published = []
+
+    def swap():
+        run_cancel(run=running)
+        hooks.beat()  # the heartbeat thread learns of the cancel
+        published.append(True)
+
+    hooks.publish(swap)
+
+    assert published == [True]
+    assert "too late to cancel" in hooks.log_text()
+    hooks.check()  # the run goes on to record its result
+
+
+def test_a_cancel_during_a_step_that_can_stop_stops_it(running):
+    hooks = RunHooks(running)
+
+    def load():
+        run_cancel(run=running)
+        hooks.beat()
+        hooks.check()  # where the step may stop, as pg_restore's wait does
+
+    with pytest.raises(Cancelled, match="^Cancelled on request while publishing"):
+        hooks.publish(load)
+    assert "too late" not in hooks.log_text()
 
 
 def test_the_policy_timeout_cancels_a_run_that_takes_too_long(running):

@@ -78,3 +78,49 @@ def test_metrics_need_the_bearer_token_when_one_is_set(client, settings, source)
 def test_metrics_are_open_without_a_token(client, settings):
     settings.METRICS_TOKEN = None
     assert client.get("/metrics").status_code == 200
+
+
+def test_metrics_without_a_token_are_closed_unless_opened(client, settings):
+    settings.METRICS_TOKEN = None
+    settings.METRICS_PUBLIC = False
+    response = client.get("/metrics")
+    assert response.status_code == 403
+    assert "set METRICS_TOKEN" in response.text and "METRICS_PUBLIC=1" in response.text
+    settings.METRICS_PUBLIC = True
+    assert client.get("/metrics").status_code == 200
+
+
+def test_healthz_tells_workers_are_down_until_housekeeping_runs(client):
+    from backups.services.schedules import housekeeping_run
+
+    body = client.get("/healthz").json()
+    assert body["workers"] == "down" and body["workers_seen_at"] is None
+    assert body["status"] == "ok"
+    housekeeping_run()
+    body = client.get("/healthz").json()
+    assert body["workers"] == "ok" and body["workers_seen_at"]
+
+
+def test_healthz_tells_workers_are_down_when_housekeeping_stopped(client):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from backups.models import WorkerBeat
+
+    WorkerBeat.beat("housekeeping", at=timezone.now() - timedelta(minutes=10))
+    response = client.get("/healthz")
+    assert response.status_code == 200
+    assert response.json()["workers"] == "down"
+
+
+def test_healthz_tells_whether_the_archive_storage_takes_a_file(client, settings, tmp_path):
+    assert client.get("/healthz").json()["storage"] == "ok"
+    assert list(settings.ARCHIVE_ROOT.iterdir()) == []  # the probe left nothing behind
+    settings.ARCHIVE_ROOT = tmp_path / "unmounted"
+    response = client.get("/healthz")
+    assert response.status_code == 200
+    body = response.json()
+    assert body["status"] == "ok" and body["database"] == "ok"
+    assert body["storage"] == "error" and body["storage_detail"] == "No such file or directory"
+    assert "unmounted" not in response.text

@@ -4,6 +4,7 @@ import pytest
 from django.db import IntegrityError, connection
 from django.urls import reverse
 
+from backups.models import ManifestEntry
 from backups.services.manifests import index_failed_warning
 from dashboard.views import manifests
 from tests.pages_helpers import make_manifest, make_policy, make_run, make_source
@@ -256,9 +257,10 @@ def test_query_counts_do_not_grow_with_the_entries_shown(
     with django_assert_num_queries(7 if connection.vendor == "postgresql" else 8):
         response = browse(client, new, q="f00")
     assert len(response.context["results"]) == min(count, 10)
-    # A diff: 2 + 1 (the run) + 1 (the backup before it) + 1 (the list to choose from)
-    # + 2 (one slice of each backup: fewer entries than the first slice holds).
-    with django_assert_num_queries(7):
+    # A diff: 2 + 2 (permissions: the page needs view_run) + 1 (the run) + 1 (the backup
+    # before it) + 1 (the list to choose from) + 2 (one slice of each backup: fewer
+    # entries than the first slice holds).
+    with django_assert_num_queries(9):
         response = client.get(reverse("manifest-diff", args=[new.pk]))
     assert len(response.context["changes"]) == count
 
@@ -279,3 +281,13 @@ def test_search_forgets_the_entries_of_a_deleted_manifest(client, viewer, web, b
     make_manifest(other, {"photos/c.jpg": "c"})
     client.force_login(viewer)
     assert found(browse(client, other, q="jpg")) == ["photos/c.jpg"]
+
+
+def test_a_date_no_calendar_holds_is_shown_as_a_number_not_a_server_error(client, viewer, backup):
+    # Manifests are checked for sane dates now; a catalog filled before may hold any.
+    ManifestEntry.objects.filter(name="README.txt").update(mtime=10**12)
+    client.force_login(viewer)
+    listing = browse(client, backup)
+    assert listing.status_code == 200 and "1000000000000 (out of range)" in listing.text
+    found = browse(client, backup, q="README")
+    assert found.status_code == 200 and "1000000000000 (out of range)" in found.text

@@ -5,6 +5,7 @@ import io
 
 import pytest
 from django.urls import reverse
+from django.utils.html import escape
 
 from backups.audit import audit_record
 from backups.models import AuditEvent
@@ -49,22 +50,44 @@ def test_the_csv_has_one_row_per_source_with_machine_readable_values(client, vie
     assert first["missed_30d"] == "0"
 
 
+def test_the_csv_cannot_carry_a_spreadsheet_formula(client, viewer):
+    policy = make_policy(name="+cmd|' /C calc'!A0")
+    make_source('=HYPERLINK("http://evil.example/","x")', policy=policy, owner="@SUM(A1)")
+    make_source("\t=1+1", owner="-2+3")
+    make_source("plain", owner="-42")
+    client.force_login(viewer)
+    response = client.get(reverse("compliance-report-csv"))
+    rows = {row["source"]: row for row in csv.DictReader(io.StringIO(response.content.decode()))}
+    hyperlink = rows['\'=HYPERLINK("http://evil.example/","x")']
+    assert hyperlink["owner"] == "'@SUM(A1)"
+    assert hyperlink["policy"] == "'+cmd|' /C calc'!A0"
+    assert rows["'\t=1+1"]["owner"] == "'-2+3"
+    # A number is no formula: it stays a number.
+    assert rows["plain"]["owner"] == "-42"
+
+
 @pytest.mark.parametrize("count", [2, 20])
 def test_report_query_count_does_not_grow_with_the_fleet(
     client, viewer, count, django_assert_num_queries
 ):
     fleet(count)
     client.force_login(viewer)
-    # 2 (session, user) + 1 (the page of sources) + 4 (their compliance standing).
-    with django_assert_num_queries(7):
+    # 2 (session, user) + 2 (the viewer's permissions: the page needs view_source) + 1 (the
+    # page of sources) + 4 (their compliance standing).
+    with django_assert_num_queries(9):
         client.get(reverse("compliance-report"))
-    # The CSV: 2 + the 4 of the standing of the whole fleet.
-    with django_assert_num_queries(6):
+    # The CSV: 2 + 2 (permissions) + the 4 of the standing of the whole fleet.
+    with django_assert_num_queries(8):
         client.get(reverse("compliance-report-csv"))
 
 
 def events(response):
-    return [(event.actor_name, event.action) for event in response.context["pager"].items]
+    # The accounts' own records (their creation, their logins) are not what these tests read.
+    return [
+        (event.actor_name, event.action)
+        for event in response.context["pager"].items
+        if not event.action.startswith(("user.", "login"))
+    ]
 
 
 @pytest.fixture
@@ -77,8 +100,8 @@ def log(admin_user, operator):
     return web, db
 
 
-def test_the_activity_log_is_newest_first(client, viewer, log):
-    client.force_login(viewer)
+def test_the_activity_log_is_newest_first(client, operator, log):
+    client.force_login(operator)
     response = client.get(reverse("activity"))
     assert events(response) == [
         ("system", "restore.finish"),
@@ -88,8 +111,8 @@ def test_the_activity_log_is_newest_first(client, viewer, log):
     assert "<caption>Audit log, newest first</caption>" in response.text
 
 
-def test_the_activity_log_is_searchable_by_actor_action_and_source(client, viewer, log):
-    client.force_login(viewer)
+def test_the_activity_log_is_searchable_by_actor_action_and_source(client, operator, log):
+    client.force_login(operator)
     assert events(client.get(reverse("activity"), {"actor": "oliv"})) == [
         ("olivia", "restore.request")
     ]
@@ -100,11 +123,12 @@ def test_the_activity_log_is_searchable_by_actor_action_and_source(client, viewe
     assert events(client.get(reverse("activity"), {"source": "db"})) == [("root", "source.change")]
 
 
-def test_the_activity_log_is_paginated(client, viewer):
+def test_the_activity_log_is_paginated(client, operator):
+    client.force_login(operator)
+    AuditEvent.objects.all().delete()  # the operator's creation and login
     AuditEvent.objects.bulk_create(
         AuditEvent(actor_name="bot", action=f"test.{i}", outcome="succeeded") for i in range(60)
     )
-    client.force_login(viewer)
     first = client.get(reverse("activity"))
     assert len(first.context["pager"].items) == 50 and first.context["pager"].has_next
     second = client.get(reverse("activity"), {"page": 2})
@@ -113,12 +137,24 @@ def test_the_activity_log_is_paginated(client, viewer):
 
 @pytest.mark.parametrize("count", [2, 20])
 def test_activity_query_count_does_not_grow_with_the_log(
-    client, viewer, count, django_assert_num_queries
+    client, operator, count, django_assert_num_queries
 ):
     source = make_source("web")
     for index in range(count):
-        audit_record(actor=viewer, action=f"test.{index}", outcome="succeeded", source=source)
-    client.force_login(viewer)
-    # 2 (session, user) + 1 (a page of events with their sources).
-    with django_assert_num_queries(3):
+        audit_record(actor=operator, action=f"test.{index}", outcome="succeeded", source=source)
+    client.force_login(operator)
+    # 2 (session, user) + 2 (the operator's permissions: the log needs view_auditevent)
+    # + 1 (a page of events with their sources).
+    with django_assert_num_queries(5):
         client.get(reverse("activity"))
+
+
+def test_an_edit_shows_its_old_and_new_values_in_the_activity_log(client, operator):
+    db = make_source("db")
+    changes = {"owner": ["", "team-a"], "excludes": [[], ["*.log"]]}
+    audit_record(actor=operator, action="source.change", outcome="succeeded", obj=db,
+                 detail={"changes": changes})  # fmt: skip
+    client.force_login(operator)
+    response = client.get(reverse("activity"), {"action": "source."})
+    shown = escape('{"owner": ["", "team-a"], "excludes": [[], ["*.log"]]}')
+    assert shown in response.text

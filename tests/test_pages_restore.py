@@ -35,14 +35,17 @@ def review(client, backup, **fields):
     return client.post(reverse("restore-confirm"), data)
 
 
-def test_the_start_page_offers_the_backup_a_new_location_and_paths(client, operator, backup, web):
+def test_the_start_page_offers_the_backup_a_new_location_and_paths(
+    client, operator, backup, web, settings, tmp_path
+):
+    settings.RESTORE_ROOTS = [tmp_path / "restores"]
     client.force_login(operator)
     response = client.get(reverse("restore-start"), {"backup": backup.pk, "path": ["a", "b/c"]})
     assert response.status_code == 200
     form = response.context["form"]
     assert form.initial["backup"] == backup.pk
     assert form.initial["mode"] == "new"
-    assert form.initial["target"] == f"{web.location}-restored-{backup.pk}"
+    assert form.initial["target"] == str(tmp_path / "restores" / f"web-restored-{backup.pk}")
     assert form.initial["paths"] == "a\nb/c"
     assert '<label for="id_target">New location</label>' in response.text
 
@@ -161,8 +164,8 @@ def test_query_counts_do_not_grow_with_the_restore_points(
     with django_assert_num_queries(6):
         client.get(reverse("restore-start"), {"backup": runs[0].pk})
     # Review: 2 + 2 + 1 (the source) + 1 (the backup asked for) + 1 (restore points)
-    # + 1 (its manifest's totals).
-    with django_assert_num_queries(8):
+    # + 1 (the sources' locations a new location stays out of) + 1 (its manifest's totals).
+    with django_assert_num_queries(9):
         response = client.post(
             reverse("restore-confirm"),
             {"source": "web", "backup": runs[0].pk, "mode": "new", "target": str(tmp_path / "t")},

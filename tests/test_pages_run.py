@@ -148,9 +148,9 @@ def test_query_count_does_not_grow_with_the_runs_that_used_a_backup(
     client.force_login(viewer)
     # 2 (session, user) + 1 (the run with its source, policy, backup and requester)
     # + 1 (its catalogued manifest) + 1 (the newest runs that read it, bounded to 10)
-    # + 2 (the viewer's permissions, for the restore button).
+    # + 2 (the viewer's permissions: view_run for the page, then the restore button).
     with django_assert_num_queries(7):
         client.get(reverse("run-detail", args=[backup.pk]))
-    # The live part alone: session, user, the run.
-    with django_assert_num_queries(3):
+    # The live part alone: session, user, 2 (permissions: it needs view_run), the run.
+    with django_assert_num_queries(5):
         client.get(reverse("run-live", args=[backup.pk]))

@@ -1,8 +1,10 @@
-"""Who may open or do what: every URL against anonymous, viewer, operator and admin.
+"""Who may open or do what: every URL against anonymous, no role, viewer, operator, admin.
 
-Anonymous users are sent to the login page everywhere but /healthz and /metrics. Viewers
-see every page and change nothing: the backup, verify and drill actions need
-`backups.add_run`, the restore pages `backups.run_restore`, and each refusal is a 403.
+Anonymous users are sent to the login page everywhere but /healthz and /metrics. A
+signed-in account in no group sees nothing (403). Viewers see the sources, runs, files and
+reports and change nothing: the backup, verify and drill actions need `backups.add_run`,
+the restore pages `backups.run_restore`, the activity log `backups.view_auditevent`
+(operators have it, viewers do not), and each refusal is a 403 and an audit record.
 """
 
 import pytest
@@ -15,31 +17,31 @@ pytestmark = pytest.mark.django_db
 
 LOGIN = "login"  # a redirect to the login page
 
-# (name, method, expected status for anonymous, viewer, operator, admin)
+# (name, method, expected status for anonymous, nobody, viewer, operator, admin)
 MATRIX = [
-    ("overview", "get", LOGIN, 200, 200, 200),
-    ("source-detail", "get", LOGIN, 200, 200, 200),
-    ("source-backup", "post", LOGIN, 403, 302, 302),
-    ("source-verify", "post", LOGIN, 403, 302, 302),
-    ("source-drill", "post", LOGIN, 403, 302, 302),
-    ("source-backup", "get", LOGIN, 403, 405, 405),
-    ("run-detail", "get", LOGIN, 200, 200, 200),
-    ("run-live", "get", LOGIN, 200, 200, 200),
-    ("run-cancel", "post", LOGIN, 403, 302, 302),
-    ("run-cancel", "get", LOGIN, 403, 405, 405),
-    ("manifest-browse", "get", LOGIN, 200, 200, 200),
-    ("manifest-diff", "get", LOGIN, 200, 200, 200),
-    ("restore-start", "get", LOGIN, 403, 200, 200),
-    ("restore-confirm", "post", LOGIN, 403, 200, 200),
-    ("restore-confirm", "get", LOGIN, 403, 405, 405),
-    ("compliance-report", "get", LOGIN, 200, 200, 200),
-    ("compliance-report-csv", "get", LOGIN, 200, 200, 200),
-    ("activity", "get", LOGIN, 200, 200, 200),
-    ("healthz", "get", 200, 200, 200, 200),
-    ("metrics", "get", 200, 200, 200, 200),
-    ("admin:index", "get", LOGIN, 200, 200, 200),
+    ("overview", "get", LOGIN, 403, 200, 200, 200),
+    ("source-detail", "get", LOGIN, 403, 200, 200, 200),
+    ("source-backup", "post", LOGIN, 403, 403, 302, 302),
+    ("source-verify", "post", LOGIN, 403, 403, 302, 302),
+    ("source-drill", "post", LOGIN, 403, 403, 302, 302),
+    ("source-backup", "get", LOGIN, 403, 403, 405, 405),
+    ("run-detail", "get", LOGIN, 403, 200, 200, 200),
+    ("run-live", "get", LOGIN, 403, 200, 200, 200),
+    ("run-cancel", "post", LOGIN, 403, 403, 302, 302),
+    ("run-cancel", "get", LOGIN, 403, 403, 405, 405),
+    ("manifest-browse", "get", LOGIN, 403, 200, 200, 200),
+    ("manifest-diff", "get", LOGIN, 403, 200, 200, 200),
+    ("restore-start", "get", LOGIN, 403, 403, 200, 200),
+    ("restore-confirm", "post", LOGIN, 403, 403, 200, 200),
+    ("restore-confirm", "get", LOGIN, 403, 403, 405, 405),
+    ("compliance-report", "get", LOGIN, 403, 200, 200, 200),
+    ("compliance-report-csv", "get", LOGIN, 403, 200, 200, 200),
+    ("activity", "get", LOGIN, 403, 403, 200, 200),
+    ("healthz", "get", 200, 200, 200, 200, 200),
+    ("metrics", "get", 200, 200, 200, 200, 200),
+    ("admin:index", "get", LOGIN, LOGIN, 200, 200, 200),
 ]
-ROLES = ["anonymous", "viewer", "operator", "admin_user"]
+ROLES = ["anonymous", "nobody", "viewer", "operator", "admin_user"]
 
 
 @pytest.fixture
@@ -102,3 +104,48 @@ def test_each_role_gets_the_expected_answer_from_each_url(client, world, role, r
         assert response.status_code == expected, response.content[:300]
     if expected == 403:
         assert AuditEvent.objects.filter(action="permission.denied").count() == 1
+
+
+# The pages that need no permission at all: the way in and out, and the two endpoints.
+OPEN = {"login", "logout", "healthz", "metrics"}
+SAMPLE_ARGS = {"slug": "web", "int": 1, "str": "x", "path": "x"}
+
+
+def dashboard_patterns():
+    """Every URL pattern of the dashboard (the admin, mounted under /admin/, has its own)."""
+    from django.urls import URLPattern, get_resolver
+
+    for pattern in get_resolver().url_patterns:
+        if isinstance(pattern, URLPattern):
+            yield pattern
+
+
+def sample_url(pattern) -> str:
+    from django.urls import reverse
+
+    converters = pattern.pattern.converters
+    kwargs = {name: SAMPLE_ARGS[type(conv).__name__.removesuffix("Converter").lower()]
+              for name, conv in converters.items()}  # fmt: skip
+    return reverse(pattern.name, kwargs=kwargs)
+
+
+def test_every_page_refuses_an_account_without_permissions(client, nobody, world):
+    client.force_login(nobody)
+    checked = []
+    for pattern in dashboard_patterns():
+        if pattern.name in OPEN:
+            continue
+        url = sample_url(pattern)
+        for method in ("get", "post"):
+            response = getattr(client, method)(url)
+            assert response.status_code == 403, f"{method.upper()} {url}: {response.status_code}"
+        checked.append(pattern.name)
+    assert len(checked) == len(list(dashboard_patterns())) - len(OPEN)
+    assert AuditEvent.objects.filter(action="permission.denied").count() == 2 * len(checked)
+
+
+def test_the_admin_sends_an_account_without_staff_rights_to_its_login(client, nobody):
+    client.force_login(nobody)
+    response = client.get(reverse("admin:index"))
+    assert response.status_code == 302
+    assert response["Location"].startswith(reverse("admin:login"))

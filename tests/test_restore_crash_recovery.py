@@ -17,10 +17,14 @@ ROOT = Path(__file__).resolve().parent.parent
 RESTORE_AND_PAUSE = """
 import os, signal, sys, django
 django.setup()
+if sys.argv[2] == "mount point":
+    # The target stands for a mount point: it is restored path by path, staged inside it.
+    real_ismount = os.path.ismount
+    os.path.ismount = lambda path: os.fspath(path) == sys.argv[3] or real_ismount(path)
 real_rename = os.rename
 def rename(src, dst, *args, **kwargs):
     real_rename(src, dst, *args, **kwargs)
-    if ".before-restore-" in str(dst):
+    if ".before-restore-" in str(dst) or kwargs.get("dst_dir_fd") is not None:
         os.kill(os.getpid(), signal.SIGSTOP)
 os.rename = rename
 from backups.models import Run
@@ -56,8 +60,15 @@ def stopped(pid: int) -> bool:
 
 
 @pytest.mark.slow
-def test_a_killed_in_place_restore_leaves_the_original_recoverable(tmp_path):
-    data = tmp_path / "data"
+@pytest.mark.parametrize("layout", ["folder", "symlink to elsewhere", "mount point"])
+def test_a_killed_in_place_restore_leaves_the_original_recoverable(tmp_path, layout):
+    # The source's location may be a symlink to the real folder (the restore works on the
+    # real path), or a mount point (the restore stages inside it): the reaper finds the
+    # journal all the same.
+    data = tmp_path / "real" / "data" if layout == "symlink to elsewhere" else tmp_path / "data"
+    location = tmp_path / "data-link" if layout == "symlink to elsewhere" else data
+    if location != data:
+        location.symlink_to(data)
     (data / "sub").mkdir(parents=True)
     (data / "a.txt").write_text("as backed up")
     (data / "sub" / "b.bin").write_bytes(os.urandom(4096))
@@ -66,6 +77,7 @@ def test_a_killed_in_place_restore_leaves_the_original_recoverable(tmp_path):
         DJANGO_SETTINGS_MODULE="dashboard.settings",
         DATABASE_URL=f"sqlite:///{tmp_path / 'db.sqlite3'}",
         ARCHIVE_ROOT=str(tmp_path / "archives"),
+        STATE_DIR=str(tmp_path / "state"),
     )
 
     def manage(*args):
@@ -75,14 +87,16 @@ def test_a_killed_in_place_restore_leaves_the_original_recoverable(tmp_path):
         ).stdout  # fmt: skip
 
     manage("migrate", "-v0")
-    manage("source", "add", "data", "--kind", "directory", "--location", str(data))
+    manage("source", "add", "data", "--kind", "directory", "--location", str(location))
     backup = json.loads(manage("backup", "data", "--inline", "--json"))
     (data / "a.txt").write_text("changed since the backup")
     (data / "new.txt").write_text("written after the backup")
     live = tree(data)
 
     child = subprocess.Popen(
-        [sys.executable, "-c", RESTORE_AND_PAUSE, str(backup["id"])], cwd=ROOT, env=env
+        [sys.executable, "-c", RESTORE_AND_PAUSE, str(backup["id"]), layout, str(data)],
+        cwd=ROOT,
+        env=env,
     )
     deadline = time.monotonic() + 60
     while not stopped(child.pid):
@@ -98,4 +112,6 @@ def test_a_killed_in_place_restore_leaves_the_original_recoverable(tmp_path):
     )
     assert reaped.stdout.strip() != "[]"
     assert tree(data) == live
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".data.")]
+    assert not [p for p in data.parent.iterdir() if p.name.startswith(".data.")]
+    assert not [p for p in data.iterdir() if ".restore-" in p.name]
+    assert not list((tmp_path / "state").iterdir())

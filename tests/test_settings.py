@@ -83,3 +83,51 @@ def test_queue_timeout_is_below_retry_and_attempts_are_finite():
 
     assert settings.Q_CLUSTER["timeout"] < settings.Q_CLUSTER["retry"]
     assert 0 < settings.Q_CLUSTER["max_attempts"] < 10
+
+
+def test_restore_roots_default_to_var_restores_and_take_relative_folders_from_the_project():
+    code = "from django.conf import settings; print([str(p) for p in settings.RESTORE_ROOTS])"
+    last_line = _manage("shell", "-c", code).stdout.strip().splitlines()[-1]
+    assert last_line == repr([str(ROOT / "var" / "restores")])
+    result = _manage("shell", "-c", code, RESTORE_ROOTS="/srv/restores, scratch")
+    assert result.stdout.strip().splitlines()[-1] == repr(["/srv/restores", str(ROOT / "scratch")])
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("RESTORE_POSTGRES_HOSTS", "db.internal:54x2"),
+        ("RESTORE_POSTGRES_HOSTS", "user@db.internal"),
+        ("RESTORE_POD_NAMESPACES", "Prod_NS"),
+    ],
+)
+def test_a_bad_restore_allow_list_is_refused_with_its_name(name, value):
+    result = _manage("check", **{name: value})
+    assert result.returncode != 0
+    assert name in result.stderr and value in result.stderr
+
+
+SHOW = (
+    "from django.conf import settings as s; "
+    "print(s.AXES_FAILURE_LIMIT, int(s.AXES_COOLOFF_TIME.total_seconds()), "
+    "s.TRUSTED_PROXY_COUNT, s.METRICS_PUBLIC)"
+)
+
+
+def test_login_throttling_and_metrics_are_closed_by_default_in_production():
+    result = _manage("shell", "-c", SHOW, **PRODUCTION)
+    assert result.stdout.splitlines()[-1].split() == ["5", "900", "0", "False"], result.stderr
+
+
+def test_login_throttling_and_metrics_follow_the_environment():
+    env = {
+        **PRODUCTION,
+        "LOGIN_FAILURE_LIMIT": "3",
+        "LOGIN_COOLOFF_S": "60",
+        "TRUSTED_PROXY_COUNT": "2",
+        "METRICS_PUBLIC": "1",
+    }
+    result = _manage("shell", "-c", SHOW, **env)
+    assert result.stdout.splitlines()[-1].split() == ["3", "60", "2", "True"], result.stderr
+    result = _manage("check", **{**PRODUCTION, "LOGIN_FAILURE_LIMIT": "0"})
+    assert result.returncode != 0 and "LOGIN_FAILURE_LIMIT" in result.stderr

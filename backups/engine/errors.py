@@ -35,3 +35,7 @@ class FencedError(EngineError):
 
 class TargetError(EngineError):
     """A restore target is unusable: not empty, not writable, on another filesystem."""
+
+
+class StateFolderError(EngineError):
+    """The workers' private state folder is unsafe: another user may write it, or owns it."""

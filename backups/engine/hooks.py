@@ -37,8 +37,11 @@ class Hooks:
     `progress` is called often (per chunk or file); implementations rate-limit themselves.
     `check` raises `errors.Cancelled` when the run must stop; the engine calls it between
     chunks and files, so a cancel takes effect within a fraction of a second.
-    `publish(action)` runs `action` (the final rename, or a deletion) only if the run is
-    still owned by this process; a fenced implementation raises `errors.FencedError`.
+    `publish(action)` runs `action` (the final rename, a swap, a load) only if the run is
+    still owned by this process and not cancelled; a fenced implementation raises
+    `errors.FencedError` (or `Cancelled`) instead. It holds no lock while `action` runs:
+    `action` calls `check` only where stopping part-way is safe, and a cancel elsewhere
+    comes too late and lets the step finish.
     `warn` records a non-fatal problem (a file that changed while read, a skipped FIFO).
     `log` records a line for the run's log.
     """

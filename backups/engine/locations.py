@@ -7,6 +7,9 @@ import re
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
+
 DIRECTORY, SQLITE, KUBERNETES, POSTGRES = "directory", "sqlite", "kubernetes", "postgres"
 KINDS = (DIRECTORY, SQLITE, KUBERNETES, POSTGRES)
 
@@ -45,13 +48,27 @@ def parse_pod_path(location: str) -> PodPath:
 
 
 def check_postgres_uri(location: str) -> str:
-    """Validate a libpq URI without a password; return the database name."""
+    """Validate a libpq URI without a password; return the database name.
+
+    The URI is read by libpq itself (through psycopg), as pg_dump will read it: a password
+    spelled `?pass%77ord=` or hidden in a `dbname` that is itself a connection string is
+    found as surely as `user:secret@host`.
+    """
     parts = urlsplit(location)
     if parts.scheme not in ("postgresql", "postgres"):
         raise ValueError(
             f"{location!r} is not a PostgreSQL URI: use postgresql://USER@HOST:PORT/DBNAME"
         )
-    if parts.password is not None or "password=" in parts.query:
+    try:
+        options = conninfo_to_dict(location)
+    except psycopg.Error as error:
+        reason = str(error).strip().rstrip(".")
+        # Not echoed: a URI that libpq cannot read may still hold a password.
+        raise ValueError(
+            f"The PostgreSQL URI cannot be read ({reason}): use postgresql://USER@HOST:PORT/DBNAME"
+        ) from None
+    nested = options.get("dbname", "")
+    if parts.password is not None or "password" in options or _has_password(nested):
         raise ValueError(
             "The PostgreSQL URI contains a password; remove it and provide the password "
             "through PGPASSWORD or a pgpass file on the worker hosts, never in the dashboard."
@@ -60,6 +77,29 @@ def check_postgres_uri(location: str) -> str:
     if not dbname:
         raise ValueError(f"{location!r} names no database: add /DBNAME at the end.")
     return dbname
+
+
+def postgres_conninfo(location: str) -> dict[str, str]:
+    """Return the connection parameters libpq reads from `location` (query string included).
+
+    Raise ValueError naming the problem when libpq cannot parse it.
+    """
+    try:
+        params = conninfo_to_dict(location.strip())
+    except psycopg.Error as error:
+        raise ValueError(f"{location!r} is not a libpq URI libpq can read: {error}") from None
+    return {key: str(value) for key, value in params.items() if value is not None}
+
+
+def _has_password(dbname: str) -> bool:
+    """Whether a database name that is itself a connection string carries a password."""
+    if "=" not in dbname and not dbname.startswith(("postgresql:", "postgres:")):
+        return False
+    try:
+        options = conninfo_to_dict(dbname)
+    except psycopg.Error:
+        return False
+    return "password" in options or urlsplit(dbname).password is not None
 
 
 def check_location(kind: str, location: str, *, must_exist: bool = True) -> None:

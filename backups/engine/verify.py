@@ -12,7 +12,6 @@ wrong. Only cancellation (errors.Cancelled) propagates.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import operator
 import os
@@ -37,6 +36,7 @@ from .restore import (
     ContentCheck,
     ProgressMeter,
     RestoreRequest,
+    catalog_mismatch,
     decompress_verified,
     listed,
     member_key,
@@ -45,8 +45,8 @@ from .restore import (
     run_restore,
     scan_archive,
     sidecar_path,
-    sqlite_uri,
 )
+from .restore.sqlite_files import QueryRefused, sqlite_read_query
 from .tarstream import Member, TarScanner
 
 CHECKSUM, CONTENTS, DATABASE, DRILL = "checksum", "contents", "database", "drill"
@@ -62,6 +62,8 @@ _OPERATORS = {
     "<=": operator.le,
 }
 _LISTED = 5
+# How long one check query may run before it is stopped.
+QUERY_TIME_S = 60.0
 
 
 def _result(name: str, ok: bool, detail: str, **extra) -> dict:
@@ -75,11 +77,17 @@ def verify_archive(
     kind: str,
     checks: Sequence[str] = (CHECKSUM, CONTENTS),
     sqlite_queries: Sequence[dict] = (),
+    query_time_s: float = QUERY_TIME_S,
     hooks: Hooks,
+    catalog_sha256: str | None = None,
 ) -> list[dict]:
     """Run the named checks on an archive; return one result per check, failures included.
 
-    `sqlite_queries` are `{"sql": ..., "expect": "> 0"}` items for the `database` check.
+    `sqlite_queries` are `{"sql": ..., "expect": "> 0"}` items for the `database` check;
+    each may only read, and is stopped after `query_time_s`. `catalog_sha256`, when set,
+    is the sha256 recorded apart from the files (the catalog): the checksum check fails
+    when the archive, its manifest and its checksum file agree with each other but not
+    with it.
     """
     archive, manifest = Path(archive), Path(manifest)
     try:
@@ -90,11 +98,15 @@ def verify_archive(
     for name in checks:
         try:
             if name == CHECKSUM:
-                results.append(_checksum(archive, loaded, hooks))
+                results.append(_checksum(archive, loaded, hooks, catalog_sha256))
             elif name == CONTENTS:
                 results.append(_contents(archive, loaded, kind, hooks))
             elif name == DATABASE:
-                results.append(_database(archive, manifest, kind, sqlite_queries, hooks))
+                results.append(
+                    _database(
+                        archive, manifest, kind, sqlite_queries, query_time_s, hooks, catalog_sha256
+                    )
+                )
             else:
                 results.append(
                     _result(name, False, f"Unknown check {name!r}; use {', '.join(CHECKS)}.")
@@ -128,7 +140,7 @@ def _archive_problem(archive: Path, manifest: Manifest) -> str | None:
     return None
 
 
-def _checksum(archive: Path, manifest: Manifest, hooks: Hooks) -> dict:
+def _checksum(archive: Path, manifest: Manifest, hooks: Hooks, catalog: str | None) -> dict:
     problem = _archive_problem(archive, manifest)
     if problem:
         return _result(CHECKSUM, False, problem)
@@ -167,6 +179,8 @@ def _checksum(archive: Path, manifest: Manifest, hooks: Hooks) -> dict:
         return _result(
             CHECKSUM, False, f"The archive matches its manifest's sha256, but {side_problem}"
         )
+    if catalog and catalog.lower() != actual:
+        return _result(CHECKSUM, False, catalog_mismatch(archive.name, actual, catalog))
     return _result(
         CHECKSUM,
         True,
@@ -307,7 +321,13 @@ def _dump_contents(archive: Path, manifest: Manifest, hooks: Hooks) -> dict:
 
 
 def _database(
-    archive: Path, manifest: Path, kind: str, queries: Sequence[dict], hooks: Hooks
+    archive: Path,
+    manifest: Path,
+    kind: str,
+    queries: Sequence[dict],
+    time_limit_s: float,
+    hooks: Hooks,
+    catalog: str | None = None,
 ) -> dict:
     if kind != SQLITE:
         return _result(
@@ -318,14 +338,20 @@ def _database(
         target = scratch / "snapshot.db"
         try:
             run_restore(
-                RestoreRequest(archive=archive, manifest=manifest, kind=SQLITE, target=str(target)),
+                RestoreRequest(
+                    archive=archive,
+                    manifest=manifest,
+                    kind=SQLITE,
+                    target=str(target),
+                    catalog_sha256=catalog,
+                ),
                 hooks,
             )
         except Cancelled:
             raise
         except EngineError as error:
             return _result(DATABASE, False, f"The snapshot cannot be checked: {error}")
-        outcomes = [_run_query(target, query) for query in queries]
+        outcomes = [_run_query(target, query, time_limit_s) for query in queries]
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     ok = all(outcome["ok"] for outcome in outcomes)
@@ -333,7 +359,7 @@ def _database(
     return _result(DATABASE, ok, "; ".join(details) + ".", queries=outcomes)
 
 
-def _run_query(database: Path, query: dict) -> dict:
+def _run_query(database: Path, query: dict, time_limit_s: float) -> dict:
     """Run one check query read-only; compare its first value with `expect`."""
     sql = str(query.get("sql", "")).strip()
     expect = str(query.get("expect", "")).strip()
@@ -346,8 +372,10 @@ def _run_query(database: Path, query: dict) -> dict:
         )
         return outcome
     try:
-        with contextlib.closing(sqlite3.connect(sqlite_uri(database), uri=True)) as db:
-            row = db.execute(sql).fetchone()
+        row = sqlite_read_query(database, sql, time_limit_s=time_limit_s)
+    except QueryRefused as refused:
+        outcome["detail"] = f"{sql!r} {refused}"
+        return outcome
     except sqlite3.Error as error:
         outcome["detail"] = f"{sql!r} failed: {error}"
         return outcome
@@ -363,12 +391,21 @@ def _run_query(database: Path, query: dict) -> dict:
     return outcome
 
 
-def drill(*, archive: Path, manifest: Path, kind: str, scratch_dir: Path, hooks: Hooks) -> dict:
+def drill(
+    *,
+    archive: Path,
+    manifest: Path,
+    kind: str,
+    scratch_dir: Path,
+    hooks: Hooks,
+    catalog_sha256: str | None = None,
+) -> dict:
     """Restore the archive in full into scratch, verified, timed end to end, then removed.
 
     Return `{"name": "drill", "ok", "detail", "duration_s"}`. A PostgreSQL dump is
     restored to an SQL script with pg_restore (every table's data is read), since a drill
-    must not need a database server of its own.
+    must not need a database server of its own. `catalog_sha256` is checked as a
+    restore checks it.
     """
     started = time.monotonic()
     scratch_dir = Path(scratch_dir)
@@ -383,7 +420,9 @@ def drill(*, archive: Path, manifest: Path, kind: str, scratch_dir: Path, hooks:
             "duration_s": 0.0,
         }
     try:
-        ok, detail = _drill_into(Path(archive), Path(manifest), kind, scratch, hooks)
+        ok, detail = _drill_into(
+            Path(archive), Path(manifest), kind, scratch, hooks, catalog_sha256
+        )
     except Cancelled:
         raise
     except (EngineError, OSError) as error:
@@ -396,10 +435,10 @@ def drill(*, archive: Path, manifest: Path, kind: str, scratch_dir: Path, hooks:
 
 
 def _drill_into(
-    archive: Path, manifest: Path, kind: str, scratch: Path, hooks: Hooks
+    archive: Path, manifest: Path, kind: str, scratch: Path, hooks: Hooks, catalog: str | None
 ) -> tuple[bool, str]:
     if kind == POSTGRES:
-        return _drill_postgres(archive, manifest, scratch, hooks)
+        return _drill_postgres(archive, manifest, scratch, hooks, catalog)
     if kind == SQLITE:
         target, restore_kind = scratch / "restored.db", SQLITE
     elif kind in (DIRECTORY, KUBERNETES):
@@ -407,7 +446,13 @@ def _drill_into(
     else:
         return False, f"Unknown source kind {kind!r}."
     result = run_restore(
-        RestoreRequest(archive=archive, manifest=manifest, kind=restore_kind, target=str(target)),
+        RestoreRequest(
+            archive=archive,
+            manifest=manifest,
+            kind=restore_kind,
+            target=str(target),
+            catalog_sha256=catalog,
+        ),
         hooks,
     )
     for line in result.warnings:
@@ -419,13 +464,17 @@ def _drill_into(
     )
 
 
-def _drill_postgres(archive: Path, manifest: Path, scratch: Path, hooks: Hooks) -> tuple[bool, str]:
+def _drill_postgres(
+    archive: Path, manifest: Path, scratch: Path, hooks: Hooks, catalog: str | None
+) -> tuple[bool, str]:
     loaded = load_manifest(manifest)
     dump = scratch / "dump.pgdump"
     meter = ProgressMeter(
         hooks, bytes_total=loaded.total_bytes, files_total=1, current="verifying the dump"
     )
-    decompress_verified(archive, loaded, dump, tick=hooks.check, meter=meter)
+    decompress_verified(
+        archive, loaded, dump, tick=hooks.check, meter=meter, catalog_sha256=catalog
+    )
     script = scratch / "restore.sql"
     command = [os.environ.get("PG_RESTORE") or "pg_restore", "--no-owner", "-f", str(script)]
     try:

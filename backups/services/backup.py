@@ -8,8 +8,9 @@ from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from backups.audit import audit_record
 from backups.engine.backup import BackupRequest, plan_backup, run_backup
-from backups.models import Run, Source
+from backups.models import AuditEvent, Run, Source
 from backups.services.execution import (
     RunHooks,
     connection_refresh,
@@ -37,7 +38,8 @@ class SourceBusy(Exception):
 def backup_request(*, source: Source, trigger: str, user=None, enqueue: bool = True) -> Run:
     """Create a queued backup run for `source`; raise SourceBusy if one is active.
 
-    With `enqueue`, the run is handed to the workers once the transaction commits.
+    With `enqueue`, the run is handed to the workers once the transaction commits. A
+    person's request (not a scheduled one), granted or refused, is audited.
     """
     for attempt in (1, 2):
         try:
@@ -53,7 +55,25 @@ def backup_request(*, source: Source, trigger: str, user=None, enqueue: bool = T
             active = Run.objects.filter(
                 source=source, exclusive=True, status__in=Run.ACTIVE
             ).first()
-            raise SourceBusy(source, active) from None
+            busy = SourceBusy(source, active)
+            if trigger != Run.Trigger.SCHEDULE:
+                audit_record(
+                    actor=user,
+                    action="backup.request",
+                    outcome=AuditEvent.Outcome.FAILED,
+                    obj=source,
+                    detail={"error": str(busy)},
+                )
+            raise busy from None
+    if trigger != Run.Trigger.SCHEDULE:
+        audit_record(
+            actor=user,
+            action="backup.request",
+            outcome=AuditEvent.Outcome.REQUESTED,
+            obj=run,
+            source=source,
+            detail={"trigger": trigger},
+        )
     if enqueue:
         run_enqueue(run)
     return run

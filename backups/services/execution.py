@@ -5,7 +5,9 @@ It claims the run with a conditional UPDATE, so a run delivered twice executes o
 thread then refreshes the heartbeat and the progress once a second with another
 conditional UPDATE that only matches while this worker still owns the run and nobody asked
 to cancel it: when it stops matching, the engine's next `check()` stops the work, and
-`publish()` re-checks ownership inside the transaction that commits the result.
+`publish()` claims the right to publish with one more conditional UPDATE before it renames,
+swaps or loads anything. Publishing itself holds no transaction: it can take minutes (a
+pg_restore, a copy into a live database) while the heartbeat, cancels and logins go on.
 
 Heartbeats are stamped with the database's clock, the one the reaper compares them with,
 so hosts whose clocks differ do not reap each other's live runs. The claim also records
@@ -35,6 +37,7 @@ from django.utils import timezone
 from backups.engine.atomic import stale_temps
 from backups.engine.errors import Cancelled, EngineError, FencedError
 from backups.engine.hooks import Hooks, Progress
+from backups.engine.names import printable
 from backups.engine.processes import this_process
 from backups.models import Run
 
@@ -86,6 +89,8 @@ class RunHooks(Hooks):
         self.timeout_s = timeout
         self._lost: EngineError | None = None
         self._log_dirty = False
+        self._publishing = False
+        self._published = False
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._beat_loop, name=f"beat-{run.pk}", daemon=True)
 
@@ -97,7 +102,8 @@ class RunHooks(Hooks):
             listener(progress)
 
     def check(self) -> None:
-        if self._lost is not None:
+        # Once the result is out, a cancel is too late: the run finishes as it is.
+        if self._lost is not None and not (self._published and isinstance(self._lost, Cancelled)):
             raise self._lost
         if self.interrupt.is_set():
             raise Cancelled(self.interrupt_reason)
@@ -108,28 +114,33 @@ class RunHooks(Hooks):
             )
 
     def publish(self, action: Callable[[], None]) -> None:
+        """Claim the right to publish, then run `action` outside any transaction.
+
+        A worker that lost the run, or whose run was cancelled, publishes nothing. A cancel
+        that comes while `action` runs stops it where the engine checks (only where stopping
+        is safe); otherwise it is too late, and the run finishes.
+        """
         connection_refresh()  # the engine may have outlasted the one opened before it
-        with transaction.atomic():
-            owned = (
-                Run.objects.select_for_update()
-                .filter(
-                    pk=self.run.pk,
-                    status=Run.Status.RUNNING,
-                    worker=self.run.worker,
-                    cancel_requested=False,
-                )
-                .exists()
-            )
-            if not owned:
-                raise self._lost_reason()
+        if not self.run.mark_publishing():
+            raise self._lost_reason()
+        self._publishing = True
+        try:
             action()
+        finally:
+            self._publishing = False
+        self._published = True
+        if Run.objects.filter(pk=self.run.pk, cancel_requested=True).exists():
+            self.log("A cancel came while the result was being published: too late to cancel.")
 
     def warn(self, message: str) -> None:
+        # Messages can quote file names, and a file name need not be UTF-8; the Run's
+        # columns are text.
+        message = printable(message)
         self.warnings.append(message)
         self.log(f"warning: {message}")
 
     def log(self, message: str) -> None:
-        self.lines.append(f"{timezone.now():%H:%M:%S} {message}")
+        self.lines.append(f"{timezone.now():%H:%M:%S} {printable(message)}")
         self._log_dirty = True
 
     # Heartbeat side --------------------------------------------------------------------
@@ -155,7 +166,7 @@ class RunHooks(Hooks):
             "bytes_total": progress.bytes_total,
             "files_done": progress.files_done,
             "files_total": progress.files_total,
-            "current_item": progress.current[-1000:],
+            "current_item": printable(progress.current)[-1000:],
         }
 
     def beat(self) -> bool:
@@ -181,6 +192,8 @@ class RunHooks(Hooks):
         """Say why this worker no longer owns the run: a cancel (still ours to end) or not."""
         state = Run.objects.filter(pk=self.run.pk).values("status", "cancel_requested").first()
         if state and state["cancel_requested"] and state["status"] == Run.Status.RUNNING:
+            if self._publishing:
+                return Cancelled("Cancelled on request while publishing.")
             return Cancelled("Cancelled on request; nothing was published.")
         return FencedError(
             f"Run #{self.run.pk} was taken from this worker "
@@ -448,7 +461,8 @@ def reap_abandoned(*, now=None) -> list[int]:
     only when its heartbeat is older than ABANDON_AFTER_S by the database's clock, the
     one every heartbeat is written with, so a live run, which beats every second, is
     never declared dead, whatever the clocks of the hosts say. `now` replaces the
-    database's clock (for tests).
+    database's clock (for tests). A reaped restore is rolled back from its journal in
+    STATE_DIR, and so is any other restore that died on this host.
     """
     clock = Now() if now is None else Value(now, output_field=DateTimeField())
     cutoff = clock - Value(timedelta(seconds=settings.ABANDON_AFTER_S))
@@ -478,13 +492,16 @@ def reap_abandoned(*, now=None) -> list[int]:
     reaped_runs = list(Run.objects.filter(pk__in=reaped).select_related("source"))
     for source_dir in {run.source.archive_dir for run in reaped_runs}:
         remove_dead_temps(source_dir)
-    for run in reaped_runs:
-        if run.kind == Run.Kind.RESTORE and run.target.startswith("/"):
-            # An in-place restore killed half-way: its journal puts the original back.
-            from backups.engine.restore import recover_interrupted
+    # A restore killed half-way: its journal puts the original back. Then any journal
+    # whose restore died on this host (its lock is free), whatever became of its run.
+    from backups.engine.restore import recover_interrupted
 
-            for action in recover_interrupted(Path(run.target).parent):
+    for run in reaped_runs:
+        if run.kind == Run.Kind.RESTORE:
+            for action in recover_interrupted(settings.STATE_DIR, run=str(run.pk)):
                 logger.warning("run %s: %s", run.pk, action)
+    for action in recover_interrupted(settings.STATE_DIR):
+        logger.warning("%s", action)
     return reaped
 
 

@@ -12,7 +12,6 @@ with the (folder, name) primary key, so no set of seen paths is held in memory.
 from __future__ import annotations
 
 import logging
-import os
 import posixpath
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -20,6 +19,7 @@ from pathlib import Path
 from django.db import IntegrityError, connection, transaction
 
 from backups.engine.manifest import DIR, Entry, iter_manifest
+from backups.engine.names import name_to_catalog
 from backups.models import Manifest, ManifestDir, ManifestEntry, Run
 
 logger = logging.getLogger(__name__)
@@ -32,22 +32,14 @@ COLUMNS = ("directory_id", "name", "type", "size", "mode", "mtime", "sha256", "t
 INDEX_FAILED = "The file catalog of this backup could not be indexed"
 
 
-def display_path(path: str) -> str:
-    """Return text the database can store: undecodable bytes become `\\xNN` escapes."""
-    try:
-        path.encode("utf-8")
-        return path
-    except UnicodeEncodeError:
-        return os.fsencode(path).decode("utf-8", "backslashreplace")
-
-
 def split(path: str) -> tuple[str, str]:
-    """Split a relative path into its folder ('' for the root) and its name.
+    """Split a relative path into its folder ('' for the root) and its name, as catalog text.
 
-    The root itself ("." when the tar had a member for it) has no name: its folder row
-    stands for it.
+    Names are kept as `name_to_catalog` writes them, so any file name fits a text column
+    and comes back byte for byte. The root itself ("." when the tar had a member for it)
+    has no name: its folder row stands for it.
     """
-    path = display_path(path).strip("/")
+    path = name_to_catalog(path).strip("/")
     return ("", "") if path == "." else posixpath.split(path)
 
 
@@ -79,7 +71,7 @@ def _rows(entries: Iterator[Entry], dir_ids: dict[str, int]) -> Iterator[tuple]:
             entry.mode & 0o7777,
             int(entry.mtime),
             bytes.fromhex(entry.sha256) if entry.sha256 else None,
-            display_path(entry.target) if entry.target is not None else None,
+            name_to_catalog(entry.target) if entry.target is not None else None,
         )
 
 

@@ -38,6 +38,7 @@ from django.utils import timezone
 
 from backups.audit import audit_record
 from backups.engine.atomic import fsync_dir
+from backups.engine.errors import ArchiveError
 from backups.engine.retention import PINNED, Rules, Snapshot, select
 from backups.models import Manifest, Run, Source
 from backups.services.execution import worker_identity
@@ -50,6 +51,7 @@ VERIFIED = "verified"
 IN_USE = "in use"
 MISSING = "missing"
 HELD = "held"
+OUTSIDE = "outside its folder"
 
 # Backups claimed and deleted together: one transaction and one folder fsync per batch.
 BATCH = 100
@@ -118,6 +120,19 @@ def _listings(backups: list[Run]) -> tuple[dict[Path, set[str]], list[str], bool
     return names, problems, held
 
 
+def _split_outside(backups: list[Run]) -> tuple[list[Run], list[tuple[Run, str]]]:
+    """Set apart the backups whose archive is not in their source's folder, with why."""
+    inside, outside = [], []
+    for run in backups:
+        try:
+            run.stored_archive()
+        except ArchiveError as error:
+            outside.append((run, str(error)))
+        else:
+            inside.append(run)
+    return inside, outside
+
+
 def _present(run: Run, names: dict[Path, set[str]]) -> bool:
     archive = Path(run.archive)
     return archive.name in names.get(archive.parent, set())
@@ -145,9 +160,15 @@ def prune_plan(*, source: Source, now: datetime | None = None) -> PrunePlan:
         .order_by("-started_at", "-pk")
     )
     plan = PrunePlan(source=source)
+    for run in backups:
+        run.source = source  # its own backups: no query per run to find their folder
+    backups, outside = _split_outside(backups)
+    plan.problems.extend(problem for _run, problem in outside)
     if not backups:
+        plan.keep.extend((run, [OUTSIDE]) for run, _problem in outside)
         return plan
-    names, plan.problems, held = _listings(backups)
+    names, listing_problems, held = _listings(backups)
+    plan.problems.extend(listing_problems)
     present = [run for run in backups if held or _present(run, names)]
     present_ids = {run.pk for run in present}
     missing = [run for run in backups if run.pk not in present_ids]
@@ -188,6 +209,7 @@ def prune_plan(*, source: Source, now: datetime | None = None) -> PrunePlan:
     else:
         plan.remove = [by_id[snapshot.id] for snapshot in decision.remove]
     plan.keep.extend((run, [MISSING]) for run in missing)
+    plan.keep.extend((run, [OUTSIDE]) for run, _problem in outside)
     return plan
 
 
@@ -203,7 +225,12 @@ def _entry(run: Run, source: Source, reasons: list[str] | None = None) -> dict:
 
 
 def _files(run: Run) -> list[Path]:
-    archive = Path(run.archive)
+    """Return the files of `run` to remove: none when its archive lies outside its folder."""
+    try:
+        archive = run.stored_archive()
+    except ArchiveError as error:
+        logger.warning("prune removes no file of backup #%s: %s", run.pk, error)
+        return []
     return [archive, archive.with_name(archive.name + ".sha256"), run.manifest_path]
 
 
@@ -270,11 +297,14 @@ def _delete_owned(runs: list[Run], me: str) -> None:
                 "was paused past ABANDON_AFTER_S and another pruner took over. Nothing "
                 "more was deleted."
             )
+        sources = Source.objects.in_bulk({run.source_id for run in runs})
         folders = set()
         for run in runs:
-            for path in _files(run):
+            run.source = sources[run.source_id]
+            files = _files(run)
+            for path in files:
                 path.unlink(missing_ok=True)
-            folders.add(Path(run.archive).parent)
+            folders.update(path.parent for path in files[:1])
         for folder in folders:
             if folder.is_dir():
                 fsync_dir(folder)
@@ -285,9 +315,7 @@ def _delete_owned(runs: list[Run], me: str) -> None:
             log=Concat(F("log"), Value(f"{now:%Y-%m-%d %H:%M:%S} removed by retention ({me})\n")),
         )
         # Deleting a backup is destructive: each one leaves an audit record, as a restore does.
-        sources = Source.objects.in_bulk({run.source_id for run in runs})
         for run in runs:
-            run.source = sources[run.source_id]
             audit_record(
                 actor=None,
                 action="backup.prune",

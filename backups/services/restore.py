@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from django.conf import settings
 from django.db import IntegrityError, transaction
 
 from backups.audit import audit_record
 from backups.engine.errors import EngineError
+from backups.engine.names import catalog_to_name, printable
 from backups.engine.restore import RestoreRequest, check_target, run_restore
-from backups.models import AuditEvent, Run
+from backups.models import AuditEvent, Run, Source
 from backups.services.backup import SourceBusy
 from backups.services.execution import RunHooks, reap_abandoned
 from backups.services.queue import run_enqueue
@@ -17,28 +19,74 @@ class RestoreRefused(Exception):
     """The restore cannot start as asked (bad backup, bad target); nothing was changed."""
 
 
+def restore_places(*, source: Source, in_place: bool, trigger: str) -> dict:
+    """Return where a restore of `source` may write, as RestoreRequest fields.
+
+    Never into, over or around the archive storage or the dashboard's own database; a
+    new location never in or around any source's location, and, unless asked for on
+    the command line (by someone with a shell on the host), only inside RESTORE_ROOTS.
+    PostgreSQL servers and pod namespaces: the source's own and the allow-lists.
+    """
+    refused = {str(settings.ARCHIVE_ROOT): "the archive storage"}
+    if settings.DATABASE_FILE is not None:
+        for suffix in ("", "-wal", "-shm", "-journal"):
+            refused[f"{settings.DATABASE_FILE}{suffix}"] = "the dashboard's own database"
+    if not in_place:
+        local = Source.objects.filter(kind__in=(Source.Kind.DIRECTORY, Source.Kind.SQLITE))
+        for name, location in local.values_list("name", "location"):
+            refused.setdefault(location, f"the location of the source {name!r}")
+    return {
+        "roots": None
+        if trigger == Run.Trigger.CLI
+        else [str(root) for root in settings.RESTORE_ROOTS],
+        "refused": refused,
+        "postgres_servers": list(settings.RESTORE_POSTGRES_HOSTS),
+        "pod_namespaces": list(settings.RESTORE_POD_NAMESPACES),
+        "source_location": source.location,
+    }
+
+
 def _engine_request(
-    backup: Run, *, target: str, in_place: bool, paths, timeout_s: float | None = None
+    backup: Run,
+    *,
+    target: str,
+    in_place: bool,
+    paths,
+    trigger: str,
+    timeout_s: float | None = None,
+    **more,
 ) -> RestoreRequest:
+    """Return the engine's request; `paths` are catalog text, the engine's are file names."""
+    source = backup.source
     return RestoreRequest(
-        archive=backup.archive_path,
+        archive=backup.stored_archive(),
         manifest=backup.manifest_path,
-        kind=backup.source.kind,
+        kind=source.kind,
         target=target,
         in_place=in_place,
-        paths=list(paths),
+        paths=[catalog_to_name(path) for path in paths],
         timeout_s=timeout_s,
+        # The files beside each other can be swapped together; the catalog's record cannot.
+        catalog_sha256=backup.sha256 or None,
+        **restore_places(source=source, in_place=in_place, trigger=trigger),
+        **more,
     )
 
 
-def restore_target_problem(*, backup: Run, target: str, in_place: bool, paths) -> str | None:
+def restore_target_problem(
+    *, backup: Run, target: str, in_place: bool, paths, trigger: str = Run.Trigger.MANUAL
+) -> str | None:
     """Return why `target` (and `paths`) cannot take `backup`, or None.
 
-    The check every restore starts with; the dashboard runs it before anyone types the
-    confirmation. A manifest that cannot be read for `paths` is a problem too.
+    The check every restore starts with, with the places `restore_places` allows for
+    `trigger`; the dashboard runs it before anyone types the confirmation, and the
+    worker's engine runs it again on the same terms just before it writes. A manifest
+    that cannot be read for `paths` is a problem too.
     """
     try:
-        check_target(_engine_request(backup, target=target, in_place=in_place, paths=paths))
+        check_target(
+            _engine_request(backup, target=target, in_place=in_place, paths=paths, trigger=trigger)
+        )
     except EngineError as error:
         return str(error)
     return None
@@ -62,7 +110,7 @@ def restore_request(
     source = backup.source
     detail = {
         "backup": backup.pk,
-        "target": source.location if in_place else target,
+        "target": source.location if in_place else target and printable(target),
         "in_place": in_place,
         "paths": list(paths or []),
     }
@@ -85,6 +133,11 @@ def restore_request(
         )
     if not in_place and not target:
         raise refuse("Give a target (--to) or restore in place (--in-place --yes).")
+    if target and printable(target) != target:
+        raise refuse(
+            f"The target {printable(target)} is not valid UTF-8 (the \\xNN are its other "
+            "bytes); restore into a folder whose path is UTF-8, then move the files."
+        )
     run = Run(
         source=source,
         kind=Run.Kind.RESTORE,
@@ -97,7 +150,7 @@ def restore_request(
         exclusive=in_place,
     )
     problem = restore_target_problem(
-        backup=backup, target=run.target, in_place=in_place, paths=run.paths
+        backup=backup, target=run.target, in_place=in_place, paths=run.paths, trigger=trigger
     )
     if problem:
         raise refuse(problem)
@@ -142,7 +195,10 @@ def restore_execute(run: Run, hooks: RunHooks) -> dict:
         target=run.target,
         in_place=run.in_place,
         paths=run.paths,
+        trigger=run.trigger,
         timeout_s=source.policy.run_timeout_s if source.policy_id else 3600,
+        state_dir=settings.STATE_DIR,
+        run_id=str(run.pk),
     )
     result = run_restore(request, hooks)
     return {

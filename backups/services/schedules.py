@@ -12,6 +12,7 @@ by the compliance service from the cron expression and the runs that did happen.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
@@ -21,7 +22,7 @@ from django.utils import timezone
 from django_q.models import Schedule
 
 from backups.engine.durations import next_run
-from backups.models import Run, Source
+from backups.models import Run, Source, WorkerBeat
 
 logger = logging.getLogger(__name__)
 
@@ -50,44 +51,83 @@ def _first_run(cron: str, now: datetime) -> datetime:
     return next_run(cron, now, schedule_zone())
 
 
-def _apply(source: Source, existing: list[Schedule], now: datetime) -> None:
-    """Make the schedules in `existing` (all for `source`) match what `source` wants."""
+@dataclass
+class _ScheduleWrites:
+    """The writes that bring schedules in line, gathered so many sources cost few queries."""
+
+    now: datetime
+    create: list[Schedule] = field(default_factory=list)
+    delete: list[int] = field(default_factory=list)
+    # The same changes (a policy's new cron for all its sources) become one UPDATE.
+    update: dict[tuple, list[int]] = field(default_factory=dict)
+    first_runs: dict[str, datetime] = field(default_factory=dict)
+
+    def first_run(self, cron: str) -> datetime:
+        if cron not in self.first_runs:
+            self.first_runs[cron] = _first_run(cron, self.now)
+        return self.first_runs[cron]
+
+    def execute(self) -> None:
+        for chunk in _chunks(self.delete):
+            Schedule.objects.filter(pk__in=chunk).delete()
+        # Schedule.save() would compute the first run with the process's own clock and zone;
+        # ours comes from the same TIME_ZONE through the engine, testable with any `now`.
+        Schedule.objects.bulk_create(self.create)
+        for changes, pks in self.update.items():
+            for chunk in _chunks(pks):
+                Schedule.objects.filter(pk__in=chunk).update(**dict(changes))
+        updated = sum(len(pks) for pks in self.update.values())
+        if self.create or updated or self.delete:
+            # One line per sync, not per source: an apply of a thousand sources is one event.
+            logger.info(
+                "schedules: %d created, %d updated, %d removed",
+                len(self.create),
+                updated,
+                len(self.delete),
+            )
+
+
+def _chunks(pks: list[int], size: int = 500):
+    for start in range(0, len(pks), size):
+        yield pks[start : start + size]
+
+
+def _apply(source: Source, existing: list[Schedule], writes: _ScheduleWrites) -> None:
+    """Plan the writes that make the schedules in `existing` (all for `source`) match it."""
     cron = _wanted_cron(source)
     if cron is None:
         if existing:
-            Schedule.objects.filter(pk__in=[s.pk for s in existing]).delete()
-            logger.info("removed the schedule of source %s", source.pk)
+            writes.delete.extend(s.pk for s in existing)
+            logger.debug("removed the schedule of source %s", source.pk)
         return
     keep, *extra = existing or [None]
-    if extra:
-        Schedule.objects.filter(pk__in=[s.pk for s in extra]).delete()
+    writes.delete.extend(s.pk for s in extra)
     if keep is None:
-        schedule = Schedule(
-            name=_schedule_name(source),
-            func=BACKUP_TASK,
-            args=repr(source.pk),
-            schedule_type=Schedule.CRON,
-            cron=cron,
-            repeats=-1,
+        writes.create.append(
+            Schedule(
+                name=_schedule_name(source),
+                func=BACKUP_TASK,
+                args=repr(source.pk),
+                schedule_type=Schedule.CRON,
+                cron=cron,
+                repeats=-1,
+                next_run=writes.first_run(cron),
+            )
         )
-        schedule.save()
-        # Schedule.save() computes the first run with the process's own clock and zone;
-        # ours is computed from the same TIME_ZONE by the engine, testable with any `now`.
-        Schedule.objects.filter(pk=schedule.pk).update(next_run=_first_run(cron, now))
-        logger.info("scheduled source %s: %s", source.pk, cron)
+        logger.debug("scheduled source %s: %s", source.pk, cron)
         return
     changes = {}
     if keep.cron != cron or keep.schedule_type != Schedule.CRON:
-        changes.update(cron=cron, schedule_type=Schedule.CRON, next_run=_first_run(cron, now))
+        changes.update(cron=cron, schedule_type=Schedule.CRON, next_run=writes.first_run(cron))
     if keep.name != _schedule_name(source):
         changes["name"] = _schedule_name(source)
     if keep.repeats != -1:
         changes["repeats"] = -1
     if keep.next_run is None:
-        changes["next_run"] = _first_run(cron, now)
+        changes["next_run"] = writes.first_run(cron)
     if changes:
-        Schedule.objects.filter(pk=keep.pk).update(**changes)
-        logger.info("updated the schedule of source %s: %s", source.pk, sorted(changes))
+        writes.update.setdefault(tuple(sorted(changes.items())), []).append(keep.pk)
+        logger.debug("updated the schedule of source %s: %s", source.pk, sorted(changes))
 
 
 def _backup_schedules():
@@ -119,32 +159,45 @@ def schedule_sync(source: Source, *, now: datetime | None = None) -> None:
             if existing:
                 Schedule.objects.filter(pk__in=[s.pk for s in existing]).delete()
             return
-        _apply(fresh, existing, now)
+        writes = _ScheduleWrites(now=now)
+        _apply(fresh, existing, writes)
+        writes.execute()
 
 
 def schedule_sync_policy(policy, *, now: datetime | None = None) -> None:
     """Bring the schedules of every source under `policy` in line after it changed."""
-    for source in Source.objects.filter(policy=policy).only("pk"):
-        schedule_sync(source, now=now)
+    now = now or timezone.now()
+    with transaction.atomic():
+        sources = list(Source.objects.select_related("policy").filter(policy=policy))
+        by_source: dict[int | None, list[Schedule]] = {}
+        for schedule in _backup_schedules().filter(args__in=[repr(s.pk) for s in sources]):
+            by_source.setdefault(_source_id(schedule), []).append(schedule)
+        writes = _ScheduleWrites(now=now)
+        for source in sources:
+            _apply(source, by_source.get(source.pk, []), writes)
+        writes.execute()
 
 
 def schedule_sync_all(*, now: datetime | None = None) -> None:
     """Reconcile every backup schedule with the catalog, and make sure housekeeping runs.
 
     Costs a constant number of queries when nothing changed: one for the sources, one for
-    the schedules.
+    the schedules. Changes are written in batches (bulk inserts, one UPDATE per distinct
+    change), so a thousand new sources cost a handful of queries, not two each.
     """
     now = now or timezone.now()
     with transaction.atomic():
         by_source: dict[int | None, list[Schedule]] = {}
         for schedule in _backup_schedules():
             by_source.setdefault(_source_id(schedule), []).append(schedule)
+        writes = _ScheduleWrites(now=now)
         for source in Source.objects.select_related("policy"):
-            _apply(source, by_source.pop(source.pk, []), now)
+            _apply(source, by_source.pop(source.pk, []), writes)
         orphans = [s.pk for schedules in by_source.values() for s in schedules]
         if orphans:
-            Schedule.objects.filter(pk__in=orphans).delete()
+            writes.delete.extend(orphans)
             logger.info("removed %d schedule(s) of deleted sources", len(orphans))
+        writes.execute()
         housekeeping_ensure(now=now)
 
 
@@ -271,9 +324,11 @@ def drills_queue_due(*, now: datetime | None = None) -> list[Run]:
 def housekeeping_run(*, now: datetime | None = None) -> dict:
     """Do the periodic chores: reap dead runs, finish interrupted prunes, queue due drills,
     and reconcile the schedules with the catalog. Return what was done."""
-    from backups.services.execution import reap_abandoned
+    from backups.services.execution import reap_abandoned, worker_identity
     from backups.services.prune import prune_recover
 
+    # First, so that /healthz sees the workers alive even when a chore below fails.
+    WorkerBeat.beat(HOUSEKEEPING_NAME, worker=worker_identity())
     reaped = reap_abandoned(now=now)
     recovered = prune_recover()
     drills = drills_queue_due(now=now)

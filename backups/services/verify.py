@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from django.conf import settings
+from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from backups.audit import audit_record
 from backups.engine.errors import ArchiveError
 from backups.engine.verify import drill, verify_archive
-from backups.models import Run
+from backups.models import AuditEvent, Run
 from backups.services.execution import RunHooks, connection_refresh
 from backups.services.queue import run_enqueue
 
@@ -15,19 +17,60 @@ from backups.services.queue import run_enqueue
 def verify_request(
     *, backup: Run, trigger: str, user=None, drill: bool = False, enqueue: bool = True
 ) -> Run:
-    """Create a queued verification (or drill) of `backup`."""
-    run = Run.objects.create(
-        source=backup.source,
-        kind=Run.Kind.VERIFY,
-        backup=backup,
-        trigger=trigger,
-        requested_by=user,
-        exclusive=False,
-        drill=drill,
-    )
+    """Create a queued verification (or drill) of `backup`, or return the one under way.
+
+    A backup is verified, and drilled, once at a time (a constraint in the database): while
+    a verification of the same sort is queued or running, a second request returns that
+    one, with `already_active` set, and queues nothing. A person's request (not a
+    scheduled one) is audited.
+    """
+    for attempt in (1, 2):
+        try:
+            with transaction.atomic():
+                run = Run.objects.create(
+                    source=backup.source,
+                    kind=Run.Kind.VERIFY,
+                    backup=backup,
+                    trigger=trigger,
+                    requested_by=user,
+                    exclusive=False,
+                    drill=drill,
+                )
+            break
+        except IntegrityError:
+            active = (
+                Run.objects.filter(backup=backup, kind=Run.Kind.VERIFY, drill=drill)
+                .filter(status__in=Run.ACTIVE)
+                .select_related("source")
+                .first()
+            )
+            if active is not None:
+                active.already_active = True
+                _audit(active, trigger, user, existing=True)
+                return active
+            # It ended between the insert and the lookup: ask once more.
+            if attempt == 2:
+                raise
+    _audit(run, trigger, user, existing=False)
     if enqueue:
         run_enqueue(run)
     return run
+
+
+def _audit(run: Run, trigger: str, user, *, existing: bool) -> None:
+    if trigger == Run.Trigger.SCHEDULE:
+        return
+    detail = {"backup": run.backup_id, "drill": run.drill}
+    if existing:
+        detail["already_active"] = True
+    audit_record(
+        actor=user,
+        action="drill.request" if run.drill else "verify.request",
+        outcome=AuditEvent.Outcome.REQUESTED,
+        obj=run,
+        source=run.source,
+        detail=detail,
+    )
 
 
 def verify_execute(run: Run, hooks: RunHooks) -> dict:
@@ -38,24 +81,28 @@ def verify_execute(run: Run, hooks: RunHooks) -> dict:
     if source.kind == "sqlite":
         names.append("database")
     queries = source.policy.check_queries if source.policy_id else []
+    archive = backup.stored_archive()
     checks = verify_archive(
-        archive=backup.archive_path,
+        archive=archive,
         manifest=backup.manifest_path,
         kind=source.kind,
         checks=names,
         sqlite_queries=queries,
+        query_time_s=settings.CHECK_QUERY_TIMEOUT_S,
         hooks=hooks,
+        catalog_sha256=backup.sha256 or None,
     )
     result: dict = {"archive": backup.archive, "sha256": backup.sha256}
     if run.drill and all(check["ok"] for check in checks):
         scratch = settings.ARCHIVE_ROOT / ".drills"
         scratch.mkdir(parents=True, exist_ok=True)
         outcome = drill(
-            archive=backup.archive_path,
+            archive=archive,
             manifest=backup.manifest_path,
             kind=source.kind,
             scratch_dir=scratch,
             hooks=hooks,
+            catalog_sha256=backup.sha256 or None,
         )
         checks.append(outcome)
         if outcome.get("ok"):

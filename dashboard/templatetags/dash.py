@@ -5,6 +5,7 @@ Every status is shown as words with a symbol, never as a colour alone.
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from urllib.parse import quote
 
@@ -112,6 +113,17 @@ def percent(value) -> str:
 
 
 @register.filter
+def audit_value(value) -> str:
+    """Format a value of an audit record's detail: text as it is, the rest as JSON.
+
+    An edit's `changes` read `{"rpo_s": [7200, 10800]}` rather than Python's repr.
+    """
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, ensure_ascii=False, default=str)
+
+
+@register.filter
 def octal_mode(mode) -> str:
     """Format permission bits the way `ls -l` users read them: `0644`."""
     if mode in (None, ""):
@@ -136,6 +148,19 @@ def _bytes(size: int) -> str:
             return f"{int(value)} bytes" if unit == "bytes" else f"{value:.1f} {unit}"
         value /= 1024
     return f"{size} bytes"
+
+
+def _modified(mtime, zone) -> tuple[str, str]:
+    """Return an mtime as (ISO 8601, shown); a date no calendar holds is shown as a number.
+
+    A manifest is read from disk and may say anything (an mtime of 10**12 is year 33658),
+    and a catalog filled before manifests were checked may hold any value.
+    """
+    try:
+        moment = datetime.fromtimestamp(mtime, tz=zone)
+    except (OverflowError, OSError, ValueError, TypeError):
+        return "", f"{mtime} (out of range)"
+    return moment.isoformat(), f"{moment:%Y-%m-%d %H:%M}"
 
 
 @register.simple_tag
@@ -178,7 +203,6 @@ def entry_rows(rows, can_restore: bool, search: bool = False):
             name = row.name
         if row.target:
             name = format_html("{} → <code>{}</code>", name, row.target)
-        moment = datetime.fromtimestamp(row.mtime, tz=zone)
         sha = row.sha256_hex
         parts.append(
             format_html(
@@ -192,8 +216,7 @@ def entry_rows(rows, can_restore: bool, search: bool = False):
                 row.type_label,
                 "" if row.is_dir else _bytes(row.size),
                 octal_mode(row.mode),
-                moment.isoformat(),
-                f"{moment:%Y-%m-%d %H:%M}",
+                *_modified(row.mtime, zone),
                 format_html('<code class="hash" title="{}">{}…</code>', sha, sha[:12])
                 if sha
                 else "",

@@ -8,11 +8,12 @@ from django.views.decorators.http import require_GET
 
 from backups.models import AuditEvent
 from dashboard.forms import ActivityFilterForm
-from dashboard.views.common import paginate
+from dashboard.views.common import paginate, permission_required_audited
 
 PER_PAGE = 50
 
 
+@permission_required_audited("backups.view_auditevent")
 @require_GET
 def activity(request):
     """List audit events newest first, searchable by actor, action and source."""

@@ -39,10 +39,16 @@ class Pager:
         return self.has_next or self.has_previous
 
 
+# Far beyond any real list, and small enough that page × rows per page stays a number
+# every database takes as an OFFSET.
+MAX_PAGE = 1_000_000
+
+
 def page_number(request, param: str = "page") -> int:
-    """Return the page asked for in the query string; anything odd means the first page."""
+    """Return the page asked for in the query string; anything odd means the first page,
+    anything past MAX_PAGE the (empty) page MAX_PAGE."""
     try:
-        return max(1, int(request.GET.get(param, 1)))
+        return min(MAX_PAGE, max(1, int(request.GET.get(param, 1))))
     except (TypeError, ValueError):
         return 1
 

@@ -19,6 +19,7 @@ from django.views.decorators.http import require_GET
 
 from backups.models import Manifest, ManifestDir, ManifestEntry, Run
 from backups.services.manifests import index_failure
+from dashboard.views.common import permission_required_audited
 
 ENTRIES_PER_PAGE = 200
 SEARCH_LIMIT = 200
@@ -170,6 +171,7 @@ def search(manifest: Manifest, text: str, limit: int) -> list[Row]:
     return sorted(rows.values(), key=lambda row: (row.folder, row.name))[:limit]
 
 
+@permission_required_audited("backups.view_run")
 @require_GET
 def manifest_browse(request, pk):
     """List one folder of a backup with sizes and hashes, or search the whole backup."""
@@ -344,6 +346,7 @@ def diff_page(old_id: int, new_id: int, *, prefix: str = "", after=None) -> dict
             size = min(size * 4, DIFF_MAX_SLICE)
 
 
+@permission_required_audited("backups.view_run")
 @require_GET
 def manifest_diff(request, pk):
     """Compare a backup with another backup of the same source: added, removed, changed."""

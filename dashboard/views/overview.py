@@ -14,7 +14,12 @@ from django.views.decorators.http import require_GET
 from backups.models import Run, Source
 from backups.services.compliance import Standing, fleet_standing
 from dashboard.forms import OverviewFilterForm
-from dashboard.views.common import HEALTH_ORDER, paginate, source_health
+from dashboard.views.common import (
+    HEALTH_ORDER,
+    paginate,
+    permission_required_audited,
+    source_health,
+)
 
 PER_PAGE = 50
 # The columns the table and the standing need: every other one would be read and parsed
@@ -97,6 +102,7 @@ def _activity(now) -> dict:
     )
 
 
+@permission_required_audited("backups.view_source")
 @require_GET
 def overview(request):
     """Show every source's RPO, RTO and integrity, breaches and failures first.

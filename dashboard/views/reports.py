@@ -11,7 +11,7 @@ from django.views.decorators.http import require_GET
 
 from backups.models import Source
 from backups.services.compliance import fleet_standing
-from dashboard.views.common import paginate
+from dashboard.views.common import paginate, permission_required_audited
 
 PER_PAGE = 100
 CSV_COLUMNS = [
@@ -35,6 +35,26 @@ CSV_COLUMNS = [
 ]
 
 
+# A spreadsheet runs a cell that starts with one of these as a formula: a source named
+# `=HYPERLINK(...)` must come out as text.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_cell(value):
+    """Return `value` as a CSV cell a spreadsheet shows as text, never runs as a formula.
+
+    Numbers stay numbers (a negative one too); any other text that starts like a formula
+    gets a leading apostrophe, which spreadsheets hide.
+    """
+    if not isinstance(value, str) or not value.startswith(FORMULA_STARTS):
+        return value
+    try:
+        float(value)
+    except ValueError:
+        return "'" + value
+    return value
+
+
 def _iso(moment) -> str:
     return moment.isoformat() if moment else ""
 
@@ -43,6 +63,7 @@ def _number(value, digits: int = 1) -> str:
     return "" if value is None else f"{value:.{digits}f}"
 
 
+@permission_required_audited("backups.view_source")
 @require_GET
 def compliance_report(request):
     """List every source's targets, measured values and 30-day record, with a CSV export.
@@ -58,6 +79,7 @@ def compliance_report(request):
     return render(request, "dashboard/compliance_report.html", context)
 
 
+@permission_required_audited("backups.view_source")
 @require_GET
 def compliance_report_csv(request):
     """Return the compliance report as CSV, one row per source, for spreadsheets and audits."""
@@ -68,8 +90,9 @@ def compliance_report_csv(request):
     writer.writerow(CSV_COLUMNS)
     for s in sorted(fleet_standing(now=now), key=lambda s: s.source.name.lower()):
         source = s.source
-        writer.writerow(
-            [
+        row = [
+            csv_cell(cell)
+            for cell in [
                 source.name,
                 source.kind,
                 source.owner,
@@ -88,5 +111,6 @@ def compliance_report_csv(request):
                 _number(s.success_rate_30d, 4),
                 s.missed_30d,
             ]
-        )
+        ]
+        writer.writerow(row)
     return response

@@ -33,17 +33,50 @@ def _restore_points(source: Source, wanted: Run | None) -> list[Run]:
     return points
 
 
+def _new_location(source: Source, backup: Run, target: str) -> dict:
+    """Say what a restore to a new location writes, and what there it may overwrite."""
+    kind = source.kind
+    nothing = "Nothing existing is overwritten"
+    if kind == Source.Kind.POSTGRES:
+        return {
+            "overwrites": False,
+            "heading": nothing,
+            "summary": (
+                f"The dump in backup #{backup.pk} is loaded into the database {target}. It "
+                "is created if it does not exist; if it exists it must be empty, or the "
+                "restore stops before changing anything. No database object is dropped or "
+                "replaced."
+            ),
+        }
+    if kind == Source.Kind.KUBERNETES and not target.startswith("/"):
+        return {
+            "overwrites": True,
+            "heading": "Files in the pod may be overwritten",
+            "summary": (
+                f"The files of backup #{backup.pk} are written into {target}: a file there "
+                "with the same path as one in the backup is replaced by the backup's copy, "
+                "and nothing is kept of it; other files there stay as they are."
+            ),
+        }
+    if kind == Source.Kind.SQLITE:
+        where = f"the new database file {target}; it must not exist yet"
+    else:
+        where = f"the folder {target}, which must be new or empty"
+    return {
+        "overwrites": False,
+        "heading": nothing,
+        "summary": (
+            f"The backup is written to {where}. Files there belong to the workers' user, "
+            "without set-user-ID or set-group-ID bits, whoever owned them in the backup."
+        ),
+    }
+
+
 def _consequences(source: Source, backup: Run, *, in_place: bool, target: str, paths) -> dict:
     """Say in words what the restore will write and what it will overwrite."""
     kind = source.kind
     if not in_place:
-        return {
-            "overwrites": False,
-            "summary": (
-                f"The backup is written to {target}, a new location. Nothing that exists "
-                "is overwritten: a folder must be new or empty, a database file new."
-            ),
-        }
+        return _new_location(source, backup, target)
     if kind == Source.Kind.SQLITE:
         summary = (
             f"The live database file {source.location} is replaced by the snapshot in "
@@ -54,6 +87,13 @@ def _consequences(source: Source, backup: Run, *, in_place: bool, target: str, p
             f"The database {source.location} is overwritten with the dump in backup "
             f"#{backup.pk} (objects in the dump are dropped and recreated). Every change "
             "made since that backup is lost."
+        )
+    elif kind == Source.Kind.KUBERNETES:
+        scope = f"each of the {len(paths)} path(s) below" if paths else "everything"
+        summary = (
+            f"The files of backup #{backup.pk} ({scope}) are written over their live "
+            f"copies in {source.location}: changes made to them since that backup are "
+            "lost, and nothing is kept of them. Files created since stay as they are."
         )
     elif paths:
         summary = (
@@ -68,7 +108,7 @@ def _consequences(source: Source, backup: Run, *, in_place: bool, target: str, p
             "The current data is moved aside while the restore runs and deleted once it "
             "has succeeded."
         )
-    return {"overwrites": True, "summary": summary}
+    return {"overwrites": True, "heading": "This overwrites live data", "summary": summary}
 
 
 @permission_required_audited(PERM)

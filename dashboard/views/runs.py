@@ -36,6 +36,7 @@ def _live_context(run: Run) -> dict:
     }
 
 
+@permission_required_audited("backups.view_run")
 @require_GET
 def run_detail(request, pk):
     """Show a run: status, progress, timings, archive and hash, errors, checks, log."""
@@ -54,6 +55,7 @@ def run_detail(request, pk):
     return render(request, "dashboard/run_detail.html", context)
 
 
+@permission_required_audited("backups.view_run")
 @require_GET
 def run_live(request, pk):
     """Return the live part of a run's page; it stops polling once the run has ended."""
@@ -66,7 +68,16 @@ def run_cancel_view(request, pk):
     """Stop a queued or running run, then show it."""
     run = _run(pk)
     if run_cancel(run=run, user=request.user):
-        messages.success(request, f"Asked {run.kind} #{run.pk} to stop; it ends within seconds.")
+        if run.publishing_at:
+            messages.warning(
+                request,
+                f"Asked {run.kind} #{run.pk} to stop, but it is already publishing its result: "
+                "it stops if it still safely can, otherwise it finishes.",
+            )
+        else:
+            messages.success(
+                request, f"Asked {run.kind} #{run.pk} to stop; it ends within seconds."
+            )
     else:
         messages.info(request, f"{run.kind.capitalize()} #{run.pk} had already ended.")
     return redirect("run-detail", pk=run.pk)

@@ -104,6 +104,7 @@ def _history_charts(source: Source, now) -> dict:
     }
 
 
+@permission_required_audited("backups.view_source")
 @require_GET
 def source_detail(request, slug):
     """Show one source: is it safe now, how did it get here, what can be done about it."""
@@ -182,7 +183,14 @@ def _verify(request, slug, *, drill: bool):
         messages.error(request, f"No good backup of {source.name} yet: nothing to {verb}.")
         return redirect("source-detail", slug=source.slug)
     run = verify_request(backup=latest, trigger=Run.Trigger.MANUAL, user=request.user, drill=drill)
-    messages.success(request, f"A {what} of backup #{latest.pk} is queued as run #{run.pk}.")
+    if run.already_active:
+        messages.info(
+            request,
+            f"A {what} of backup #{latest.pk} is already {run.status} as run #{run.pk}; "
+            "no second one was queued.",
+        )
+    else:
+        messages.success(request, f"A {what} of backup #{latest.pk} is queued as run #{run.pk}.")
     return redirect("run-detail", pk=run.pk)
 
 

@@ -18,7 +18,7 @@ import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from backups.engine.hooks import Hooks
+from backups.engine.hooks import Hooks, RecordingHooks
 from backups.engine.manifest import Entry, build_spool, sidecar_text, write_manifest
 from backups.engine.tarstream import Member, TarScanner, normalise
 
@@ -314,3 +314,24 @@ class CancelAfter(Hooks):
 
     def warn(self, message: str) -> None:
         self.warnings.append(message)
+
+
+class CancelWhilePublishing(RecordingHooks):
+    """Hooks that let a restore start publishing, then cancel it at its first check there."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.publishing = False
+
+    def publish(self, action) -> None:
+        self.publishing = True
+        try:
+            action()
+        finally:
+            self.publishing = False
+
+    def check(self) -> None:
+        from backups.engine.errors import Cancelled
+
+        if self.publishing:
+            raise Cancelled("Cancelled by a user.")

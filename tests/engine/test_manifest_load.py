@@ -3,11 +3,21 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 
 import pytest
 
 from backups.engine.errors import ArchiveError, UnsupportedFormatError
-from backups.engine.manifest import Entry, build_spool, load_manifest, write_manifest
+from backups.engine.manifest import (
+    MTIME_MAX,
+    MTIME_MIN,
+    Entry,
+    build_spool,
+    clamp_mtime,
+    iter_manifest,
+    load_manifest,
+    write_manifest,
+)
 
 HEADER = {
     "run": 7,
@@ -33,7 +43,13 @@ def written(tmp_path, entries=ENTRIES, header=HEADER):
 def test_a_manifest_reads_back_exactly(tmp_path):
     loaded = load_manifest(written(tmp_path))
     assert loaded.entries == ENTRIES
-    assert {key: loaded.header[key] for key in HEADER} == HEADER
+    # Dates are validated as they are decoded, and come back as datetimes.
+    expected = {
+        **HEADER,
+        "started_at": datetime(2026, 11, 22, tzinfo=UTC),
+        "finished_at": datetime(2026, 11, 22, 0, 0, 5, tzinfo=UTC),
+    }
+    assert {key: loaded.header[key] for key in HEADER} == expected
     assert loaded.total_files == 1 and loaded.total_bytes == 3
 
 
@@ -50,12 +66,14 @@ def test_header_fields_beyond_the_contract_are_kept(tmp_path):
     assert load_manifest(path).header["labels"] == {"team": "db"}
 
 
-def test_a_null_size_reads_as_zero_as_before(tmp_path):
+def test_a_null_size_is_refused_naming_the_field(tmp_path):
+    # No version ever wrote one; the schema says a size is a whole number.
     path = written(tmp_path)
     data = json.loads(path.read_text())
     data["entries"][0]["size"] = None
     path.write_text(json.dumps(data))
-    assert load_manifest(path).entries[0].size == 0
+    with pytest.raises(ArchiveError, match=r"not valid at entries\[0\]\.size: expected `int`"):
+        load_manifest(path)
 
 
 def test_a_newer_format_and_a_damaged_file_are_refused_clearly(tmp_path):
@@ -69,7 +87,7 @@ def test_a_newer_format_and_a_damaged_file_are_refused_clearly(tmp_path):
         load_manifest(path)
     del data["archive"]
     path.write_text(json.dumps(data))
-    with pytest.raises(ArchiveError, match="missing a required field"):
+    with pytest.raises(ArchiveError, match="missing required field `archive`"):
         load_manifest(path)
 
 
@@ -78,3 +96,100 @@ def test_a_manifest_that_cannot_be_read_is_a_sentence_not_a_stack_trace(tmp_path
     folder.mkdir()  # reading it fails with an OSError other than "missing"
     with pytest.raises(ArchiveError, match="cannot be read: Is a directory"):
         load_manifest(folder)
+
+
+def with_entry(tmp_path, **fields):
+    """Write a valid manifest, then set `fields` of its second entry, keeping the layout."""
+    path = written(tmp_path)
+    lines = path.read_text().split("\n")
+    at = lines.index(' "entries": [') + 2
+    entry = json.loads(lines[at].rstrip(","))
+    lines[at] = json.dumps({**entry, **fields}, separators=(",", ":")) + ","
+    path.write_text("\n".join(lines))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("fields", "where", "what"),
+    [
+        ({"mtime": "2026-11-22T00:00:00+00:00"}, "mtime", "expected `int | float`, got `str`"),
+        ({"mode": "0644"}, "mode", "expected `int`, got `str`"),
+        ({"mode": 0o10000}, "mode", "expected `int` <= 4095"),
+        ({"size": -1}, "size", "expected `int` >= 0"),
+        ({"mtime": 1e12}, "mtime", "expected `float` <= 253402214399.0"),
+        ({"type": "socket"}, "type", "invalid enum value 'socket'"),
+        ({"sha256": "not a hash"}, "sha256", "expected `str` matching regex"),
+        ({"path": 7}, "path", "expected `str`, got `int`"),
+    ],
+)
+def test_a_field_of_the_wrong_type_or_out_of_bounds_is_named(tmp_path, fields, where, what):
+    path = with_entry(tmp_path, **fields)
+    with pytest.raises(ArchiveError) as caught:
+        load_manifest(path)
+    message = str(caught.value)
+    assert f"{path} is not valid at entries[1].{where}: {what}" in message
+    # The streaming reader the catalog and the import use says the same.
+    header, entries = iter_manifest(path)
+    with pytest.raises(ArchiveError) as streamed:
+        list(entries)
+    assert f"not valid at entries[1].{where}: {what}" in str(streamed.value)
+
+
+def test_a_bad_field_is_found_in_a_manifest_with_names_that_are_not_utf8(tmp_path):
+    # Such names make msgspec's JSON reader step aside; the schema still applies.
+    odd = Entry("caf\udce9.txt", "file", 3, 0o644, 1, "ef" * 32)
+    path = written(tmp_path, [*ENTRIES, odd])
+    data = path.read_text().replace('"mode":420', '"mode":"rw-r--r--"', 1)
+    path.write_text(data)
+    with pytest.raises(ArchiveError, match=r"not valid at entries\[1\]\.mode: expected `int`"):
+        load_manifest(path)
+    with pytest.raises(ArchiveError, match=r"not valid at entries\[1\]\.mode: expected `int`"):
+        list(iter_manifest(path)[1])
+
+
+@pytest.mark.parametrize(
+    ("change", "what"),
+    [
+        ({"run": "7"}, r"not valid at run: expected `int`"),
+        ({"started_at": "yesterday"}, r"not valid at started_at: invalid RFC3339"),
+        ({"started_at": "2026-11-22T00:00:00"}, r"started_at: expected `datetime` with a time"),
+        ({"source": {"name": "x", "kind": "ftp"}}, r"source\.kind: invalid enum value 'ftp'"),
+        ({"totals": -1}, r"not valid at totals\.files: expected `int` >= 0"),
+        ({"format": "1"}, r"not valid at format: expected `int`"),
+    ],
+)
+def test_a_header_field_of_the_wrong_type_is_named(tmp_path, change, what):
+    path = written(tmp_path, header={**HEADER, **change})
+    # Writing sets the format and the totals itself: those two are altered afterwards.
+    text = path.read_text()
+    text = text.replace('"format": 1', '"format": "1"') if "format" in change else text
+    text = text.replace('"files": 1', '"files": -1') if "totals" in change else text
+    path.write_text(text)
+    with pytest.raises(ArchiveError, match=what):
+        load_manifest(path)
+    with pytest.raises(ArchiveError, match=what):
+        iter_manifest(path)
+
+
+def test_a_nul_character_or_a_surrogate_that_is_no_byte_is_refused(tmp_path):
+    path = with_entry(tmp_path, path="docs/a\u0000.txt")
+    with pytest.raises(ArchiveError, match="holds a NUL character"):
+        load_manifest(path)
+    with pytest.raises(ArchiveError, match="holds a NUL character"):
+        list(iter_manifest(path)[1])
+    path = with_entry(tmp_path, path="docs/\ud800.txt")
+    with pytest.raises(ArchiveError, match=r"at entries\[1\]\.path: it holds a Unicode surrogate"):
+        load_manifest(path)
+    with pytest.raises(ArchiveError, match=r"at entries\[1\]\.path: it holds a Unicode surrogate"):
+        list(iter_manifest(path)[1])
+
+
+def test_a_name_that_spells_a_nul_escape_is_a_name_like_any_other(tmp_path):
+    path = with_entry(tmp_path, path="docs/\\u0000.txt")
+    assert load_manifest(path).entries[1].path == "docs/\\u0000.txt"
+
+
+def test_an_out_of_range_mtime_is_written_clamped_so_the_manifest_reads_back(tmp_path):
+    entries = [Entry("far.txt", "file", 0, 0o644, clamp_mtime(1e12), None)]
+    assert load_manifest(written(tmp_path, entries)).entries[0].mtime == MTIME_MAX
+    assert clamp_mtime(-1e12) == MTIME_MIN and clamp_mtime(1_700_000_000.5) == 1_700_000_000.5

@@ -460,21 +460,67 @@ def test_a_fenced_restore_publishes_nothing(source_tree, backup, tmp_path):
     assert leftovers(tmp_path) == []
 
 
+LONG = "setuid-" + "x" * 150  # a name only a PAX header can hold
+
+
+def owned_tree(root):
+    """Small and big files (through tar and written directly), owned by others, set-id."""
+    root.mkdir()
+    (root / "small.txt").write_text("small")
+    (root / "big.bin").write_bytes(os.urandom(2 << 20))
+    (root / "suid").write_text("#!/bin/sh\n")
+    (root / "shared").mkdir()
+    (root / LONG).write_text("behind an extended header\n")
+    owners = {"small.txt": (4321, 1234), "big.bin": (4322, 1235), "suid": (0, 0), LONG: (7, 7)}
+    modes = {"small.txt": 0o6755, "big.bin": 0o4755, "suid": 0o4755, "shared": 0o3775}
+    modes[LONG] = 0o4755
+    for name, (uid, gid) in owners.items():
+        os.chown(root / name, uid, gid)
+    for name, mode in modes.items():
+        os.chmod(root / name, mode)
+    return owners, modes
+
+
+def owners_and_modes(root, names):
+    infos = {name: os.stat(root / name) for name in names}
+    return {
+        name: (info.st_uid, info.st_gid, stat.S_IMODE(info.st_mode)) for name, info in infos.items()
+    }
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="only root can give files away")
-def test_restore_as_root_keeps_owners_of_small_and_big_files(tmp_path):
-    source = tmp_path / "source"
-    source.mkdir()
-    (source / "small.txt").write_text("small")
-    (source / "big.bin").write_bytes(os.urandom(2 << 20))
-    for name, (uid, gid) in {"small.txt": (4321, 1234), "big.bin": (4322, 1235)}.items():
-        os.chown(source / name, uid, gid)
-    backup = archive_of(source, tmp_path / "archives")
+def test_restore_in_place_as_root_keeps_owners_and_set_id_bits(tmp_path):
+    owners, modes = owned_tree(tmp_path / "source")
+    backup = archive_of(tmp_path / "source", tmp_path / "archives")
+    for name in owners:  # changed since the backup: the restore must bring them back
+        os.chown(tmp_path / "source" / name, 99, 99)
+        os.chmod(tmp_path / "source" / name, 0o644)
+
+    run_restore(request_for(backup, tmp_path / "source", in_place=True), RecordingHooks())
+
+    assert owners_and_modes(tmp_path / "source", owners) == {
+        name: (*owner, modes[name]) for name, owner in owners.items()
+    }
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root can give files away")
+def test_restore_to_a_new_location_gives_files_to_this_user_without_set_id_bits(tmp_path):
+    owners, modes = owned_tree(tmp_path / "source")
+    backup = archive_of(tmp_path / "source", tmp_path / "archives")
 
     run_restore(request_for(backup, tmp_path / "restored"), RecordingHooks())
 
-    for name, owner in {"small.txt": (4321, 1234), "big.bin": (4322, 1235)}.items():
-        info = os.stat(tmp_path / "restored" / name)
-        assert (info.st_uid, info.st_gid) == owner
+    me = (os.geteuid(), os.getegid())
+    restored = tmp_path / "restored"
+    assert owners_and_modes(restored, owners) == {
+        "small.txt": (*me, 0o755),
+        "big.bin": (*me, 0o755),
+        "suid": (*me, 0o755),
+        LONG: (*me, 0o755),
+    }
+    # The sticky bit (no privilege) stays; the set-gid bit of a folder goes too.
+    assert stat.S_IMODE(os.stat(restored / "shared").st_mode) == 0o1775
+    assert (restored / "big.bin").read_bytes() == (tmp_path / "source" / "big.bin").read_bytes()
 
 
 class _Collect:
@@ -488,6 +534,47 @@ class _Collect:
 
     def operation(self, action) -> None:
         action()
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_set_id_bits_come_off_wherever_the_stream_is_cut(tree, tmp_path, seed):
+    import random
+
+    from backups.engine.restore.splitter import Splitter
+    from backups.engine.safety import MemberPolicy
+    from backups.engine.tarstream import TarScanner
+
+    for name in ("suid", LONG):
+        (tree / name).write_text("#!/bin/sh\n")
+        os.chmod(tree / name, 0o6755)
+    stream = gnu_tar(tree)
+    out = _Collect()
+    splitter = Splitter(out, root=None, direct_min=None, keep_owners=False)
+    policy = MemberPolicy()
+
+    def decide(member):
+        splitter.approve(member, policy.review(member))
+        return True
+
+    scanner = TarScanner(decide=decide, sink=splitter)
+    rng = random.Random(seed)
+    position = 0
+    while position < len(stream):
+        step = rng.choice([1, 7, 511, 512, 513, 4096])
+        scanner.feed(stream[position : position + step])
+        position += step
+    scanner.close()
+    splitter.finish()
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    subprocess.run(["tar", "-xpf", "-", "-C", str(staging)], input=bytes(out.data), check=True)
+
+    for name in ("suid", LONG):
+        assert stat.S_IMODE(os.stat(staging / name).st_mode) == 0o755
+    for path in tree.rglob("*"):
+        if path.name not in ("suid", LONG):
+            restored = staging / path.relative_to(tree)
+            assert os.lstat(restored).st_mode == os.lstat(path).st_mode, path
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
@@ -525,3 +612,19 @@ def test_the_second_reading_agrees_with_tar_wherever_the_stream_is_cut(tree, tmp
 
     assert snapshot(staging) == snapshot(tree)
     assert len(out.data) < len(stream) - (1 << 20)  # the big file did not go through tar
+
+
+def test_a_restore_refuses_an_archive_the_catalog_does_not_know_and_writes_nothing(tmp_path):
+    source = make_tree(tmp_path / "source")
+    backup = archive_of(source, tmp_path / "archives")
+    target = tmp_path / "target"
+    request = RestoreRequest(
+        archive=backup.archive,
+        manifest=backup.manifest,
+        kind="directory",
+        target=str(target),
+        catalog_sha256="e" * 64,
+    )
+    with pytest.raises(ArchiveError, match=f"but the catalog recorded {'e' * 64}"):
+        run_restore(request, RecordingHooks())
+    assert not target.exists()

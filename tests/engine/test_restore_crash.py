@@ -36,6 +36,21 @@ CHILD = textwrap.dedent(
     from backups.engine.restore import RestoreRequest, run_restore
 
     args = json.loads(sys.argv[1])
+    if args.get("mount"):
+        # The target stands for a mount point: staging happens inside it.
+        real_ismount = os.path.ismount
+        os.path.ismount = lambda path: os.fspath(path) == args["target"] or real_ismount(path)
+
+    if args.get("die_in_swap"):
+        # Killed right after the first live entry was moved aside, path by path.
+        real_rename = os.rename
+
+        def rename(src, dst, *rest, **dirs):
+            real_rename(src, dst, *rest, **dirs)
+            if dirs.get("dst_dir_fd") is not None:
+                os.kill(os.getpid(), signal.SIGKILL)
+
+        os.rename = rename
 
     class Hooks(Hooks):
         checks = 0
@@ -63,6 +78,8 @@ CHILD = textwrap.dedent(
             kind=args["kind"],
             target=args["target"],
             in_place=True,
+            state_dir=Path(args["state"]),
+            run_id="7",
         ),
         Hooks(),
     )
@@ -77,6 +94,7 @@ def start_child(tmp_path, backup, target, kind="directory", **options):
         "kind": kind,
         "target": str(target),
         "marker": str(tmp_path / "marker"),
+        "state": str(tmp_path / "state"),
         **options,
     }
     return subprocess.Popen(
@@ -84,6 +102,13 @@ def start_child(tmp_path, backup, target, kind="directory", **options):
         cwd=ROOT,
         env=dict(os.environ, PYTHONPATH=str(ROOT)),
     )
+
+
+def journals(tmp_path) -> list[str]:
+    """Return the runs whose journals wait in the state folder."""
+    folder = tmp_path / "state"
+    names = os.listdir(folder) if folder.exists() else []
+    return sorted(name.split(".")[0] for name in names if name.endswith(".journal"))
 
 
 @pytest.fixture
@@ -109,11 +134,12 @@ def test_sigkill_while_extracting_leaves_the_original_in_place(tmp_path, setup):
     child.wait()
 
     assert snapshot(source) == before
-    assert any(name.endswith(".journal") for name in leftovers(tmp_path))
-    done = recover_interrupted(tmp_path)
+    assert journals(tmp_path) == ["restore-7"]
+    done = recover_interrupted(tmp_path / "state")
     assert any("staging" in line for line in done)
     assert snapshot(source) == before
     assert leftovers(tmp_path) == []
+    assert journals(tmp_path) == []
 
 
 @pytest.mark.parametrize(
@@ -128,11 +154,12 @@ def test_sigkill_during_the_swap_is_undone_by_recovery(tmp_path, setup, die_at):
     if die_at.startswith("Moved the current"):
         assert not source.exists()  # the original sits aside, under the journal's care
 
-    done = recover_interrupted(tmp_path)
+    done = recover_interrupted(tmp_path / "state")
 
     assert f"Put the original data back at {source}." in done
     assert snapshot(source) == before
     assert leftovers(tmp_path) == []
+    assert journals(tmp_path) == []
 
 
 def test_a_new_restore_first_recovers_an_interrupted_one(tmp_path, setup):
@@ -148,6 +175,8 @@ def test_a_new_restore_first_recovers_an_interrupted_one(tmp_path, setup):
             kind="directory",
             target=str(source),
             in_place=True,
+            state_dir=tmp_path / "state",
+            run_id="8",
         ),
         hooks,
     )
@@ -166,12 +195,12 @@ def test_recovery_leaves_a_running_restore_alone(tmp_path, setup):
             assert time.monotonic() < deadline
             time.sleep(0.01)
 
-        assert recover_interrupted(tmp_path) == []
-        assert any(name.endswith(".journal") for name in leftovers(tmp_path))
+        assert recover_interrupted(tmp_path / "state") == []
+        assert journals(tmp_path) == ["restore-7"]
     finally:
         child.kill()
         child.wait()
-    recover_interrupted(tmp_path)
+    recover_interrupted(tmp_path / "state")
     assert snapshot(source) == before
 
 
@@ -195,6 +224,22 @@ def test_sigkill_while_copying_into_a_live_database_keeps_it_whole(tmp_path):
         assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
     db.close()
     assert count_rows(live) in (10, 50_000)
-    recover_interrupted(tmp_path)
+    recover_interrupted(tmp_path / "state")
     assert count_rows(live) == 10
     assert leftovers(tmp_path) == []
+    assert journals(tmp_path) == []
+
+
+def test_sigkill_in_a_mount_point_swap_is_undone_from_the_state_folder(tmp_path, setup):
+    # A mount point is restored path by path, with staging inside it; the journal is not.
+    source, backup, before = setup
+    child = start_child(tmp_path, backup, source, mount=True, die_in_swap=True)
+    assert child.wait(timeout=60) == -signal.SIGKILL
+    assert snapshot(source) != before
+    assert not [name for name in os.listdir(source) if name.endswith(".journal")]
+
+    done = recover_interrupted(tmp_path / "state")
+
+    assert any(line.startswith("Put the original") for line in done)
+    assert snapshot(source) == before
+    assert leftovers(source) == [] and journals(tmp_path) == []

@@ -12,6 +12,7 @@ from backups.engine.errors import ArchiveError, Cancelled, EngineError, TargetEr
 from backups.engine.hooks import RecordingHooks
 from backups.engine.restore import RestoreRequest, check_target, run_restore
 from tests.engine.restore_helpers import (
+    CancelWhilePublishing,
     archive_of,
     hostile_tar,
     make_tree,
@@ -35,6 +36,8 @@ def cluster(tmp_path, monkeypatch):
 
 
 def request_for(backup, target, **options):
+    # The archives here are made from local folders standing for pod prod/api-0's data.
+    options.setdefault("source_location", "prod/api-0/app:/var/data")
     return RestoreRequest(
         archive=backup.archive,
         manifest=backup.manifest,
@@ -151,3 +154,12 @@ def test_a_hung_kubectl_is_stopped_by_the_timeout(cluster, tmp_path, monkeypatch
 
     with pytest.raises(Cancelled, match="timed out.*may hold part of the archive"):
         run_restore(request_for(backup, "prod/api-0:/var/data", timeout_s=1.5), RecordingHooks())
+
+
+def test_a_cancel_while_sending_to_a_pod_says_the_pod_may_hold_part(cluster, tmp_path):
+    source = make_tree(tmp_path / "source")
+    (source / "large.bin").write_bytes(os.urandom(4 << 20))
+    backup = archive_of(source, tmp_path / "archives", kind="kubernetes")
+
+    with pytest.raises(Cancelled, match="stopped there: prod/api-0:/var/data may hold part"):
+        run_restore(request_for(backup, "prod/api-0:/var/data"), CancelWhilePublishing())

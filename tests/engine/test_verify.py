@@ -219,7 +219,49 @@ def test_check_queries_cannot_change_the_snapshot(database_backup):
     )
 
     assert not results["database"]["ok"]
-    assert "readonly" in results["database"]["detail"]
+    assert "may only read" in results["database"]["detail"]
+
+
+@pytest.mark.parametrize("sql", ["VACUUM INTO '{file}'", "ATTACH '{file}' AS other"])
+def test_check_queries_cannot_write_a_file_elsewhere(database_backup, tmp_path, sql):
+    planted = tmp_path / "copy.db"
+    queries = [{"sql": sql.format(file=planted), "expect": "= 0"}]
+
+    results = by_name(
+        verify(database_backup, kind="sqlite", checks=["database"], sqlite_queries=queries)
+    )
+
+    assert not results["database"]["ok"]
+    assert "may only read (SELECT), and this one asks for ATTACH" in results["database"]["detail"]
+    assert not planted.exists()
+
+
+def test_a_check_query_that_never_ends_is_stopped_at_its_time_limit(database_backup):
+    endless = "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n) SELECT max(i) FROM n"
+    queries = [{"sql": endless, "expect": "> 0"}]
+
+    results = by_name(
+        verify(
+            database_backup,
+            kind="sqlite",
+            checks=["database"],
+            sqlite_queries=queries,
+            query_time_s=0.2,
+        )
+    )
+
+    assert not results["database"]["ok"]
+    assert "stopped after 0.2 s, its time limit" in results["database"]["detail"]
+
+
+def test_a_check_query_may_read_a_pragma_that_only_reports(database_backup):
+    queries = [{"sql": "PRAGMA user_version", "expect": "= 0"}]
+
+    results = by_name(
+        verify(database_backup, kind="sqlite", checks=["database"], sqlite_queries=queries)
+    )
+
+    assert results["database"]["ok"], results
 
 
 def test_the_database_check_fails_clearly_when_the_archive_is_damaged(database_backup):
@@ -295,3 +337,39 @@ def test_a_drill_of_an_awkward_tree(tree, tmp_path):
     )
 
     assert result["ok"], result
+
+
+OTHER = "f" * 64
+
+
+def test_an_archive_that_is_not_the_one_the_catalog_recorded_fails_the_checksum(backup):
+    # Archive, manifest and checksum file agree; the sha256 kept apart from them does not.
+    results = by_name(verify(backup, catalog_sha256=OTHER))
+    assert results["contents"]["ok"]
+    checksum = results["checksum"]
+    assert not checksum["ok"]
+    assert f"but the catalog recorded {OTHER} when this backup was written" in checksum["detail"]
+    assert "the files on disk are not the ones this backup wrote" in checksum["detail"]
+    assert by_name(verify(backup, catalog_sha256=sha_of(backup)))["checksum"]["ok"]
+
+
+@pytest.mark.parametrize("kind", ["directory", "sqlite"])
+def test_a_drill_refuses_an_archive_the_catalog_does_not_know(kind, source, tmp_path):
+    if kind == "sqlite":
+        backup = database_archive(make_database(tmp_path / "app.db"), tmp_path / "archives")
+    else:
+        backup = archive_of(source, tmp_path / "archives")
+    outcome = drill(
+        archive=backup.archive,
+        manifest=backup.manifest,
+        kind=kind,
+        scratch_dir=tmp_path / "scratch",
+        hooks=RecordingHooks(),
+        catalog_sha256=OTHER,
+    )
+    assert not outcome["ok"]
+    assert "the files on disk are not the ones this backup wrote" in outcome["detail"]
+
+
+def sha_of(backup):
+    return json.loads(backup.manifest.read_text())["archive"]["sha256"]

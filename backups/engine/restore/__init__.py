@@ -14,13 +14,17 @@ stream to write them directly, which saves a pipe and a process hop per byte.
 
 A directory is extracted into a staging folder next to the target (same filesystem), then
 renamed into place; in place, the current data is first renamed aside and removed only
-after success. A journal in the same folder records each step, so `recover_interrupted`
-puts the original back after a crash at any point.
+after success. A journal records each step, so `recover_interrupted` puts the original
+back after a crash at any point. Journals live in the workers' private state folder
+(`RestoreRequest.state_dir`), never beside the target: data is anybody's upload, and a
+journal decides what is moved and deleted.
 
 The modules, in the order a restore meets them: `request` (what to restore, and the
-checks on a target), `run` (the state one restore shares between its steps), `reader`
-(decompressing and hashing the archive), `member_filter` and `contents` (each member
-against the safety policy, the selection and the manifest), `extract`, `splitter`,
+checks on a target), `places` (where a restore may write: restore roots, refused
+places, PostgreSQL servers and pod namespaces), `run` (the state one restore shares
+between its steps), `reader` (decompressing and hashing the archive), `member_filter`
+and `contents` (each member against the safety policy, the selection and the
+manifest), `extract`, `splitter`,
 `direct_files` and `children` (writing through tar), `staging`, `journal`, `recovery` and
 `files` (staging beside the target, and putting it back after a crash), then one module
 per kind of target: `directory` (with `paths_in_place` and `hardlink_helpers`), `sqlite`
@@ -46,6 +50,7 @@ from .reader import (
     PROCESS,
     THREAD,
     ArchiveReader,
+    catalog_mismatch,
     expected_sha256,
     payload_limit,
     reading_mode,
@@ -68,6 +73,7 @@ __all__ = [
     "ProgressMeter",
     "RestoreRequest",
     "RestoreResult",
+    "catalog_mismatch",
     "check_target",
     "decompress_verified",
     "expected_sha256",

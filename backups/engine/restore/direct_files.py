@@ -7,6 +7,7 @@ import functools
 import grp
 import os
 import pwd
+import stat
 from collections.abc import Callable
 
 from ..tarstream import Member
@@ -23,12 +24,17 @@ def _owner_id(name: str, number: int, *, group: bool) -> int:
 
 
 class DirectFile:
-    """A big file written into staging by the writer thread, in stream order."""
+    """A big file written into staging by the writer thread, in stream order.
 
-    def __init__(self, root_fd: int, path: str, member: Member) -> None:
+    Without `keep_owners` it belongs to this user and loses its set-id bits, as tar
+    writes the others then (see Splitter).
+    """
+
+    def __init__(self, root_fd: int, path: str, member: Member, *, keep_owners: bool) -> None:
         self.root_fd = root_fd
         self.path = path
         self.member = member
+        self.keep_owners = keep_owners
         self.fd: int | None = None
 
     def open(self) -> None:
@@ -65,10 +71,13 @@ class DirectFile:
         member, fd = self.member, self.fd
         self.fd = None
         try:
-            if os.geteuid() == 0:
+            mode = member.mode
+            if not self.keep_owners:
+                mode &= ~(stat.S_ISUID | stat.S_ISGID)
+            elif os.geteuid() == 0:
                 uid = _owner_id(member.uname, member.uid, group=False)
                 os.fchown(fd, uid, _owner_id(member.gname, member.gid, group=True))
-            os.fchmod(fd, member.mode)  # after chown, which clears set-id bits
+            os.fchmod(fd, mode)  # after chown, which clears set-id bits
             when = member.mtime
             ns = when * 1_000_000_000 if isinstance(when, int) else round(when * 1e9)
             os.utime(fd, ns=(ns, ns))

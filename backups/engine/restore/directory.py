@@ -11,12 +11,11 @@ from ..errors import TargetError
 from ..safety import Selection
 from .files import remove_path
 from .hardlink_helpers import hardlink_helpers
-from .journal import Journal
 from .paths_in_place import restore_paths
-from .recovery import recover_interrupted, undone_on_failure
+from .recovery import undone_on_failure
 from .request import check_space, check_target, selection_for
 from .run import RestoreRun
-from .staging import prepare_staging, side_path, sync_filesystem
+from .staging import prepare_staging, sync_filesystem
 
 
 def restore_directory(run: RestoreRun) -> str:
@@ -24,9 +23,7 @@ def restore_directory(run: RestoreRun) -> str:
     request = run.request
     check_target(request, run.manifest)
     target = Path(os.path.realpath(request.target))
-    recover_interrupted(target.parent, hooks=run.hooks)
-    if target.is_dir():
-        recover_interrupted(target, hooks=run.hooks)
+    run.recover(target)
     selection = selection_for(request, run.manifest)
     helpers = hardlink_helpers(run.manifest, selection)
     if not target.parent.exists():
@@ -47,18 +44,9 @@ def _restore_tree(run: RestoreRun, target: Path, selection: Selection, helpers) 
     before = None
     if target.is_dir():
         before = "dir" if request.in_place else "empty"
-    staging = side_path(target, "restore", run.token)
-    aside = side_path(target, "before-restore", run.token) if before == "dir" else None
-    journal = Journal(
-        target.parent,
-        target.name,
-        run.token,
-        kind="tree",
-        target=target,
-        staging=staging,
-        aside=os.fspath(aside) if aside else None,
-        before=before,
-    )
+    journal = run.journal(kind="tree", target=target, before=before)
+    staging = journal.staging
+    aside = journal.aside if before == "dir" else None
     with undone_on_failure(journal):
         prepare_staging(staging, target if before else None)
         run.extract(staging, selection, helpers)
@@ -76,7 +64,7 @@ def _restore_tree(run: RestoreRun, target: Path, selection: Selection, helpers) 
             journal.write(phase="done")
 
         try:
-            run.hooks.publish(swap)
+            run.publish(swap)
         except OSError as error:
             if error.errno in (errno.ENOTEMPTY, errno.EEXIST):
                 raise TargetError(

@@ -24,11 +24,26 @@ def tar_env() -> dict:
     return dict(os.environ, LC_ALL="C.UTF-8")
 
 
-def tar_extract_argv(dest: Path) -> list[str]:
-    """Return the GNU tar command that extracts stdin into `dest` faithfully."""
+def tar_extract_argv(dest: Path, *, keep_owners: bool = True) -> list[str]:
+    """Return the GNU tar command that extracts stdin into `dest` faithfully.
+
+    Without `keep_owners` files belong to this user whoever owned them (the set-id bits
+    are taken off their headers before tar reads them: see Splitter).
+    """
     # --delay-directory-restore: folder modes and mtimes are set after their contents
     # (read-only folders, mtimes not bumped by later members); -p: modes exactly as stored.
-    return ["tar", "-x", "-p", "--delay-directory-restore", "-f", "-", "-C", os.fspath(dest)]
+    owners = [] if keep_owners else ["--no-same-owner"]
+    return [
+        "tar",
+        "-x",
+        "-p",
+        *owners,
+        "--delay-directory-restore",
+        "-f",
+        "-",
+        "-C",
+        os.fspath(dest),
+    ]
 
 
 def stream_into(
@@ -41,17 +56,19 @@ def stream_into(
     meter: ProgressMeter,
     tick: Callable[[], None],
     staging: Path | None = None,
+    keep_owners: bool = True,
 ) -> str:
     """Read, check and forward a whole archive; return its sha256.
 
     With `staging`, big files are written there directly and the rest goes to `sink`.
+    Without `keep_owners`, no member reaches the sink with a set-id bit.
     """
     reader = ArchiveReader(
         archive, limit=payload_limit(manifest), tick=tick, mode=reading_mode(manifest)
     )
     splitter = None
     if sink is not None:
-        splitter = Splitter(sink, root=staging, direct_min=_DIRECT_MIN)
+        splitter = Splitter(sink, root=staging, direct_min=_DIRECT_MIN, keep_owners=keep_owners)
         filter_.approve = splitter.approve
     scanner = TarScanner(decide=filter_.decide, on_member=filter_.on_member, sink=splitter)
 

@@ -44,6 +44,6 @@ def restore_pod(run: RestoreRun) -> str:
         )
         run.stream(filter_, expected, sink=sink)
 
-    run.hooks.publish(send)
+    run.publish(send)
     run.passed_contents(filter_)
     return str(pod)

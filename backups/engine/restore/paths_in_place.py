@@ -9,11 +9,11 @@ from pathlib import Path
 
 from ..safety import Selection, shown
 from .files import open_dir, remove_path
-from .journal import Journal
+from .journal import BESIDE, INSIDE, Journal, journal_paths
 from .recovery import undone_on_failure
 from .request import check_space
 from .run import RestoreRun
-from .staging import hidden_path, prepare_staging, sync_filesystem
+from .staging import prepare_staging, sync_filesystem
 
 
 def restore_paths(run: RestoreRun, target: Path, selection: Selection, helpers, *, mount: bool):
@@ -23,11 +23,9 @@ def restore_paths(run: RestoreRun, target: Path, selection: Selection, helpers, 
     in, path by path; staging and the set-aside data live inside the target when it is a
     mount point, since a rename cannot cross filesystems.
     """
-    home = target if mount else target.parent
-    stem = "" if mount else target.name
-    staging = hidden_path(home, stem, "restore", run.token)
-    aside = hidden_path(home, stem, "before-restore", run.token)
-    check_space(home, run.manifest.total_bytes)
+    layout = INSIDE if mount else BESIDE
+    staging, aside = journal_paths(target, run.token, layout)
+    check_space(staging.parent, run.manifest.total_bytes)
     live_fd = os.open(target, os.O_RDONLY | os.O_DIRECTORY)
     try:
         if not selection.everything:
@@ -36,17 +34,7 @@ def restore_paths(run: RestoreRun, target: Path, selection: Selection, helpers, 
                 # Fail before any work when a parent in the live tree is a symlink.
                 with contextlib.suppress(FileNotFoundError):
                     os.close(open_dir(live_fd, parent))
-        journal = Journal(
-            home,
-            stem,
-            run.token,
-            kind="paths",
-            target=target,
-            staging=staging,
-            aside=os.fspath(aside),
-            items=[],
-            created=[],
-        )
+        journal = run.journal(kind="paths", target=target, layout=layout, items=[], created=[])
         with undone_on_failure(journal):
             prepare_staging(staging, target)
             run.extract(staging, selection, helpers)
@@ -54,13 +42,13 @@ def restore_paths(run: RestoreRun, target: Path, selection: Selection, helpers, 
             run.tick()
             if selection.everything:
                 names = set(os.listdir(staging)) | set(os.listdir(target))
-                names -= {staging.name, aside.name, journal.path.name, journal.lock_path.name}
+                names -= {staging.name, aside.name}
                 if mount and "lost+found" not in os.listdir(staging):
                     names.discard("lost+found")  # the filesystem's own, not the data's
                 paths = sorted(names)
             else:
                 paths = list(selection.paths)
-            run.hooks.publish(
+            run.publish(
                 lambda: _swap_paths(
                     run, journal, target, paths, live_fd, replace=selection.everything
                 )
@@ -85,7 +73,7 @@ def _swap_paths(
 ) -> None:
     """Move each live path aside and its staged copy in; `replace` also drops live paths
     the archive does not hold (a full restore), where a partial one leaves them."""
-    staging, aside = Path(journal.record["staging"]), Path(journal.record["aside"])
+    staging, aside = journal.staging, journal.aside
     os.mkdir(aside, 0o700)
     stage_fd = os.open(staging, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
     aside_fd = os.open(aside, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)

@@ -8,13 +8,34 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from ..errors import ArchiveError, EngineError
+from psycopg.conninfo import make_conninfo
+
+from ..errors import ArchiveError, EngineError, TargetError
 from ..manifest import Manifest
 from .children import kill_group, wait_ticking
 from .files import remove_path
+from .places import PostgresTarget, libpq_env, postgres_target, server_name
 from .reader import THREAD, ArchiveReader, expected_sha256, scan_archive
-from .request import check_space, check_target
+from .request import check_space, check_target, source_location
 from .run import RestoreRun
+
+# Objects a database holds beyond what CREATE DATABASE gives it (schema public, plpgsql).
+_USER_OBJECTS = r"""
+SELECT
+  (SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+    WHERE n.nspname NOT LIKE 'pg\_%' AND n.nspname <> 'information_schema')
+  + (SELECT count(*) FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+    WHERE n.nspname NOT LIKE 'pg\_%' AND n.nspname <> 'information_schema')
+  + (SELECT count(*) FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace
+    WHERE n.nspname NOT LIKE 'pg\_%' AND n.nspname <> 'information_schema'
+      AND t.typrelid = 0 AND t.typcategory <> 'A')
+  + (SELECT count(*) FROM pg_namespace
+    WHERE nspname NOT LIKE 'pg\_%' AND nspname NOT IN ('information_schema', 'public'))
+  + (SELECT count(*) FROM pg_extension WHERE extname <> 'plpgsql');
+"""
+_EXISTS = "SELECT count(*) FROM pg_database WHERE datname = :'name';\n"
+_CREATE = 'CREATE DATABASE :"name";\n'
+_DROP = 'DROP DATABASE IF EXISTS :"name";\n'
 
 
 class _DumpWriter:
@@ -29,13 +50,16 @@ class _DumpWriter:
         self.out.write(chunk)
 
 
-def decompress_verified(archive: Path, manifest: Manifest, dest: Path, *, tick, meter) -> str:
+def decompress_verified(
+    archive: Path, manifest: Manifest, dest: Path, *, tick, meter, catalog_sha256=None
+) -> str:
     """Decompress a single-payload archive (a pg_dump) into `dest`, verifying as it goes.
 
     Return the archive's sha256; raise ArchiveError when the archive, its size or (when
-    the manifest lists one file) the payload's sha256 does not match.
+    the manifest lists one file) the payload's sha256 does not match, or when the
+    archive is not the one whose sha256 the catalog recorded (`catalog_sha256`).
     """
-    expected = expected_sha256(archive, manifest)
+    expected = expected_sha256(archive, manifest, catalog_sha256)
     reader = ArchiveReader(archive, limit=manifest.total_bytes, tick=tick, mode=THREAD)
     try:
         with open(dest, "wb") as out:
@@ -60,14 +84,18 @@ def decompress_verified(archive: Path, manifest: Manifest, dest: Path, *, tick, 
     return digest
 
 
-def pg_restore_argv(uri: str, dump: Path) -> list[str]:
-    """Return the pg_restore command that replaces the database's objects with the dump's."""
-    # One transaction: a failure part-way leaves the database as it was.
+def pg_restore_argv(uri: str, dump: Path, *, clean: bool = True) -> list[str]:
+    """Return the pg_restore command that loads the dump into the database.
+
+    `clean` (in place only) first drops the database's objects that the dump holds.
+    """
+    # One transaction: a failure part-way leaves the database as it was. No password
+    # prompt: a password comes from the environment or a pgpass file, or not at all.
     return [
         os.environ.get("PG_RESTORE") or "pg_restore",
-        "--clean",
-        "--if-exists",
+        *(("--clean", "--if-exists") if clean else ()),
         "--no-owner",
+        "--no-password",
         "--single-transaction",
         "--exit-on-error",
         "-d",
@@ -77,30 +105,99 @@ def pg_restore_argv(uri: str, dump: Path) -> list[str]:
 
 
 def restore_postgres(run: RestoreRun) -> str:
-    """Load the verified dump with pg_restore, in one transaction; return the URI."""
+    """Load the verified dump with pg_restore, in one transaction; return the URI.
+
+    In place, the dump's objects replace the database's. A new location is a database
+    that does not exist yet (it is created) or is empty: nothing there is dropped.
+    """
     request = run.request
-    check_target(request)
+    check_target(request, run.manifest)
+    target = postgres_target(
+        request.target,
+        source_location=source_location(request, run.manifest),
+        servers=request.postgres_servers,
+        in_place=request.in_place,
+    )
+    env = libpq_env(target)
     scratch = Path(tempfile.mkdtemp(prefix="restore-pgdump-"))
     try:
+        exists = None if request.in_place else _new_database_exists(target, run, env, scratch)
         check_space(scratch, run.manifest.total_bytes)
         dump = scratch / "dump.pgdump"
         meter = run.meter(f"verifying {run.archive.name}")
-        digest = decompress_verified(run.archive, run.manifest, dump, tick=run.tick, meter=meter)
+        digest = decompress_verified(
+            run.archive,
+            run.manifest,
+            dump,
+            tick=run.tick,
+            meter=meter,
+            catalog_sha256=run.request.catalog_sha256,
+        )
         run.passed_checksum(digest)
         meter.progress.current = "pg_restore"
         meter.update(force=True)
 
         def load() -> None:
-            _run_child(pg_restore_argv(request.target, dump), run, what="pg_restore")
+            created = exists is False
+            if created:
+                _psql(_maintenance(target), _CREATE, run, env, scratch, name=target.dbname)
+                run.hooks.log(f"Created the database {target.dbname}.")
+            argv = pg_restore_argv(request.target, dump, clean=request.in_place)
+            try:
+                _run_child(argv, run, what="pg_restore", env=env)
+            except BaseException:
+                if created:
+                    _drop_created(target, run, env, scratch)
+                raise
 
-        run.hooks.publish(load)
+        run.publish(load)
         run.files, run.bytes = 1, run.manifest.total_bytes
     finally:
         remove_path(scratch)
     return request.target
 
 
-def _run_child(argv: list[str], run: RestoreRun, *, what: str) -> str:
+def _maintenance(target: PostgresTarget) -> str:
+    """Return the conninfo of the target server's `postgres` database."""
+    return make_conninfo("", **{**target.params, "dbname": "postgres"})
+
+
+def _new_database_exists(target: PostgresTarget, run: RestoreRun, env: dict, scratch: Path):
+    """Return whether a new location's database exists; refuse one that holds anything."""
+    where = f"{target.dbname} on {', '.join(server_name(*server) for server in target.servers)}"
+    found = _psql(_maintenance(target), _EXISTS, run, env, scratch, name=target.dbname)
+    if found.strip() == "0":
+        return False
+    objects = _psql(make_conninfo("", **target.params), _USER_OBJECTS, run, env, scratch)
+    if objects.strip() != "0":
+        raise TargetError(
+            f"The database {where} exists and is not empty; a restore to a new location "
+            "only fills a new or empty database, and nothing was changed. Name a new "
+            "database, or restore over the source in place."
+        )
+    return True
+
+
+def _drop_created(target: PostgresTarget, run: RestoreRun, env: dict, scratch: Path) -> None:
+    """Drop the database this restore created, after a failure; never raises."""
+    try:
+        _psql(_maintenance(target), _DROP, run, env, scratch, name=target.dbname)
+    except EngineError as error:
+        run.warn(f"The database {target.dbname} created for the restore was left: {error}")
+
+
+def _psql(conninfo: str, sql: str, run: RestoreRun, env: dict, scratch: Path, **values) -> str:
+    """Run `sql` through psql (`:'name'` and `:"name"` quote `values`); return its output."""
+    script = scratch / "query.sql"
+    script.write_text(sql)
+    argv = [os.environ.get("PSQL") or "psql", "-X", "--no-password", "-q", "-A", "-t"]
+    argv += ["-v", "ON_ERROR_STOP=1"]
+    for key, value in values.items():
+        argv += ["-v", f"{key}={value}"]
+    return _run_child([*argv, "-d", conninfo, "-f", os.fspath(script)], run, what="psql", env=env)
+
+
+def _run_child(argv: list[str], run: RestoreRun, *, what: str, env: dict) -> str:
     """Run a command to completion, checking for cancellation; return its output."""
     with tempfile.TemporaryFile() as output:
         try:
@@ -109,6 +206,7 @@ def _run_child(argv: list[str], run: RestoreRun, *, what: str) -> str:
                 stdin=subprocess.DEVNULL,
                 stdout=output,
                 stderr=output,
+                env=env,
                 start_new_session=True,  # so a timeout or cancel kills all it started
             )
         except FileNotFoundError:

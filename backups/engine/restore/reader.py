@@ -311,8 +311,12 @@ class ArchiveReader:
         self._file.close()
 
 
-def expected_sha256(archive: Path, manifest: Manifest) -> str:
-    """Return the archive's recorded sha256 once the manifest and checksum file agree."""
+def expected_sha256(archive: Path, manifest: Manifest, catalog: str | None = None) -> str:
+    """Return the archive's recorded sha256 once the manifest and checksum file agree.
+
+    `catalog` is the sha256 the catalog recorded when the backup was written, when the
+    caller has one: files beside each other can be swapped together, the catalog cannot.
+    """
     recorded = str(manifest.archive_sha256).lower()
     side = read_sidecar(sidecar_path(archive))
     if side != recorded:
@@ -321,7 +325,19 @@ def expected_sha256(archive: Path, manifest: Manifest) -> str:
             f"{recorded}: one of them was altered. Restore from another backup, or verify "
             "the archive to find out which one is right."
         )
+    if catalog and catalog.lower() != recorded:
+        raise ArchiveError(catalog_mismatch(Path(archive).name, recorded, catalog))
     return recorded
+
+
+def catalog_mismatch(archive_name: str, on_disk: str, catalog: str) -> str:
+    """Return the sentence for an archive whose files disagree with the catalog's sha256."""
+    return (
+        f"The archive {archive_name}, its manifest and its checksum file say sha256 "
+        f"{on_disk}, but the catalog recorded {catalog.lower()} when this backup was "
+        "written: the files on disk are not the ones this backup wrote (replaced or "
+        "swapped). Restore from another backup, and find out who changed the archive folder."
+    )
 
 
 def payload_limit(manifest: Manifest) -> int:

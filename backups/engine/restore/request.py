@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..atomic import format_bytes, free_bytes
@@ -21,6 +21,7 @@ from ..locations import (
 from ..manifest import Manifest, load_manifest
 from ..safety import Selection, normalise_request_path
 from .contents import listed, member_key
+from .places import check_local_place, check_pod_namespace, free_ancestor, postgres_target
 
 
 @dataclass
@@ -29,7 +30,19 @@ class RestoreRequest:
 
     `target` has the form of the source's location: a folder, a database file, a pod path
     `NAMESPACE/POD[/CONTAINER]:/ABS/PATH` or a libpq URI. `paths` restricts a restore to
-    those paths (relative to the source root) and what is below them.
+    those paths (relative to the source root) and what is below them. `state_dir` is the
+    workers' private folder where the restore keeps its journal, named after `run_id`, so
+    that a crash can be undone (see journal); without it a crash leaves the undoing to a
+    person. `catalog_sha256`, when set, is the archive's sha256 as recorded apart from the
+    files (the catalog): the restore refuses an archive whose manifest and checksum file
+    say otherwise.
+
+    Where it may go is the caller's to say (see `places`): `roots` are the folders a
+    restore to a new location must stay inside (None: anywhere); `refused` maps places no
+    restore writes in, at or around to what they are; `postgres_servers` (`HOST` or
+    `HOST:PORT`) and `pod_namespaces` are where a new location may be besides the source's
+    own server or namespace; `source_location` is where the backup was taken (by default
+    the manifest's).
     """
 
     archive: Path
@@ -39,6 +52,23 @@ class RestoreRequest:
     in_place: bool = False
     paths: Sequence[str] = ()
     timeout_s: float | None = None
+    state_dir: Path | None = None
+    run_id: str | None = None
+    catalog_sha256: str | None = None
+    roots: Sequence[str] | None = None
+    refused: Mapping[str, str] = field(default_factory=dict)
+    postgres_servers: Sequence[str] = ()
+    pod_namespaces: Sequence[str] = ()
+    source_location: str | None = None
+
+    @property
+    def keeps_owners(self) -> bool:
+        """Return whether files get the owners and set-id bits stored in the archive.
+
+        Only over the source itself: anywhere else a root-owned setuid file from a backup
+        would become one on this host.
+        """
+        return self.in_place
 
 
 @dataclass
@@ -85,8 +115,9 @@ def check_target(request: RestoreRequest, manifest: Manifest | None = None) -> N
     """Refuse unusable targets up front (raises TargetError), before anything is changed.
 
     A non-empty folder or an existing database file is refused unless `in_place`; the
-    target's parent must exist (in place, it is created); a pod path or URI must parse;
-    `--path`s must be in the backup (`manifest`, when the caller has it loaded already).
+    target's parent must exist (in place, or inside a root, it is created); the target
+    must be where the request's places allow (see `places`); a pod path or URI must
+    parse; `--path`s must be in the backup (`manifest`, when the caller has it loaded).
     """
     if request.kind not in KINDS:
         raise TargetError(f"Unknown source kind {request.kind!r}: use one of {', '.join(KINDS)}.")
@@ -101,15 +132,34 @@ def check_target(request: RestoreRequest, manifest: Manifest | None = None) -> N
             parse_pod_path(target)
         except ValueError as error:
             raise TargetError(str(error)) from None
+        if not request.in_place:
+            check_pod_namespace(
+                target,
+                source_location=source_location(request, manifest),
+                namespaces=request.pod_namespaces,
+            )
     elif kind == POSTGRES:
         try:
             check_postgres_uri(target)
         except ValueError as error:
             raise TargetError(str(error)) from None
+        if not request.in_place:
+            postgres_target(
+                target,
+                source_location=source_location(request, manifest),
+                servers=request.postgres_servers,
+            )
     elif kind in (DIRECTORY, SQLITE):
         check = _check_directory_target if kind == DIRECTORY else _check_sqlite_target
         try:
-            check(target, request.in_place)
+            if os.path.isabs(target):
+                check_local_place(
+                    target,
+                    in_place=request.in_place,
+                    roots=request.roots,
+                    refused=request.refused,
+                )
+            check(target, request.in_place, request.in_place or request.roots is not None)
         except OSError as error:
             where = error.filename or target
             raise TargetError(
@@ -120,23 +170,33 @@ def check_target(request: RestoreRequest, manifest: Manifest | None = None) -> N
         selection_for(request, load_manifest(request.manifest) if manifest is None else manifest)
 
 
-def _check_parent(path: Path, in_place: bool) -> None:
+def source_location(request: RestoreRequest, manifest: Manifest | None = None) -> str | None:
+    """Return where the backup was taken: the request's word, else the manifest's."""
+    if request.source_location is not None:
+        return request.source_location
+    if manifest is None:
+        manifest = load_manifest(request.manifest)
+    return (manifest.header.get("source") or {}).get("location")
+
+
+def _check_parent(path: Path, creates_parent: bool) -> None:
+    """Check the target's folder can take it; `creates_parent`: a missing one is made."""
     if not path.is_absolute():
         raise TargetError(f"{path} is a relative path; give the absolute path of the target.")
     parent = path.parent
     if not parent.exists():
-        if in_place:
-            return
-        raise TargetError(f"The folder {parent} does not exist; create it first.")
+        if not creates_parent:
+            raise TargetError(f"The folder {parent} does not exist; create it first.")
+        parent = Path(free_ancestor(os.fspath(path)))
     if not parent.is_dir():
         raise TargetError(f"{parent} is not a folder.")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise TargetError(f"This user may not create files in {parent}.")
 
 
-def _check_directory_target(target: str, in_place: bool) -> None:
+def _check_directory_target(target: str, in_place: bool, creates_parent: bool) -> None:
     path = Path(os.path.realpath(target)) if os.path.isabs(target) else Path(target)
-    _check_parent(path, in_place)
+    _check_parent(path, creates_parent)
     if not path.exists():
         return
     if not path.is_dir():
@@ -151,9 +211,9 @@ def _check_directory_target(target: str, in_place: bool) -> None:
             )
 
 
-def _check_sqlite_target(target: str, in_place: bool) -> None:
-    path = Path(target)
-    _check_parent(path, in_place)
+def _check_sqlite_target(target: str, in_place: bool, creates_parent: bool) -> None:
+    path = Path(os.path.realpath(target)) if os.path.isabs(target) else Path(target)
+    _check_parent(path, creates_parent)
     if path.is_dir():
         raise TargetError(f"The target {path} is a folder; give the database file's path.")
     if in_place or not path.exists():

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import secrets
+from collections.abc import Callable
 from pathlib import Path
 
 from ..atomic import format_bytes
-from ..errors import ArchiveError
+from ..errors import ArchiveError, Cancelled
 from ..hooks import Hooks
 from ..manifest import load_manifest
 from ..safety import Selection
@@ -15,9 +16,11 @@ from .contents import member_key
 from .deadline import Deadline
 from .extract import stream_into, tar_env, tar_extract_argv
 from .hardlink_helpers import drop_helpers
+from .journal import BESIDE, Journal
 from .member_filter import MemberFilter
 from .progress import ProgressMeter
 from .reader import expected_sha256
+from .recovery import recover_interrupted
 from .request import RestoreRequest
 
 
@@ -35,6 +38,43 @@ class RestoreRun:
         self.files = 0
         self.bytes = 0
         self.token = secrets.token_hex(6)
+
+    def journal(self, *, kind: str, target: Path, layout: str = BESIDE, **details) -> Journal:
+        """Start this restore's journal in the request's state folder (see journal)."""
+        return Journal(
+            self.request.state_dir,
+            self.request.run_id or self.token,
+            self.token,
+            kind=kind,
+            target=target,
+            layout=layout,
+            **details,
+        )
+
+    def recover(self, target: Path) -> None:
+        """Undo an earlier restore into `target` that a crash interrupted, before this one."""
+        recover_interrupted(self.request.state_dir, target=target, hooks=self.hooks)
+
+    def publish(self, action: Callable[[], None]) -> None:
+        """Run `action`, the step that changes the target, once the hooks allow it.
+
+        `action` checks for a cancel only where stopping is safe (inside pg_restore's
+        transaction, between tries of the copy into a live SQLite database, while streaming
+        to a pod); a stop there is reported with what it left behind, `deadline.outcome`.
+        """
+        entered = False
+
+        def step() -> None:
+            nonlocal entered
+            entered = True
+            action()
+
+        try:
+            self.hooks.publish(step)
+        except Cancelled as error:
+            if not entered or self.deadline.expired:
+                raise
+            raise Cancelled(f"{error} It was stopped there: {self.deadline.outcome}") from None
 
     def tick(self) -> None:
         """Raise Cancelled when the restore timed out or was cancelled."""
@@ -59,7 +99,7 @@ class RestoreRun:
                 f"The archive {self.archive} is {size} bytes but its manifest says {recorded}: "
                 f"it is {'truncated' if size < recorded else 'not the file that was written'}."
             )
-        return expected_sha256(self.archive, self.manifest)
+        return expected_sha256(self.archive, self.manifest, self.request.catalog_sha256)
 
     def meter(self, current: str, selection: Selection | None = None) -> ProgressMeter:
         """Start reporting progress on `current`, over the files `selection` keeps."""
@@ -110,6 +150,7 @@ class RestoreRun:
                 meter=filter_.meter,
                 tick=self.tick,
                 staging=staging,
+                keep_owners=self.request.keeps_owners,
             )
         except BaseException:
             if sink is not None:
@@ -153,7 +194,7 @@ class RestoreRun:
         expected = self.expected()
         filter_ = self.member_filter(f"restoring {self.archive.name}", selection, helpers)
         sink = ProcessSink(
-            tar_extract_argv(staging),
+            tar_extract_argv(staging, keep_owners=self.request.keeps_owners),
             what=f"tar extracting into {staging}",
             deadline=self.deadline,
             env=tar_env(),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import os
+import stat
 from pathlib import Path
 
 from ..errors import UnsafeArchiveError
@@ -14,6 +15,7 @@ from .direct_files import DirectFile
 
 _EXTENDED = frozenset(b"xgLK")
 _ZERO_BLOCK = bytes(512)
+_SET_ID = stat.S_ISUID | stat.S_ISGID
 
 
 def _block_name(block) -> str:
@@ -32,6 +34,15 @@ def _size_field(block) -> int:
             f"The tar header of {shown(_block_name(block))} has a size field tar may read "
             "differently."
         ) from None
+
+
+def without_set_id(block, mode: int) -> bytes:
+    """Return a ustar header block with `mode` less its set-id bits, and its checksum."""
+    header = bytearray(block)
+    header[100:108] = b"%07o\0" % (mode & ~_SET_ID)
+    header[148:156] = b" " * 8
+    header[148:156] = b"%06o\0 " % sum(header)
+    return bytes(header)
 
 
 def _pax_size(data: bytes) -> int | None:
@@ -64,11 +75,20 @@ class Splitter:
     header can hide in bytes the scanner took for data. Files of `direct_min` bytes or
     more are taken out of the stream and written here, by the sink's writer thread in
     stream order: one copy into the page cache instead of a pipe, a process hop and a
-    write by tar. Everything else goes on to tar.
+    write by tar. Everything else goes on to tar. Without `keep_owners` the set-id bits
+    come off each header before tar reads it, so no setuid file exists even for a moment.
     """
 
-    def __init__(self, out: ProcessSink, *, root: Path | None, direct_min: int | None) -> None:
+    def __init__(
+        self,
+        out: ProcessSink,
+        *,
+        root: Path | None,
+        direct_min: int | None,
+        keep_owners: bool = True,
+    ) -> None:
         self.out = out
+        self.keep_owners = keep_owners
         self.direct_min = direct_min if root is not None else None
         self.approved: collections.deque = collections.deque()
         self._root_fd = (
@@ -111,9 +131,12 @@ class Splitter:
                     pos += 512
                     start = pos
                     continue
-                if self._member(block):
+                header = self._member(block)
+                if header is not None:
                     if pos > start:
                         out(view[start:pos])
+                    if header:
+                        out(header)
                     start = pos + 512
                 pos += 512
                 if self._state == _PASS and self._left <= size - pos:
@@ -186,11 +209,18 @@ class Splitter:
             self._state = _EXT if self._left else _HDR
             return
         seq, self._seq = self._seq, bytearray()
-        if not self._member(block):
+        header = self._member(block)
+        if header is None:
             out(bytes(seq))
+        elif header:
+            out(bytes(seq[:-512]) + header)
 
-    def _member(self, block) -> bool:
-        """Match a member header with the next approved member; return True if direct."""
+    def _member(self, block) -> bytes | None:
+        """Match a member header with the next approved member.
+
+        Return None to pass the header on as it is, the header to send instead, or b""
+        when the member is written directly (tar sees neither it nor its headers).
+        """
         try:
             member, path = self.approved.popleft()
         except IndexError:
@@ -211,16 +241,18 @@ class Splitter:
                 "stopped."
             )
         if self.direct_min is not None and member.type == "file" and size >= self.direct_min:
-            direct = DirectFile(self._root_fd, path, member)
+            direct = DirectFile(self._root_fd, path, member, keep_owners=self.keep_owners)
             self.direct_files.append(direct)
             self.out.operation(direct.open)
             self._file = direct
             self._left, self._pad = size, -size % 512
             self._state = _DIRECT
-            return True
+            return b""
         self._left = size + (-size % 512)
         self._state = _PASS if self._left else _HDR
-        return False
+        if not self.keep_owners and member.mode & _SET_ID:
+            return without_set_id(block, member.mode)
+        return None
 
     def _ext_done(self) -> None:
         self._state = _HDR

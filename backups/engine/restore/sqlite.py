@@ -13,11 +13,11 @@ from ..safety import Selection, clean_path, shown
 from .files import remove_path
 from .journal import Journal
 from .progress import ProgressMeter
-from .recovery import recover_interrupted, undone_on_failure
+from .recovery import undone_on_failure
 from .request import check_space, check_target
 from .run import RestoreRun
 from .sqlite_files import page_count, sqlite_copy, sqlite_integrity
-from .staging import prepare_staging, side_path, sync_filesystem
+from .staging import prepare_staging, sync_filesystem
 
 
 def _single_file(run: RestoreRun) -> str:
@@ -38,26 +38,21 @@ def _single_file(run: RestoreRun) -> str:
 def restore_sqlite(run: RestoreRun) -> str:
     """Restore a database file, checked with PRAGMA integrity_check first; return its path."""
     request = run.request
-    check_target(request)
-    target = Path(request.target)
+    check_target(request, run.manifest)
+    # The place checked is the real one: a symlink is followed here as it was there.
+    target = Path(os.path.realpath(request.target))
     if not target.parent.exists():
         target.parent.mkdir(parents=True)
-    recover_interrupted(target.parent, hooks=run.hooks)
+    run.recover(target)
     member = _single_file(run)
     live = request.in_place and target.exists()
     check_space(target.parent, run.manifest.total_bytes * (2 if live else 1))
-    staging = side_path(target, "restore", run.token)
-    aside = side_path(target, "before-restore", run.token)
-    journal = Journal(
-        target.parent,
-        target.name,
-        run.token,
+    journal = run.journal(
         kind="sqlite" if live else "file",
         target=target,
-        staging=staging,
-        aside=os.fspath(aside),
         before="file" if target.exists() else None,
     )
+    staging, aside = journal.staging, journal.aside
     with undone_on_failure(journal):
         prepare_staging(staging, None)
         run.extract(staging, Selection([]))
@@ -72,7 +67,7 @@ def restore_sqlite(run: RestoreRun) -> str:
         sync_filesystem(staging)
         run.tick()
         if live:
-            run.hooks.publish(lambda: _copy_into_live(run, journal, snapshot, target, aside))
+            run.publish(lambda: _copy_into_live(run, journal, snapshot, target, aside))
         else:
 
             def move_in() -> None:
@@ -81,7 +76,7 @@ def restore_sqlite(run: RestoreRun) -> str:
                 fsync_dir(target.parent)
                 journal.write(phase="done")
 
-            run.hooks.publish(move_in)
+            run.publish(move_in)
     remove_path(staging)
     remove_path(aside)
     journal.close()
@@ -111,7 +106,10 @@ def _copy_into_live(run: RestoreRun, journal: Journal, snapshot: Path, target: P
     journal.write(phase="copying")
     committed = False
     try:
-        sqlite_copy(snapshot, target, timeout=timeout, progress=progress)
+        # A short busy wait: the backup API retries a database another process is writing
+        # by itself, calling `progress` between tries, so a cancel or the deadline is seen
+        # within a second or two while the live database is busy.
+        sqlite_copy(snapshot, target, timeout=1.0, progress=progress)
         committed = True
         verdict = sqlite_integrity(target, quick=True, immutable=False)
         if verdict != "ok":

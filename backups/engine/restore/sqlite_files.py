@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
+import time
 from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import quote
@@ -57,3 +58,104 @@ def sqlite_copy(
     dest_db = sqlite3.connect(os.fspath(dest), timeout=timeout)
     with contextlib.closing(source_db), contextlib.closing(dest_db):
         source_db.backup(dest_db, pages=1024, progress=step)
+
+
+# What a check query may do: read tables, call functions, recurse. Everything else is
+# refused, ATTACH above all: `VACUUM INTO` starts with one and writes a file anywhere
+# the worker may, even on a read-only connection, and an ATTACH creates its file.
+_READ_ACTIONS = {
+    sqlite3.SQLITE_SELECT,
+    sqlite3.SQLITE_READ,
+    sqlite3.SQLITE_FUNCTION,
+    sqlite3.SQLITE_RECURSIVE,
+}
+# Pragmas that only report, read (never set) by a check such as `PRAGMA user_version`.
+_READ_PRAGMAS = {
+    "application_id",
+    "foreign_key_check",
+    "freelist_count",
+    "integrity_check",
+    "page_count",
+    "page_size",
+    "quick_check",
+    "schema_version",
+    "table_info",
+    "user_version",
+}
+_REFUSED_FUNCTIONS = {"load_extension"}
+_ACTIONS = {
+    getattr(sqlite3, name): name.removeprefix("SQLITE_").replace("_", " ")
+    for name in dir(sqlite3)
+    # The action codes share their numbers with the result codes (SQLITE_OK, SQLITE_DENY).
+    if name.startswith(("SQLITE_CREATE_", "SQLITE_DROP_"))
+    or name
+    in {
+        "SQLITE_DELETE",
+        "SQLITE_INSERT",
+        "SQLITE_UPDATE",
+        "SQLITE_PRAGMA",
+        "SQLITE_TRANSACTION",
+        "SQLITE_ATTACH",
+        "SQLITE_DETACH",
+        "SQLITE_ALTER_TABLE",
+        "SQLITE_REINDEX",
+        "SQLITE_ANALYZE",
+        "SQLITE_FUNCTION",
+        "SQLITE_SAVEPOINT",
+    }
+}
+# How many SQLite virtual-machine steps run between two looks at the clock.
+_PROGRESS_STEPS = 10_000
+
+
+class QueryRefused(ValueError):
+    """A check query asked for more than reading, or ran past its time limit."""
+
+
+def sqlite_read_query(path: Path, sql: str, *, time_limit_s: float) -> tuple | None:
+    """Run one query on the database at `path`, reading only, and return its first row.
+
+    An authorizer lets the query read tables and call functions, nothing else (no write,
+    no ATTACH, no `VACUUM INTO`, no pragma that sets); a progress handler stops it after
+    `time_limit_s`. Raise QueryRefused with a sentence naming what was refused.
+    """
+    refused: list[str] = []
+
+    def authorize(action, first, second, _database, _trigger) -> int:
+        if action in _READ_ACTIONS and not (
+            action == sqlite3.SQLITE_FUNCTION and str(second).lower() in _REFUSED_FUNCTIONS
+        ):
+            return sqlite3.SQLITE_OK
+        if action == sqlite3.SQLITE_PRAGMA and second is None and first in _READ_PRAGMAS:
+            return sqlite3.SQLITE_OK
+        what = _ACTIONS.get(action, f"operation {action}")
+        target = second if action == sqlite3.SQLITE_FUNCTION else first
+        refused.append(f"{what} {target}" if target else what)
+        return sqlite3.SQLITE_DENY
+
+    deadline = time.monotonic() + time_limit_s
+    late = []
+
+    def progress() -> int:
+        if time.monotonic() > deadline:
+            late.append(True)
+            return 1
+        return 0
+
+    with contextlib.closing(sqlite3.connect(sqlite_uri(path), uri=True)) as db:
+        db.set_authorizer(authorize)
+        db.set_progress_handler(progress, _PROGRESS_STEPS)
+        try:
+            return db.execute(sql).fetchone()
+        except sqlite3.Error:
+            if refused:
+                raise QueryRefused(
+                    f"refused: a check query may only read (SELECT), and this one asks for "
+                    f"{refused[0]}"
+                ) from None
+            if late:
+                raise QueryRefused(
+                    f"stopped after {time_limit_s:g} s, its time limit: simplify it or "
+                    "query an indexed column"
+                ) from None
+            raise

@@ -27,7 +27,7 @@ from typing import BinaryIO
 from ..errors import SourceError
 from ..hooks import Hooks, Progress
 from ..locations import DIRECTORY, KINDS, KUBERNETES, POSTGRES, SQLITE, check_location
-from ..manifest import DIR, FILE, HARDLINK, SYMLINK, Entry, EntrySpool
+from ..manifest import DIR, FILE, HARDLINK, SYMLINK, Entry, EntrySpool, clamp_mtime
 from ..tarstream import Member, normalise
 
 
@@ -203,7 +203,7 @@ def entry_for(member: Member) -> Entry | None:
         type=member.type,
         size=member.size,
         mode=member.mode,
-        mtime=member.mtime,
+        mtime=clamp_mtime(member.mtime),
         sha256=member.sha256,
         target=target,
     )

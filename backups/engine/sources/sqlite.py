@@ -24,7 +24,7 @@ from urllib.parse import quote
 
 from ..atomic import raise_if_no_space
 from ..errors import SourceError
-from ..manifest import FILE, Entry
+from ..manifest import FILE, Entry, clamp_mtime
 from ..tarstream import BLOCK
 from . import CHUNK, SQLITE, Output, Plan, Source, checked
 
@@ -160,7 +160,7 @@ class SqliteSource(Source):
                 type=FILE,
                 size=size,
                 mode=member.mode,
-                mtime=member.mtime,
+                mtime=clamp_mtime(member.mtime),
                 sha256=digest.hexdigest(),
             )
         )

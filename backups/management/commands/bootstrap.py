@@ -13,7 +13,10 @@ from backups.demo import seed_demo
 from backups.models import Run, Source
 from backups.services.backup import backup_request
 
-# Operators may restore; viewers see everything and restore nothing.
+# Viewers see the sources, their runs, their files and the compliance report, and change
+# nothing. Operators also back up, verify, drill, cancel and restore, and read the audit
+# log: it names people, the addresses of failed logins and every refusal, which is for
+# those who answer for the fleet, not for everyone who may look at it.
 ROLES = {
     "operators": [
         "run_restore",
@@ -23,7 +26,7 @@ ROLES = {
         "view_policy",
         "view_auditevent",
     ],
-    "viewers": ["view_run", "view_source", "view_policy", "view_auditevent"],
+    "viewers": ["view_run", "view_source", "view_policy"],
 }
 
 

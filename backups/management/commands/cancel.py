@@ -21,4 +21,9 @@ class Command(CliCommand):
             raise usage_error(f"Run #{run.pk} has already ended ({run.status}).")
         run.refresh_from_db()
         state = "cancelled" if run.status == Run.Status.CANCELLED else "asked to stop"
+        if run.status == Run.Status.RUNNING and run.publishing_at:
+            state += (
+                ", but it is already publishing its result: it stops if it still safely can, "
+                "otherwise it finishes"
+            )
         self.stdout.write(f"{run.kind} #{run.pk} of {run.source.name}: {state}.")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from backups.audit import audit_record, field_changes, field_values
 from backups.cli import CliCommand, usage_error
 from backups.engine.durations import parse_duration
 from backups.models import Compression, Policy
@@ -67,6 +68,14 @@ class Command(CliCommand):
             run_timeout_s=options["run_timeout"],
             verify_after_backup=not options["no_verify"],
             **{f"keep_{rule}": options[f"keep_{rule}"] for rule in KEEP_RULES},
+        )
+        # As the admin does for its changes: who created it, with every value it started with.
+        audit_record(
+            actor=None,
+            action="policy.create",
+            outcome="succeeded",
+            obj=policy,
+            detail={"changes": field_changes(None, field_values(policy))},
         )
         if options["json"]:
             self.print_json({"name": policy.name, "id": policy.pk})

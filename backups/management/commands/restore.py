@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from backups.cli import CliCommand, busy_error, usage_error
+from backups.engine.names import name_to_catalog
 from backups.management.runner import add_mode_arguments, execute_and_report
 from backups.models import Run
 from backups.services.backup import SourceBusy
@@ -18,7 +19,13 @@ class Command(CliCommand):
         where.add_argument("--to", metavar="TARGET", help="a new or empty location")
         where.add_argument("--in-place", action="store_true", help="replace the source's data")
         parser.add_argument("--yes", action="store_true", help="confirm an in-place restore")
-        parser.add_argument("--path", action="append", default=[], metavar="P")
+        parser.add_argument(
+            "--path",
+            action="append",
+            default=[],
+            metavar="P",
+            help="restore only this path (relative to the source root) and what is below it",
+        )
         add_mode_arguments(parser)
 
     def handle(self, *args, **options):
@@ -37,7 +44,9 @@ class Command(CliCommand):
                 backup=backup,
                 target=options["to"],
                 in_place=options["in_place"],
-                paths=options["path"],
+                # The shell gives bytes; Python, a str with surrogate escapes for the bytes
+                # that are not UTF-8: the catalog's text names the same bytes.
+                paths=[name_to_catalog(path) for path in options["path"]],
                 trigger=Run.Trigger.CLI,
                 enqueue=not options["inline"],
             )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from backups.audit import audit_record, field_changes, field_values
 from backups.cli import CliCommand, usage_error
 from backups.models import Policy, Source
 from backups.services.catalog import source_create, source_to_dict
@@ -53,6 +54,14 @@ class Command(CliCommand):
             owner=options["owner"],
             notes=options["notes"],
             enabled=not options["disabled"],
+        )
+        # As the admin does for its changes: who created it, with every value it started with.
+        audit_record(
+            actor=None,
+            action="source.create",
+            outcome="succeeded",
+            obj=source,
+            detail={"changes": field_changes(None, field_values(source))},
         )
         if options["json"]:
             self.print_json(source_to_dict(source))

@@ -31,4 +31,13 @@ class Command(CliCommand):
             drill=options["drill"],
             enqueue=not options["inline"],
         )
+        if run.already_active:
+            what = "drill" if run.drill else "verification"
+            self.stderr.write(
+                f"A {what} of backup #{backup.pk} is already {run.status} as run #{run.pk}; "
+                "no second one was queued."
+            )
+            if options["inline"] and run.status == Run.Status.RUNNING:
+                # Someone else executes it: follow it rather than claim it.
+                options = {**options, "inline": False, "wait": True}
         execute_and_report(self, run, options)

@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('backups', '0004_timed_restores_by_id'),
+        ('backups', '0007_worker_beat'),
     ]
 
     operations = [
