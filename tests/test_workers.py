@@ -28,6 +28,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 FAKE_KUBECTL = Path(__file__).resolve().parent / "engine" / "fake_kubectl" / "kubectl"
 REDIS_URL = "redis://127.0.0.1:6379/13"
+POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 ABANDON_AFTER_S = 10
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(150)]
@@ -253,9 +254,13 @@ class World:
         return str(data)
 
 
-def _database(tmp_path: Path):
-    """Return a database URL only this test's processes use, and how to drop it."""
-    url = os.environ.get("DATABASE_URL", "")
+def _database(tmp_path: Path, url: str | None = None):
+    """Return a database URL only this test's processes use, and how to drop it.
+
+    On the server of `url` (by default DATABASE_URL), or a SQLite file when that is not
+    PostgreSQL.
+    """
+    url = url or os.environ.get("DATABASE_URL", "")
     if not url.startswith("postgres"):
         return f"sqlite:///{tmp_path / 'workers.sqlite3'}", lambda: None
     import psycopg
@@ -272,9 +277,8 @@ def _database(tmp_path: Path):
     return urlparse(url)._replace(path=f"/{name}").geturl(), drop
 
 
-@pytest.fixture
-def world(tmp_path):
-    url, drop = _database(tmp_path)
+def _world(tmp_path: Path, url: str | None = None):
+    url, drop = _database(tmp_path, url)
     world = World(tmp_path, url)
     migrated = world.manage("migrate", "--noinput")
     assert migrated.returncode == 0, migrated.stderr
@@ -283,6 +287,17 @@ def world(tmp_path):
     finally:
         world.stop_all()
         drop()
+
+
+@pytest.fixture
+def world(tmp_path):
+    yield from _world(tmp_path)
+
+
+@pytest.fixture
+def postgres_world(tmp_path):
+    """A world on PostgreSQL whatever DATABASE_URL says: the server CI always has."""
+    yield from _world(tmp_path, os.environ.get("TEST_POSTGRES_URL", POSTGRES_URL))
 
 
 def _temps(folder: Path, run_id: int) -> list[Path]:
@@ -760,9 +775,9 @@ def test_a_worker_host_shutting_down_cancels_its_run_and_every_process_exits(wor
     assert _files_of(folder, run_id) == []
 
 
-def test_a_database_restart_in_the_middle_of_a_backup_costs_it_nothing(world):
-    if not world.database_url.startswith("postgres"):
-        pytest.skip("only a database server drops its clients' connections")
+def test_a_database_restart_in_the_middle_of_a_backup_costs_it_nothing(postgres_world):
+    # Only a database server drops its clients' connections.
+    world = postgres_world
     _shop(world, megabytes=2)
     folder = world.archives / "shop"
     worker = world.spawn(
