@@ -297,7 +297,7 @@ def test_a_heartbeat_the_database_keeps_refusing_fails_the_run_with_the_reason(
     assert list(stalled_pod.archive_dir.iterdir()) == []
 
 
-def test_the_end_of_a_run_is_recorded_through_a_database_hiccup(source, caplog):
+def test_the_end_of_a_run_is_recorded_through_a_database_hiccup(source):
     # The database refuses the first write of the run's end; the worker tries again.
     refused = threading.Event()
 
