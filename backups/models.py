@@ -15,6 +15,7 @@ from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.db.models import F, Q
+from django.db.models.functions import Now
 from django.utils import timezone
 from django.utils.text import slugify
 
@@ -22,6 +23,7 @@ from backups.engine import compression as engine_compression
 from backups.engine.errors import ArchiveError
 from backups.engine.locations import KINDS, check_location
 from backups.engine.names import printable
+from backups.engine.processes import ProcessName, process_gone
 from backups.fields import SecondsField
 from backups.validators import validate_cron, validate_excludes
 
@@ -266,10 +268,22 @@ class Run(models.Model):
     queued_at = models.DateTimeField(default=timezone.now)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
+    # A running run's heartbeat is written, and compared, with the database's clock:
+    # hosts' clocks differ.
     heartbeat_at = models.DateTimeField(null=True, blank=True)
     # Who executes the run (host:pid:nonce); publishing checks it to fence out a worker
     # that lost the run while it was paused.
     worker = models.CharField(max_length=200, blank=True)
+    # The process executing the run, so that its death on its own host is seen at once
+    # instead of after ABANDON_AFTER_S without a heartbeat (see `owner_gone`).
+    worker_host = models.CharField(max_length=255, blank=True)
+    worker_pid = models.PositiveIntegerField(null=True, blank=True)
+    worker_started = models.BigIntegerField(
+        null=True, blank=True, help_text="The process's start, in clock ticks after boot."
+    )
+    worker_pid_ns = models.CharField(
+        max_length=100, blank=True, help_text="The PID namespace: boot id and inode."
+    )
     # When the worker claimed the right to publish (rename an archive into place, swap a
     # restored folder in, load a dump): from then on a cancel stops it only where safe.
     publishing_at = models.DateTimeField(null=True, blank=True)
@@ -418,23 +432,40 @@ class Run(models.Model):
         archive = Path(self.archive)
         return archive.with_name(archive.name.split(".", 1)[0] + ".manifest.json")
 
+    def owner_gone(self) -> str | None:
+        """Say why the process executing this run is certainly gone; None when it may live.
+
+        Only a process on this host can be checked this way; elsewhere the heartbeat tells.
+        """
+        if self.status != self.Status.RUNNING or self.worker_pid is None:
+            return None
+        owner = ProcessName(
+            host=self.worker_host,
+            pid=self.worker_pid,
+            started=self.worker_started,
+            pid_ns=self.worker_pid_ns,
+        )
+        return process_gone(owner)
+
     # State transitions. Each saves only the fields it changes, so a progress update from
     # the worker never overwrites a status set by someone else.
 
     def mark_running(self, worker: str) -> None:
         """Record that `worker` started executing the run."""
-        now = timezone.now()
         self.status = self.Status.RUNNING
-        self.started_at = self.heartbeat_at = now
+        self.started_at = timezone.now()
+        self.heartbeat_at = Now()
         self.worker = worker
         self.save(update_fields=["status", "started_at", "heartbeat_at", "worker"])
+        self.refresh_from_db(fields=["heartbeat_at"])
 
     def beat(self, **progress) -> None:
         """Refresh the heartbeat and store progress fields (bytes_done=..., ...)."""
-        self.heartbeat_at = timezone.now()
+        self.heartbeat_at = Now()
         for name, value in progress.items():
             setattr(self, name, value)
         self.save(update_fields=["heartbeat_at", *progress])
+        self.refresh_from_db(fields=["heartbeat_at"])
 
     def mark_publishing(self) -> bool:
         """Claim the right to publish the result; return False when it is no longer ours.
@@ -481,10 +512,12 @@ class Run(models.Model):
             setattr(self, name, value)
         return self._finish(self.Status.FAILED, ["error", *result])
 
-    def mark_cancelled(self, reason: str = "Cancelled.") -> bool:
-        """Record that the run was stopped on request."""
+    def mark_cancelled(self, reason: str = "Cancelled.", **result) -> bool:
+        """Record that the run was stopped on request, with its log and progress so far."""
         self.error = printable(reason)
-        return self._finish(self.Status.CANCELLED, ["error"])
+        for name, value in result.items():
+            setattr(self, name, value)
+        return self._finish(self.Status.CANCELLED, ["error", *result])
 
     def append_log(self, line: str) -> None:
         """Add a timestamped line to the bounded log (oldest lines are dropped)."""

@@ -10,6 +10,7 @@ from django_q.tasks import async_task
 
 from backups.models import Run
 from backups.services.execution import run_execute
+from backups.workers import SHUTDOWN_REASON, sigterm_interrupts
 
 PRUNE_TASK = "backups.tasks.prune_task"
 
@@ -17,9 +18,11 @@ PRUNE_TASK = "backups.tasks.prune_task"
 def execute_run(run_id: int) -> str:
     """Execute one queued run (a duplicate delivery is a no-op) and return its status.
 
-    A successful scheduled backup is followed by a prune of its source.
+    A successful scheduled backup is followed by a prune of its source. SIGTERM (the
+    host shutting down) cancels the run cleanly, then ends the worker.
     """
-    run = run_execute(run_id)
+    with sigterm_interrupts() as interrupt:
+        run = run_execute(run_id, interrupt=interrupt, interrupt_reason=SHUTDOWN_REASON)
     if (
         run.kind == Run.Kind.BACKUP
         and run.trigger == Run.Trigger.SCHEDULE

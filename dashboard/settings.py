@@ -39,9 +39,10 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "django.contrib.humanize",
     "django_htmx",
-    "django_q",
     "axes",
+    # Before django_q: its `qcluster` command is replaced by ours (backups/workers.py).
     "backups",
+    "django_q",
     "dashboard",
 ]
 

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
 
 pytest_plugins = ["tests.suite_rules", "tests.s3server"]
+
+FAKE_KUBECTL = Path(__file__).resolve().parent / "engine" / "fake_kubectl"
 
 
 @pytest.fixture(autouse=True)
@@ -85,3 +90,18 @@ def source(db, data_dir, policy):
     from backups.services.catalog import source_create
 
     return source_create(name="files", kind="directory", location=str(data_dir), policy=policy)
+
+
+@pytest.fixture
+def stalled_pod(policy, tmp_path, monkeypatch):
+    """A pod path whose node answers nothing for seven seconds, then sends a small tree."""
+    from backups.services.catalog import source_create
+
+    pods = tmp_path / "pods"
+    data = pods / "shop" / "db-0" / "data"
+    data.mkdir(parents=True)
+    (data / "orders.csv").write_text("1,apples\n")
+    monkeypatch.setenv("PATH", f"{FAKE_KUBECTL}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("FAKE_KUBECTL_ROOT", str(pods))
+    monkeypatch.setenv("FAKE_KUBECTL_STALL", "7")
+    return source_create(name="shop", kind="kubernetes", location="shop/db-0:/data", policy=policy)

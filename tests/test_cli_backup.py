@@ -1,8 +1,11 @@
 """`backup`, `runs` and `import_archives` end to end, with real tar, zstd and sha256sum."""
 
 import json
+import logging
 import subprocess
+import threading
 from io import StringIO
+from pathlib import Path
 
 import pytest
 from django.core.management import CommandError, call_command
@@ -12,6 +15,7 @@ from django.urls import reverse
 
 from backups.models import Manifest, ManifestEntry, Run, Source
 from backups.services.backup import backup_request
+from tests.db_faults import database_refuses
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -260,3 +264,65 @@ def test_import_archives_indexes_a_known_backup_whose_catalog_indexing_failed(
 
     again = call_json("import_archives")
     assert (again["reindexed"], again["known"]) == ([], 1)
+
+
+def test_a_backup_whose_verification_cannot_be_requested_still_succeeds_and_says_so(source):
+    with database_refuses(Run._meta.db_table, "INSERT", "NEW.kind = 'verify'", "no new verify"):
+        run = call_json("backup", source.name, "--inline")
+    assert run["status"] == "succeeded" and run["error"] is None
+    log = Run.objects.get(pk=run["id"]).log
+    assert "starting what follows it failed" in log and "no new verify" in log
+    assert not Run.objects.filter(kind=Run.Kind.VERIFY).exists()
+
+
+def test_a_heartbeat_the_database_keeps_refusing_fails_the_run_with_the_reason(
+    stalled_pod, settings, monkeypatch
+):
+    # The reaper would take a run that cannot beat for ABANDON_AFTER_S (10 s here) and
+    # say its worker stopped answering; the worker, still there, says why first.
+    monkeypatch.setenv("FAKE_KUBECTL_STALL", "12")
+    settings.ABANDON_AFTER_S = 10
+    settings.HEARTBEAT_INTERVAL_S = 1
+    refused = "OLD.status = 'running' AND NEW.heartbeat_at <> OLD.heartbeat_at"
+    with (
+        database_refuses(Run._meta.db_table, "UPDATE", refused, "no heartbeat"),
+        pytest.raises(SystemExit) as exit_,
+    ):
+        call_command("backup", stalled_pod.name, "--inline", stdout=StringIO())
+    assert exit_.value.code == 1
+    run = Run.objects.get(source=stalled_pod)
+    assert run.status == Run.Status.FAILED
+    assert run.error.startswith("The database has refused this run's heartbeat for ")
+    assert "no heartbeat" in run.error and "\n" not in run.error
+    assert list(stalled_pod.archive_dir.iterdir()) == []
+
+
+def test_the_end_of_a_run_is_recorded_through_a_database_hiccup(source):
+    # The database refuses the first write of the run's end; the worker tries again.
+    refused = threading.Event()
+
+    class Watch(logging.Handler):
+        def emit(self, record):
+            if "recording its end failed" in record.getMessage():
+                refused.set()
+
+    watch = Watch()
+    logging.getLogger("backups.services.execution").addHandler(watch)
+    ended = "NEW.status IN ('succeeded', 'warning') AND OLD.status = 'running'"
+    try:
+        with database_refuses(Run._meta.db_table, "UPDATE", ended, "hiccup") as lift:
+
+            def lift_after_the_first_refusal():
+                if refused.wait(60):
+                    lift()
+                    connection.close()  # this thread's own
+
+            lifter = threading.Thread(target=lift_after_the_first_refusal, daemon=True)
+            lifter.start()
+            run = call_json("backup", source.name, "--inline")
+            lifter.join()
+    finally:
+        logging.getLogger("backups.services.execution").removeHandler(watch)
+    assert refused.is_set()
+    assert run["status"] == "succeeded"
+    assert Path(run["archive"]).is_file()

@@ -8,6 +8,7 @@ import pytest
 from django.core.management import CommandError, call_command
 
 from backups.models import AuditEvent, Run
+from tests.db_faults import database_refuses
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -187,3 +188,26 @@ def test_a_malformed_manifest_is_refused_by_restore_and_verify_with_a_sentence(b
     assert caught.value.returncode == 2 and sentence in str(caught.value)
     verify = call_json("verify", str(backup.pk), "--inline", expect=1)
     assert verify["status"] == "failed" and sentence in verify["error"]
+
+
+def test_an_unexpected_failure_is_one_sentence_for_the_user(backup):
+    # A real error the services do not expect, with the multi-line message databases give.
+    stamped = "NEW.verified_at <> OLD.verified_at"
+    message = "the catalog is read-only\nHINT: ask the DBA"
+    with database_refuses(Run._meta.db_table, "UPDATE", stamped, message):
+        run = call_json("verify", str(backup.pk), "--inline", expect=1)
+    assert run["status"] == "failed"
+    assert run["error"].startswith("Internal error (")
+    assert "the catalog is read-only" in run["error"]
+    assert "\n" not in run["error"] and "HINT" not in run["error"]
+    assert "Traceback" not in run["error"]
+
+
+def test_a_restore_whose_audit_record_is_refused_still_ends_and_says_so(backup, tmp_path):
+    audit = AuditEvent._meta.db_table
+    with database_refuses(audit, "INSERT", "NEW.action = 'restore.finish'", "audit is full"):
+        run = call_json("restore", str(backup.pk), "--to", str(tmp_path / "out"), "--inline")
+    assert run["status"] == "succeeded"
+    assert (tmp_path / "out" / "a.txt").read_text() == "alpha\n"
+    log = Run.objects.get(pk=run["id"]).log
+    assert "recording its outcome failed" in log and "audit is full" in log

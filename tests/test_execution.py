@@ -188,3 +188,21 @@ def test_a_sidecar_and_manifest_without_their_archive_are_removed(source):
         f"{stem}.tar.zst.sha256",
     ]
     assert len(list(folder.iterdir())) == 3
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_run_stopped_by_the_queues_task_timeout_ends_cancelled_without_leftovers(stalled_pod):
+    from django_q.exceptions import TimeoutException
+    from django_q.timeout import TimeoutHandler
+
+    from backups.services.backup import backup_request
+    from backups.tasks import execute_run
+
+    run = backup_request(source=stalled_pod, trigger="api", enqueue=False)
+    # What a django-q2 worker does around every task, with a one-second timeout.
+    with pytest.raises(TimeoutException), TimeoutHandler(1):
+        execute_run(run.pk)
+    run.refresh_from_db()
+    assert run.status == Run.Status.CANCELLED
+    assert run.error.startswith("Stopped: its process was told to exit (TimeoutException: ")
+    assert list(stalled_pod.archive_dir.iterdir()) == []

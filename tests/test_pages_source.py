@@ -26,6 +26,16 @@ def test_the_page_answers_with_the_standing_first(client, viewer, web):
     assert "Newest good backup is <strong>10 min</strong> old; target 2 h." in text
 
 
+def test_a_backup_stamped_in_the_future_is_not_shown_as_fresh(client, viewer, web):
+    # Made by a host whose clock runs two hours ahead.
+    run = make_run(web, ago_s=-7200)
+    client.force_login(viewer)
+    response = client.get(reverse("source-detail", args=["web"]))
+    assert response.context["standing"].rpo_status == "unknown"
+    assert f"The newest good backup (#{run.pk}) is stamped 2h in the future" in response.text
+    assert "Newest good backup is" not in response.text
+
+
 def test_charts_are_inline_svg_described_in_words(client, viewer, web):
     make_run(web, ago_s=7200, took_s=30)
     make_run(web, ago_s=3600, status="failed", took_s=5, error="Disk full.")

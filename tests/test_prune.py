@@ -340,7 +340,7 @@ def test_a_successful_scheduled_backup_is_followed_by_a_prune(
 
     runs = make_backups(source, hourly(5))
     queued = []
-    monkeypatch.setattr(tasks, "run_execute", lambda run_id: Run.objects.get(pk=run_id))
+    monkeypatch.setattr(tasks, "run_execute", lambda run_id, **_: Run.objects.get(pk=run_id))
     monkeypatch.setattr(tasks, "async_task", lambda *args, **kwargs: queued.append(args))
     with django_capture_on_commit_callbacks(execute=True):
         tasks.execute_run(runs[0].pk)
@@ -356,7 +356,7 @@ def test_a_manual_backup_is_not_followed_by_a_prune(
     runs = make_backups(source, hourly(1))
     Run.objects.filter(pk=runs[0].pk).update(trigger="cli")
     queued = []
-    monkeypatch.setattr(tasks, "run_execute", lambda run_id: Run.objects.get(pk=run_id))
+    monkeypatch.setattr(tasks, "run_execute", lambda run_id, **_: Run.objects.get(pk=run_id))
     monkeypatch.setattr(tasks, "async_task", lambda *args, **kwargs: queued.append(args))
     with django_capture_on_commit_callbacks(execute=True):
         tasks.execute_run(runs[0].pk)

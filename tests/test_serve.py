@@ -3,10 +3,12 @@
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
 import urllib.request
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -94,3 +96,67 @@ def test_serve_answers_then_stops_web_and_workers_without_leftovers(tmp_path, st
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+FAKE_KUBECTL = Path(__file__).resolve().parent / "engine" / "fake_kubectl"
+
+
+@pytest.mark.slow
+def test_stopping_serve_cancels_a_running_backup_and_leaves_no_process(tmp_path):
+    pod = tmp_path / "pods" / "shop" / "db-0" / "data"
+    pod.mkdir(parents=True)
+    (pod / "orders.csv").write_text("1,apples\n")
+    database = tmp_path / "serve.sqlite3"
+    env = dict(
+        os.environ,
+        DATABASE_URL=f"sqlite:///{database}",
+        ARCHIVE_ROOT=str(tmp_path / "archives"),
+        PATH=f"{FAKE_KUBECTL}{os.pathsep}{os.environ['PATH']}",
+        FAKE_KUBECTL_ROOT=str(tmp_path / "pods"),
+        FAKE_KUBECTL_STALL="120",  # a node that takes its time: the backup is still running
+    )
+
+    def manage(*args):
+        return subprocess.run(
+            [sys.executable, "manage.py", *args], cwd=ROOT, env=env, check=True,
+            capture_output=True, text=True,
+        )  # fmt: skip
+
+    manage("migrate", "-v0")
+    manage("policy", "add", "p", "--no-verify")
+    manage("source", "add", "shop", "--kind", "kubernetes", "--location", "shop/db-0:/data",
+           "--policy", "p")  # fmt: skip
+    run_id = int(manage("backup", "shop").stdout)
+
+    def run_row():
+        with closing(sqlite3.connect(database, timeout=30)) as db:
+            return db.execute(
+                "SELECT status, error FROM backups_run WHERE id = ?", (run_id,)
+            ).fetchone()
+
+    proc = subprocess.Popen(
+        [sys.executable, "manage.py", "serve", "--addr", f"127.0.0.1:{free_port()}"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while run_row()[0] != "running":
+            assert time.monotonic() < deadline, "the workers never started the backup"
+            time.sleep(0.2)
+        kids = descendants_of(proc.pid)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == 0
+        deadline = time.monotonic() + 10
+        while any(alive(pid) for pid in kids) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not any(alive(pid) for pid in kids)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    status, error = run_row()
+    assert status == "cancelled"
+    assert error.startswith("Cancelled: its worker was shut down (SIGTERM)")
+    assert not list((tmp_path / "archives").rglob("*.tmp"))

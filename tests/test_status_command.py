@@ -69,3 +69,24 @@ def test_status_shows_a_source_never_backed_up(source, capsys):
     call_command("status")
     line = capsys.readouterr().out.splitlines()[1]
     assert line.startswith("files") and "never" in line and "unknown" in line
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_backup_made_by_a_host_whose_clock_is_ahead_leaves_the_rpo_unknown(
+    source, capsys, monkeypatch
+):
+    # The backup runs on a worker whose clock is a day ahead, as a wrong clock would make it.
+    real_now = timezone.now
+    monkeypatch.setattr(timezone, "now", lambda: real_now() + timedelta(days=1))
+    with pytest.raises(SystemExit) as exit_:
+        call_command("backup", source.name, "--inline", "--json")
+    assert exit_.value.code == 0
+    monkeypatch.undo()
+    capsys.readouterr()
+    (entry,) = status_json(capsys)["sources"]
+    assert entry["rpo_status"] == "unknown"
+    assert entry["rpo_note"].startswith("The newest good backup (#")
+    assert "in the future" in entry["rpo_note"] and "clock" in entry["rpo_note"]
+    call_command("status")
+    table = capsys.readouterr().out
+    assert "in the future" in table and entry["rpo_note"] in table

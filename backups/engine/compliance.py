@@ -25,6 +25,9 @@ UNPROVEN = "unproven"
 # Warn before the deadline, not at it: past three quarters of the target there is usually
 # still time for one more run to land.
 AT_RISK_SHARE = 0.75
+# Hosts' clocks drift apart by a little. A backup stamped further in the future than this
+# was timed by a clock that is wrong, and says nothing about how old the data is.
+CLOCK_SKEW_S = 60
 
 
 def rpo_status(
@@ -36,13 +39,16 @@ def rpo_status(
 ) -> str:
     """Return the RPO standing of a source: `ok`, `at_risk`, `breached` or `unknown`.
 
-    `unknown` when there is no target or no successful backup yet; `breached` when the
-    newest backup is older than the target; `at_risk` when it is older than 75% of the
-    target, or when the next scheduled run (if any) starts after the deadline
-    `last_success_at + rpo_s`, so the schedule alone will let the target lapse. An age of
-    exactly the target is still within it.
+    `unknown` when there is no target or no successful backup yet, or when the newest one
+    is stamped more than CLOCK_SKEW_S in the future (`stamped_ahead_s` says by how much);
+    `breached` when the newest backup is older than the target; `at_risk` when it is older
+    than 75% of the target, or when the next scheduled run (if any) starts after the
+    deadline `last_success_at + rpo_s`, so the schedule alone will let the target lapse. An
+    age of exactly the target is still within it.
     """
     if rpo_s is None or last_success_at is None:
+        return UNKNOWN
+    if stamped_ahead_s(last_success_at=last_success_at, now=now):
         return UNKNOWN
     last_success_at = _utc(last_success_at)
     age_s = (_utc(now) - last_success_at).total_seconds()
@@ -54,6 +60,18 @@ def rpo_status(
     if next_run_at is not None and _utc(next_run_at) > deadline:
         return AT_RISK
     return OK
+
+
+def stamped_ahead_s(*, last_success_at: datetime | None, now: datetime) -> float | None:
+    """Return how far past `now` a backup is stamped, when beyond CLOCK_SKEW_S; else None.
+
+    A host whose clock runs ahead stamps its backups in the future: counted as they are,
+    they would look fresh, their age 0, for as long as the clock is ahead.
+    """
+    if last_success_at is None:
+        return None
+    ahead_s = (_utc(last_success_at) - _utc(now)).total_seconds()
+    return ahead_s if ahead_s > CLOCK_SKEW_S else None
 
 
 def rto_status(

@@ -7,7 +7,7 @@ import sys
 import threading
 import time
 
-from backups.cli import EXIT_FAILED, EXIT_OK, CliCommand
+from backups.cli import EXIT_FAILED, EXIT_OK, CliCommand, failed_error
 from backups.engine.atomic import format_bytes
 from backups.engine.durations import format_duration
 from backups.engine.hooks import Progress
@@ -139,7 +139,14 @@ def execute_and_report(command: CliCommand, run: Run, options: dict) -> None:
     display.enabled = display.enabled and not options["json"]
     if options["inline"]:
         run = run_inline(run, display)
-        run.refresh_from_db()
+        if run.status in Run.ACTIVE:
+            if options["json"]:
+                command.print_json(run_to_dict(run))
+            raise failed_error(
+                f"{run.kind} #{run.pk} ended, but the database refused to record its end "
+                "(the log above says why); it shows as running until the next backup of "
+                f"{run.source.name} or housekeeping declares it abandoned."
+            )
     elif options["wait"]:
         run = follow(run, display)
     else:

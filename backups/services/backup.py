@@ -11,7 +11,12 @@ from django.utils import timezone
 from backups.audit import audit_record
 from backups.engine.backup import BackupRequest, plan_backup, run_backup
 from backups.models import AuditEvent, Run, Source
-from backups.services.execution import RunHooks, reap_abandoned, remove_dead_temps
+from backups.services.execution import (
+    RunHooks,
+    connection_refresh,
+    reap_abandoned,
+    remove_dead_temps,
+)
 from backups.services.manifests import index_failed_warning, manifest_store
 from backups.services.queue import run_enqueue
 
@@ -111,6 +116,7 @@ def backup_execute(run: Run, hooks: RunHooks) -> dict:
     hooks.log(f"published {result.archive.name} ({result.size} bytes, sha256 {result.sha256})")
     # The archive is published and restores read its manifest.json from disk: a catalog
     # that cannot be indexed costs the file browser, not the backup.
+    connection_refresh()  # the one opened before the engine ran may be long gone
     try:
         manifest = manifest_store(run, result.manifest)
     except Exception as error:

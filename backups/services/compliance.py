@@ -20,7 +20,7 @@ from django.db.models import OuterRef, Q, QuerySet, Subquery
 from django.utils import timezone
 
 from backups.engine import compliance
-from backups.engine.durations import cron_slots, next_run
+from backups.engine.durations import cron_slots, format_duration, next_run
 from backups.models import Run, Source
 from backups.services.schedules import next_runs
 
@@ -63,6 +63,8 @@ class Standing:
     last_success: Run | None = None
     # The instant this standing describes.
     at: datetime | None = None
+    # Why the RPO standing cannot be judged, when a sentence is needed to say it.
+    rpo_note: str = ""
 
 
 def _newest(runs: QuerySet, *order: str, column: str = "pk") -> Subquery:
@@ -187,6 +189,14 @@ def _standing(
     rpo_status = compliance.rpo_status(
         last_success_at=last_success_at, now=now, rpo_s=rpo_s, next_run_at=planned
     )
+    ahead_s = compliance.stamped_ahead_s(last_success_at=last_success_at, now=now)
+    rpo_note = (
+        f"The newest good backup (#{last_success.pk}) is stamped {format_duration(ahead_s)} "
+        "in the future: the clock of the host that made it is ahead, so the age of the data "
+        "cannot be told. Set that host's clock right (NTP); the next backup then counts."
+        if ahead_s
+        else ""
+    )
     rto_status = compliance.rto_status(
         last_drill_s=source.proof_seconds,
         last_drill_at=source.proof_at,
@@ -233,6 +243,7 @@ def _standing(
         missed_30d=missed,
         last_success=last_success,
         at=now,
+        rpo_note=rpo_note,
     )
 
 
@@ -304,6 +315,7 @@ def standing_to_dict(standing: Standing) -> dict:
         "age_s": _round(standing.age_s),
         "rpo_s": standing.rpo_s,
         "rpo_status": standing.rpo_status,
+        "rpo_note": standing.rpo_note or None,
         "rto_s": standing.rto_s,
         "last_drill_s": _round(standing.last_drill_s, 3),
         "rto_status": standing.rto_status,

@@ -8,6 +8,11 @@ to cancel it: when it stops matching, the engine's next `check()` stops the work
 `publish()` claims the right to publish with one more conditional UPDATE before it renames,
 swaps or loads anything. Publishing itself holds no transaction: it can take minutes (a
 pg_restore, a copy into a live database) while the heartbeat, cancels and logins go on.
+
+Heartbeats are stamped with the database's clock, the one the reaper compares them with,
+so hosts whose clocks differ do not reap each other's live runs. The claim also records
+the executing process (host, pid, start time), so the reaper on that host sees at once
+that it died. Whatever goes wrong inside, a run ends with a sentence in its error.
 """
 
 from __future__ import annotations
@@ -24,20 +29,43 @@ from datetime import timedelta
 from pathlib import Path
 
 from django.conf import settings
-from django.db import close_old_connections, connection
+from django.db import DatabaseError, close_old_connections, connection, transaction
 from django.db.models import DateTimeField, F, Value
-from django.db.models.functions import Greatest
+from django.db.models.functions import Greatest, Now
 from django.utils import timezone
 
 from backups.engine.atomic import stale_temps
 from backups.engine.errors import Cancelled, EngineError, FencedError
 from backups.engine.hooks import Hooks, Progress
 from backups.engine.names import printable
+from backups.engine.processes import this_process
 from backups.models import Run
 
 logger = logging.getLogger(__name__)
 
 LOG_LINES = 400
+# A run's end is written a few times over about seven seconds before it is left to the
+# reaper: long enough for a dropped connection or a database restart, no longer.
+END_WRITE_DELAYS_S = (0.5, 1, 2, 4)
+
+
+def one_sentence(error: BaseException) -> str:
+    """Return what `error` says as one short line for a user: its first line, bounded."""
+    first = next((line.strip() for line in str(error).splitlines() if line.strip()), "")
+    if len(first) > 200:
+        first = first[:199] + "…"
+    return f"{type(error).__name__}: {first}" if first else type(error).__name__
+
+
+def connection_refresh() -> None:
+    """Replace this thread's database connection if it broke or outlived its age.
+
+    Django keeps a connection the database dropped (a restart, a failover) until told
+    otherwise, and a run can outlast it by hours; the next query then opens a new one.
+    Inside a transaction the connection is left alone: it cannot be replaced there.
+    """
+    if not connection.in_atomic_block:
+        connection.close_if_unusable_or_obsolete()
 
 
 def worker_identity() -> str:
@@ -60,9 +88,9 @@ class RunHooks(Hooks):
         self.deadline = time.monotonic() + timeout if timeout else None
         self.timeout_s = timeout
         self._lost: EngineError | None = None
+        self._log_dirty = False
         self._publishing = False
         self._published = False
-        self._log_dirty = False
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._beat_loop, name=f"beat-{run.pk}", daemon=True)
 
@@ -92,6 +120,7 @@ class RunHooks(Hooks):
         that comes while `action` runs stops it where the engine checks (only where stopping
         is safe); otherwise it is too late, and the run finishes.
         """
+        connection_refresh()  # the engine may have outlasted the one opened before it
         if not self.run.mark_publishing():
             raise self._lost_reason()
         self._publishing = True
@@ -142,7 +171,7 @@ class RunHooks(Hooks):
 
     def beat(self) -> bool:
         """Write heartbeat, progress and log if this worker still owns the run."""
-        values = {"heartbeat_at": timezone.now(), **self.progress_fields()}
+        values = {"heartbeat_at": Now(), **self.progress_fields()}
         if self._log_dirty:
             values["log"] = self.log_text()
             self._log_dirty = False
@@ -173,12 +202,25 @@ class RunHooks(Hooks):
 
     def _beat_loop(self) -> None:
         interval = min(1.0, settings.HEARTBEAT_INTERVAL_S)
+        # A run silent for ABANDON_AFTER_S is taken by the reaper: past three quarters of
+        # that, stop it with the reason rather than be fenced out later without one.
+        give_up_s = settings.ABANDON_AFTER_S * 3 / 4
+        last_beat = time.monotonic()
         try:
             while not self._stop.wait(interval):
                 try:
                     self.beat()
-                except Exception:  # a database hiccup must not kill the run; retry next beat
+                    last_beat = time.monotonic()
+                except Exception as error:  # a database hiccup must not kill the run
                     logger.exception("heartbeat of run %s failed", self.run.pk)
+                    connection_refresh()
+                    silent_s = time.monotonic() - last_beat
+                    if silent_s > give_up_s and self._lost is None:
+                        self._lost = EngineError(
+                            f"The database has refused this run's heartbeat for {silent_s:.0f} s "
+                            f"({one_sentence(error)}); stopped before it would be declared "
+                            "abandoned. Nothing was published."
+                        )
         finally:
             connection.close()
 
@@ -216,10 +258,17 @@ def run_cancel(*, run: Run, user=None) -> bool:
 
 
 def run_claim(run_id: int, worker: str) -> Run | None:
-    """Take a queued run for `worker`; None when someone else already took it."""
-    now = timezone.now()
+    """Take a queued run for `worker`, this process; None when someone else already took it."""
+    owner = this_process()
     claimed = Run.objects.filter(pk=run_id, status=Run.Status.QUEUED).update(
-        status=Run.Status.RUNNING, started_at=now, heartbeat_at=now, worker=worker
+        status=Run.Status.RUNNING,
+        started_at=timezone.now(),
+        heartbeat_at=Now(),
+        worker=worker,
+        worker_host=owner.host,
+        worker_pid=owner.pid,
+        worker_started=owner.started,
+        worker_pid_ns=owner.pid_ns,
     )
     if not claimed:
         return None
@@ -245,13 +294,18 @@ def run_execute(
     run_id: int,
     *,
     interrupt: threading.Event | None = None,
+    interrupt_reason: str | None = None,
     on_progress: Callable[[Progress], None] | None = None,
     inline: bool = False,
 ) -> Run:
     """Execute a queued run to its end and return it; a no-op if it was already claimed.
 
-    `inline` (the CLI's `--inline`, no worker around): follow-up runs such as the
-    verification a policy asks for run in this process too instead of being queued.
+    Whatever goes wrong, the run ends `succeeded`, `warning`, `failed` or `cancelled` with
+    a sentence in its error, and the traceback goes to the log; only a database that
+    refuses every attempt to record the end leaves the run to the reaper. `interrupt`,
+    once set, cancels the run with `interrupt_reason`. `inline` (the CLI's `--inline`, no
+    worker around): follow-up runs such as the verification a policy asks for run in this
+    process too instead of being queued.
     """
     close_old_connections()
     run = run_claim(run_id, worker_identity())
@@ -259,38 +313,118 @@ def run_execute(
         logger.info("run %s was already claimed; not executing it twice", run_id)
         return Run.objects.get(pk=run_id)
     hooks = RunHooks(run, interrupt=interrupt)
+    if interrupt_reason:
+        hooks.interrupt_reason = interrupt_reason
     if on_progress:
         hooks.listeners.append(on_progress)
-    hooks.start()
     result, error = None, None
     try:
+        hooks.start()
         result = _handler(run.kind)(run, hooks)
     except FencedError as fenced:  # another worker or the reaper ends this run
         hooks.stop()
         logger.warning("run %s: %s", run.pk, fenced)
-        run.refresh_from_db()
-        return run
+        return _reread(run)
     except EngineError as failure:
         error = failure
     except Exception as failure:
         logger.exception("run %s failed unexpectedly", run.pk)
         error = EngineError(
-            f"Internal error ({type(failure).__name__}: {failure}). Nothing was published; "
+            f"Internal error ({one_sentence(failure)}). Nothing was published; "
             "the worker log has the details."
         )
+    except BaseException as failure:
+        # The process is told to exit (KeyboardInterrupt, or the SystemExit of the
+        # queue's task timeout): end the run before going, rather than leave it running.
+        hooks.stop()
+        _record_end(
+            run,
+            hooks,
+            None,
+            Cancelled(
+                f"Stopped: its process was told to exit ({one_sentence(failure)}); "
+                "nothing was published."
+            ),
+        )
+        raise
     hooks.stop()
+    if error is not None and hooks.interrupt.is_set() and not isinstance(error, Cancelled):
+        # A shutdown signal reaches the source's helper processes (kubectl, pg_dump) too,
+        # which may fail first: the interrupt is what ended the run.
+        error = Cancelled(hooks.interrupt_reason)
+    ended = _record_end(run, hooks, result, error)
+    if ended and error is None:
+        _follow_up(run, "starting what follows it", after_success, run, inline=inline)
+    run = _reread(run)
+    if ended:
+        _follow_up(run, "recording its outcome", after_finish, run)
+    return run
+
+
+def _record_end(run: Run, hooks: RunHooks, result: dict | None, error: EngineError | None) -> bool:
+    """Write the run's final state through database hiccups; return whether it was written.
+
+    False also when another worker or the reaper ended the run meanwhile.
+    """
     final = {"log": hooks.log_text(), **hooks.progress_fields()}
     if error is None:
-        run.mark_succeeded(warnings=hooks.warnings, **final, **(result or {}))
-        after_success(run, inline=inline)
+        fields = {**final, **(result or {})}
+
+        def write() -> bool:
+            return run.mark_succeeded(warnings=hooks.warnings, **fields)
     elif isinstance(error, Cancelled):
-        run.mark_cancelled(str(error))
-        Run.objects.filter(pk=run.pk).update(**final)
+
+        def write() -> bool:
+            return run.mark_cancelled(str(error), **final)
     else:
-        run.mark_failed(str(error), warnings=hooks.warnings, **final)
-    run.refresh_from_db()
-    after_finish(run)
+
+        def write() -> bool:
+            return run.mark_failed(str(error), warnings=hooks.warnings, **final)
+
+    for delay in (*END_WRITE_DELAYS_S, None):
+        try:
+            connection_refresh()
+            with transaction.atomic():
+                return write()
+        except DatabaseError as problem:
+            if delay is None:
+                run.status = Run.Status.RUNNING
+                logger.error(
+                    "run %s: its end could not be recorded (%s); it stays running until the "
+                    "reaper declares it abandoned",
+                    run.pk,
+                    one_sentence(problem),
+                )
+                return False
+            logger.warning(
+                "run %s: recording its end failed (%s); trying again in %s s",
+                run.pk,
+                one_sentence(problem),
+                delay,
+            )
+            time.sleep(delay)
+    return False
+
+
+def _reread(run: Run) -> Run:
+    """Return `run` as the database has it, or as this process knows it if it cannot tell."""
+    try:
+        run.refresh_from_db()
+    except DatabaseError as problem:
+        logger.error("run %s: reading its final state failed (%s)", run.pk, one_sentence(problem))
     return run
+
+
+def _follow_up(run: Run, what: str, action: Callable, *args, **kwargs) -> None:
+    """Do what follows a run's end; a failure there is logged and noted in the run's log."""
+    try:
+        action(*args, **kwargs)
+    except Exception as problem:
+        logger.exception("run %s: %s failed", run.pk, what)
+        try:
+            run.append_log(f"{what} failed: {one_sentence(problem)}")
+        except DatabaseError:
+            logger.exception("run %s: noting the failure in its log failed", run.pk)
 
 
 def after_finish(run: Run) -> None:
@@ -311,34 +445,46 @@ def after_success(run: Run, *, inline: bool = False) -> None:
             run_execute(follow_up.pk, inline=True)
 
 
-def reap_abandoned(*, now=None) -> list[int]:
-    """Mark runs whose heartbeat stopped as abandoned, and remove their temporary files.
-
-    Only runs whose heartbeat is older than ABANDON_AFTER_S are touched, so a live run,
-    which beats every second, is never declared dead. A reaped restore is rolled back from
-    its journal in STATE_DIR, and so is any other restore that died on this host.
-    """
-    now = now or timezone.now()
-    cutoff = now - timedelta(seconds=settings.ABANDON_AFTER_S)
-    stale = list(
-        Run.objects.filter(status=Run.Status.RUNNING, heartbeat_at__lt=cutoff).values_list(
-            "pk", "heartbeat_at"
-        )
+def _dead_owners() -> list[tuple[int, str, str]]:
+    """Return (id, worker, why) of the running runs whose process died on this host."""
+    here = this_process()
+    running = Run.objects.filter(status=Run.Status.RUNNING, worker_host=here.host).only(
+        "pk", "status", "worker", "worker_host", "worker_pid", "worker_started", "worker_pid_ns"
     )
+    return [(run.pk, run.worker, why) for run in running if (why := run.owner_gone())]
+
+
+def reap_abandoned(*, now=None) -> list[int]:
+    """Mark runs whose executor died as abandoned, and remove their temporary files.
+
+    A run whose process is gone from this host is reaped at once. Any other is reaped
+    only when its heartbeat is older than ABANDON_AFTER_S by the database's clock, the
+    one every heartbeat is written with, so a live run, which beats every second, is
+    never declared dead, whatever the clocks of the hosts say. `now` replaces the
+    database's clock (for tests). A reaped restore is rolled back from its journal in
+    STATE_DIR, and so is any other restore that died on this host.
+    """
+    clock = Now() if now is None else Value(now, output_field=DateTimeField())
+    cutoff = clock - Value(timedelta(seconds=settings.ABANDON_AFTER_S))
+    stale = Run.objects.filter(status=Run.Status.RUNNING, heartbeat_at__lt=cutoff)
+    # Conditional on the heartbeat being still stale: a run that beat in between lives.
+    candidates = [
+        ({"heartbeat_at__lt": cutoff}, _silent_reason(heartbeat), pk)
+        for pk, heartbeat in stale.values_list("pk", "heartbeat_at")
+    ]
+    seen = {pk for _, _, pk in candidates}
+    # Conditional on the owner seen: it cannot change while the run is running.
+    candidates += [
+        ({"worker": worker}, _gone_reason(why), pk)
+        for pk, worker, why in _dead_owners()
+        if pk not in seen
+    ]
     reaped = []
-    for pk, heartbeat in stale:
-        # Conditional on the heartbeat we saw: a run that beat in between stays alive.
-        reason = (
-            f"The worker stopped answering (no heartbeat since {heartbeat:%Y-%m-%d %H:%M:%S} "
-            "UTC): it was killed or its host was lost. Temporary files were removed; "
-            "the next scheduled run goes ahead."
-        )
-        updated = Run.objects.filter(
-            pk=pk, status=Run.Status.RUNNING, heartbeat_at=heartbeat
-        ).update(
+    for condition, reason, pk in candidates:
+        updated = Run.objects.filter(pk=pk, status=Run.Status.RUNNING, **condition).update(
             status=Run.Status.ABANDONED,
             # Hosts' clocks differ: never end a run before the moment its worker started it.
-            finished_at=Greatest(Value(now, output_field=DateTimeField()), F("started_at")),
+            finished_at=Greatest(clock, F("started_at")),
             error=reason,
         )
         if updated:
@@ -357,6 +503,21 @@ def reap_abandoned(*, now=None) -> list[int]:
     for action in recover_interrupted(settings.STATE_DIR):
         logger.warning("%s", action)
     return reaped
+
+
+def _silent_reason(heartbeat) -> str:
+    return (
+        f"The worker stopped answering (no heartbeat since {heartbeat:%Y-%m-%d %H:%M:%S} "
+        "UTC): it was killed or its host was lost. Temporary files were removed; "
+        "the next scheduled run goes ahead."
+    )
+
+
+def _gone_reason(why: str) -> str:
+    return (
+        f"Its process was gone ({why}): it was killed or crashed. Temporary files were "
+        "removed; the next scheduled run goes ahead."
+    )
 
 
 def temp_run_id(name: str) -> int | None:

@@ -11,7 +11,7 @@ from backups.engine.names import catalog_to_name, printable
 from backups.engine.restore import RestoreRequest, check_target, run_restore
 from backups.models import AuditEvent, Run, Source
 from backups.services.backup import SourceBusy
-from backups.services.execution import RunHooks
+from backups.services.execution import RunHooks, reap_abandoned
 from backups.services.queue import run_enqueue
 
 
@@ -154,14 +154,21 @@ def restore_request(
     )
     if problem:
         raise refuse(problem)
-    try:
-        with transaction.atomic():
-            run.save()
-    except IntegrityError:
-        active = Run.objects.filter(source=source, exclusive=True, status__in=Run.ACTIVE).first()
-        busy = SourceBusy(source, active)
-        refuse(str(busy))
-        raise busy from None
+    for attempt in (1, 2):
+        try:
+            with transaction.atomic():
+                run.save()
+            break
+        except IntegrityError:
+            # The run holding the lock may belong to a dead worker: reap, then try once more.
+            if attempt == 1 and reap_abandoned():
+                continue
+            active = Run.objects.filter(
+                source=source, exclusive=True, status__in=Run.ACTIVE
+            ).first()
+            busy = SourceBusy(source, active)
+            refuse(str(busy))
+            raise busy from None
     audit_record(
         actor=user,
         action="restore.request",

@@ -10,7 +10,7 @@ from backups.audit import audit_record
 from backups.engine.errors import ArchiveError
 from backups.engine.verify import drill, verify_archive
 from backups.models import AuditEvent, Run
-from backups.services.execution import RunHooks
+from backups.services.execution import RunHooks, connection_refresh
 from backups.services.queue import run_enqueue
 
 
@@ -108,6 +108,7 @@ def verify_execute(run: Run, hooks: RunHooks) -> dict:
         if outcome.get("ok"):
             result["restore_seconds"] = outcome.get("duration_s")
     ok = all(check["ok"] for check in checks)
+    connection_refresh()  # the checks may have outlasted the one opened before them
     Run.objects.filter(pk=backup.pk).update(verified=ok, verified_at=timezone.now())
     Run.objects.filter(pk=run.pk).update(checks=checks)
     run.checks = checks

@@ -7,9 +7,11 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from backups.engine.compliance import (
+    CLOCK_SKEW_S,
     missed_slots,
     rpo_status,
     rto_status,
+    stamped_ahead_s,
     within_target_share,
 )
 
@@ -34,6 +36,17 @@ def test_rpo_is_unknown_without_a_backup_or_without_a_target():
     assert (
         rpo_status(last_success_at=hours_ago(1), now=NOW, rpo_s=None, next_run_at=None) == "unknown"
     )
+
+
+def test_rpo_is_unknown_for_a_backup_stamped_in_the_future_beyond_a_small_skew():
+    # A host whose clock runs a day ahead: its backup would look fresh for a whole day.
+    ahead = NOW + timedelta(days=1)
+    assert rpo_status(last_success_at=ahead, now=NOW, rpo_s=HOUR, next_run_at=None) == "unknown"
+    assert stamped_ahead_s(last_success_at=ahead, now=NOW) == DAY
+    # Clocks a few seconds apart are normal: such a backup counts, as young as can be.
+    near = NOW + timedelta(seconds=CLOCK_SKEW_S)
+    assert rpo_status(last_success_at=near, now=NOW, rpo_s=HOUR, next_run_at=None) == "ok"
+    assert stamped_ahead_s(last_success_at=near, now=NOW) is None
 
 
 def test_rpo_is_ok_when_the_backup_is_young_and_the_next_run_lands_in_time():

@@ -1,14 +1,16 @@
 """`serve`: run the web server and a django-q2 cluster together until Ctrl-C.
 
 For `make run`. Both children die with this process (PR_SET_PDEATHSIG), and Ctrl-C or
-SIGTERM stops both cleanly, so no worker is left behind. Production runs the two as
-separate services (see README).
+SIGTERM stops both cleanly, so no worker is left behind: each child's whole process group
+is signalled, as a service manager does, so a worker in the middle of a run cancels it
+and exits. Production runs the two as separate services (see README).
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import os
 import signal
 import subprocess
 import sys
@@ -40,7 +42,7 @@ class Command(BaseCommand):
             commands.append([python, "manage.py", "qcluster"])
         children = [
             # A new session keeps the terminal's Ctrl-C away from the children: this
-            # process forwards one SIGTERM to each and waits for them.
+            # process sends one SIGTERM to each child's process group and waits for them.
             subprocess.Popen(cmd, start_new_session=True, preexec_fn=_die_with_parent)
             for cmd in commands
         ]
@@ -69,12 +71,25 @@ class Command(BaseCommand):
 
     def _stop(self, children: list[subprocess.Popen]) -> None:
         for child in children:
-            if child.poll() is None:
-                child.terminate()
+            _signal_group(child, signal.SIGTERM)
         deadline = time.monotonic() + 15
         for child in children:
             try:
                 child.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                child.kill()
+                _signal_group(child, signal.SIGKILL)
                 child.wait()
+            # A worker may outlive its cluster's master by the second it takes to end its run.
+            while _signal_group(child, 0) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            _signal_group(child, signal.SIGKILL)
+
+
+def _signal_group(child: subprocess.Popen, sig: int) -> bool:
+    """Send `sig` to the child's process group; return whether any process was left in it."""
+    # Each child leads its own session, so its process group id is its pid.
+    try:
+        os.killpg(child.pid, sig)
+    except ProcessLookupError:
+        return False
+    return True

@@ -53,6 +53,9 @@ class Command(CliCommand):
                 for (text, tone), width in zip(row, widths, strict=True)
             ]
             self.stdout.write("  ".join(cells).rstrip())
+        for standing in standings:
+            if standing.rpo_note:
+                self.stdout.write(f"{standing.source.name}: {standing.rpo_note}")
 
     def paint(self, text: str, tone: str) -> str:
         if tone == "good":
@@ -68,7 +71,12 @@ class Command(CliCommand):
         return "good" if status in GOOD else "bad" if status in BAD else "warn"
 
     def row(self, standing: Standing, now) -> list[tuple[str, str]]:
-        age = f"{format_duration(standing.age_s)} ago" if standing.age_s is not None else "never"
+        if standing.rpo_note:
+            age = "in the future"
+        elif standing.age_s is not None:
+            age = f"{format_duration(standing.age_s)} ago"
+        else:
+            age = "never"
         rpo = standing.rpo_status + (
             f" ({format_duration(standing.rpo_s)})" if standing.rpo_s else ""
         )
