@@ -29,6 +29,7 @@ from backups.engine.crypto import (
     load_identities,
     load_recipients_file,
     parse_recipients,
+    stream_mode,
 )
 from backups.engine.errors import (
     AlteredArchiveError,
@@ -605,3 +606,9 @@ def test_streaming_512_mib_keeps_memory_flat(keys, mode, tmp_path):
     # 512 MiB went through; the pipe (1 MiB), age's 64 KiB blocks and a few 1 MiB pieces
     # are all that should be held at once.
     assert peak_kib - base_kib < 24 * 1024, (base_kib, peak_kib)
+
+
+def test_big_or_unknown_streams_run_in_a_process_small_ones_in_a_thread():
+    assert stream_mode(None) == PROCESS
+    assert stream_mode(1 << 30) == PROCESS
+    assert stream_mode(100_000) == THREAD

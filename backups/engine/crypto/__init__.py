@@ -7,7 +7,7 @@ file on the worker (AGE_IDENTITY_FILE). The format is standard age: `age -d -i K
 decrypts any archive this writes, without this project.
 
     recipients = parse_recipients(policy_text)          # public, may live in the database
-    with EncryptingWriter(hashed_file, recipients) as encrypted:
+    with EncryptingWriter(hashed_file, recipients, mode=stream_mode(last_size)) as encrypted:
         stream = compressor("zstd", encrypted)          # compress into it, then close both
     identities = load_identities(os.environ["AGE_IDENTITY_FILE"])
     plain = DecryptingReader(hashing_reader, identities, what="The archive X",
@@ -34,6 +34,7 @@ from .stream import (
     EncryptingWriter,
     decrypt_bytes,
     encrypt_bytes,
+    stream_mode,
 )
 
 SUFFIX = ".age"
@@ -54,4 +55,5 @@ __all__ = [
     "load_identities",
     "load_recipients_file",
     "parse_recipients",
+    "stream_mode",
 ]

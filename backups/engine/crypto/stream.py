@@ -38,6 +38,8 @@ from .keys import Identity, no_identity_message, parse_recipients
 
 THREAD, PROCESS = "thread", "process"
 MODES = (THREAD, PROCESS)
+# Below this many stored bytes a child's start (~60 ms) costs more than the core it frees.
+PROCESS_FROM = 32 << 20
 # What one read from a pipe or the archive takes at most: as big as the pipe.
 CHUNK = 1 << 20
 # The project's root, so a child finds this package whatever its working directory.
@@ -80,6 +82,18 @@ class _Shared:
     def fail(self, error: BaseException) -> None:
         if self.error is None:
             self.error = error
+
+
+def stream_mode(size: int | None) -> str:
+    """Return where to run the crypto of a stream of about `size` stored bytes.
+
+    A big stream goes to a child process: pyrage holds the GIL while it works, so in a
+    thread it takes turns with the caller's decompression, parsing and hashing rather than
+    running beside them (bench.crypto: a 1 GiB restore's own process spent about as much
+    CPU as without encryption, against twice as much in thread mode). An unknown size
+    (a first backup) counts as big.
+    """
+    return THREAD if size is not None and size < PROCESS_FROM else PROCESS
 
 
 def canonical_recipients(recipients: Sequence[str | x25519.Recipient]) -> list[str]:
