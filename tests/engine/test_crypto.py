@@ -612,3 +612,14 @@ def test_big_or_unknown_streams_run_in_a_process_small_ones_in_a_thread():
     assert stream_mode(None) == PROCESS
     assert stream_mode(1 << 30) == PROCESS
     assert stream_mode(100_000) == THREAD
+
+
+def test_a_truncated_small_object_says_truncated(keys):
+    blob = encrypt_bytes(os.urandom(200_000), [keys[0].recipient])
+    identities = load_identities([keys[0].path])
+    with pytest.raises(TruncatedArchiveError, match=r"^The manifest M is truncated"):
+        decrypt_bytes(blob[:-1000], identities, what="The manifest M")
+    damaged = bytearray(blob)
+    damaged[-1000] ^= 0x01
+    with pytest.raises(AlteredArchiveError, match=r"^The manifest M was altered"):
+        decrypt_bytes(bytes(damaged), identities, what="The manifest M", size=len(blob))

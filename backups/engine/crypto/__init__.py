@@ -9,7 +9,7 @@ decrypts any archive this writes, without this project.
     recipients = parse_recipients(policy_text)          # public, may live in the database
     with EncryptingWriter(hashed_file, recipients, mode=stream_mode(last_size)) as encrypted:
         stream = compressor("zstd", encrypted)          # compress into it, then close both
-    identities = load_identities(os.environ["AGE_IDENTITY_FILE"])
+    identities = load_identities(identity_file)         # AGE_IDENTITY_FILE, from settings
     plain = DecryptingReader(hashing_reader, identities, what="The archive X",
                              recipients=recorded, size=recorded_size)
     decompressor("zstd", plain)

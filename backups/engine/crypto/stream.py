@@ -66,6 +66,9 @@ def kill_group(child: subprocess.Popen) -> None:
             child.kill()
 
 
+_STOPPED_EARLY = "Encrypting the archive stopped before its end."
+
+
 class _Stopped(Exception):
     """The owner stopped the stream: the worker ends without producing more output."""
 
@@ -116,13 +119,14 @@ def decrypt_bytes(
     *,
     what: str = "The encrypted file",
     recipients: Sequence[str] = (),
+    size: int | None = None,
 ) -> bytes:
     """Return the plaintext of the age file `data`, or raise the ArchiveError that says why not.
 
     `what` starts the sentences ("The manifest X"); `recipients` are the ones recorded
-    for the file, named when no identity opens it.
+    for the file, named when no identity opens it; `size` is its recorded size, if known.
     """
-    subject = Subject(what, tuple(recipients), tuple(identities), len(data))
+    subject = Subject(what, tuple(recipients), tuple(identities), size)
     if not identities:
         raise NoMatchingIdentityError(no_identity_message(what, recipients, identities))
     seen = Seen()
@@ -227,6 +231,7 @@ class EncryptingWriter:
         self._closed = False
         self._child: subprocess.Popen | None = None
         self._errors = None
+        self._report: tuple[str, str] | None = None
         if mode == THREAD:
             read_fd, write_fd = os.pipe()
             widen_pipe(write_fd)
@@ -275,7 +280,9 @@ class EncryptingWriter:
             try:
                 written = os.write(self._fd, view)
             except BrokenPipeError:
-                raise self._failure() from None
+                error = self._failure() or EngineError(_STOPPED_EARLY)
+                self.abort()
+                raise error from None
             view = view[written:]
         return size
 
@@ -302,9 +309,12 @@ class EncryptingWriter:
         self._end()
 
     def _end(self) -> None:
+        """Wait for the worker and the child, keeping what the child reported; idempotent."""
         self._worker.join()
-        if self._child is not None:
-            self._child.wait()
+        if self._errors is not None:
+            self._report = _child_failure(self._child, self._errors)
+            self._errors.close()
+            self._errors = None
             for pipe in (self._child.stdin, self._child.stdout):
                 with contextlib.suppress(OSError):
                     pipe.close()
@@ -316,13 +326,10 @@ class EncryptingWriter:
         error = shared.error
         if isinstance(error, _Stopped):
             error = None
-        if error is None and self._child is not None:
-            reported = _child_failure(self._child, self._errors)
-            self._errors.close()
-            if reported is not None:
-                error = EngineError(f"Encrypting the archive failed: {reported[1]}.")
+        if error is None and self._report is not None:
+            error = EngineError(f"Encrypting the archive failed: {self._report[1]}.")
         elif error is None and not shared.done:
-            error = EngineError("Encrypting the archive stopped before its end.")
+            error = EngineError(_STOPPED_EARLY)
         if error is None or isinstance(error, (EngineError, OSError)):
             return error
         return EngineError(f"Encrypting the archive failed: {error}.")
@@ -412,6 +419,7 @@ class DecryptingReader(io.RawIOBase):
         self._child: subprocess.Popen | None = None
         self._errors = None
         self._ended = False
+        self._pending: ArchiveError | None = None
         if mode == THREAD:
             read_fd, write_fd = os.pipe()
             widen_pipe(write_fd)
@@ -447,32 +455,40 @@ class DecryptingReader(io.RawIOBase):
         return True
 
     def readinto(self, buffer) -> int:
-        """Read plaintext into `buffer`; return 0 at the end of a stream that authenticated."""
+        """Fill `buffer` with plaintext up to the end of the stream; return how much.
+
+        Whole buffers rather than what the pipe holds at the moment (age writes 8 KiB at a
+        time): the decompressor above then makes a few big calls instead of many small ones.
+        Return 0 at the end of a stream that authenticated; raise when it did not.
+        """
         if self.closed:
             raise ValueError("read from a closed DecryptingReader")
-        if self._ended:
-            return 0
-        count = os.readv(self._fd, [buffer])
-        if count:
-            self._seen.plain += count
-            return count
-        self._end_of_stream()
-        return 0
+        if self._pending is not None:
+            raise self._pending
+        view = memoryview(buffer).cast("B")
+        size = 0
+        while size < len(view) and not self._ended:
+            count = os.readv(self._fd, [view[size:]])
+            if count:
+                size += count
+                self._seen.plain += count
+                continue
+            try:
+                self._end_of_stream()
+            except ArchiveError as error:
+                if not size:
+                    raise
+                # The plaintext before the failure was authenticated: hand it out first.
+                self._pending = error
+        return size
 
     def read(self, size: int = -1) -> bytes:
-        """Return up to `size` bytes of plaintext (all the rest when `size` < 0)."""
+        """Return up to `size` bytes of plaintext (1 MiB at most; all the rest when `size` < 0)."""
         if size is None or size < 0:
             return self.readall()
-        if self.closed:
-            raise ValueError("read from a closed DecryptingReader")
-        if self._ended or size == 0:
-            return b""
-        data = os.read(self._fd, min(size, CHUNK))
-        if data:
-            self._seen.plain += len(data)
-            return data
-        self._end_of_stream()
-        return b""
+        data = bytearray(min(size, CHUNK))
+        count = self.readinto(data)
+        return bytes(data) if count == len(data) else bytes(data[:count])
 
     def _end_of_stream(self) -> None:
         self._ended = True
