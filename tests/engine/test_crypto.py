@@ -417,7 +417,7 @@ def threads_settle(before: int) -> bool:
 
 @pytest.mark.timeout(30)
 @pytest.mark.parametrize("mode", MODES)
-def test_a_failing_archive_file_fails_the_compressor_write_with_the_same_error(keys, mode):
+def test_a_failing_archive_file_fails_the_next_write_with_the_same_error(keys, mode):
     before = threading.active_count()
     piece = os.urandom(1 << 20)
     writer = EncryptingWriter(FullDisk(3 << 20), [keys[0].recipient], mode=mode)
