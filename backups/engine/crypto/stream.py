@@ -419,7 +419,6 @@ class DecryptingReader(io.RawIOBase):
         self._child: subprocess.Popen | None = None
         self._errors = None
         self._ended = False
-        self._pending: ArchiveError | None = None
         if mode == THREAD:
             read_fd, write_fd = os.pipe()
             widen_pipe(write_fd)
@@ -455,40 +454,40 @@ class DecryptingReader(io.RawIOBase):
         return True
 
     def readinto(self, buffer) -> int:
-        """Fill `buffer` with plaintext up to the end of the stream; return how much.
+        """Read plaintext into `buffer`; return 0 at the end of a stream that authenticated.
 
-        Whole buffers rather than what the pipe holds at the moment (age writes 8 KiB at a
-        time): the decompressor above then makes a few big calls instead of many small ones.
-        Return 0 at the end of a stream that authenticated; raise when it did not.
+        Raise at the end of one that did not: everything handed out before was
+        authenticated by age, block by block.
         """
         if self.closed:
             raise ValueError("read from a closed DecryptingReader")
-        if self._pending is not None:
-            raise self._pending
-        view = memoryview(buffer).cast("B")
-        size = 0
-        while size < len(view) and not self._ended:
-            count = os.readv(self._fd, [view[size:]])
-            if count:
-                size += count
-                self._seen.plain += count
-                continue
-            try:
-                self._end_of_stream()
-            except ArchiveError as error:
-                if not size:
-                    raise
-                # The plaintext before the failure was authenticated: hand it out first.
-                self._pending = error
-        return size
+        if self._ended:
+            return 0
+        count = os.readv(self._fd, [buffer])
+        if count:
+            self._seen.plain += count
+            return count
+        self._end_of_stream()
+        return 0
 
     def read(self, size: int = -1) -> bytes:
-        """Return up to `size` bytes of plaintext (1 MiB at most; all the rest when `size` < 0)."""
+        """Return up to `size` bytes of plaintext (all the rest when `size` < 0).
+
+        One read of the pipe, whatever it holds: filling whole buffers cost the caller
+        more (a copy and a zeroed buffer per MiB) than the extra calls it saved.
+        """
         if size is None or size < 0:
             return self.readall()
-        data = bytearray(min(size, CHUNK))
-        count = self.readinto(data)
-        return bytes(data) if count == len(data) else bytes(data[:count])
+        if self.closed:
+            raise ValueError("read from a closed DecryptingReader")
+        if self._ended or size == 0:
+            return b""
+        data = os.read(self._fd, min(size, CHUNK))
+        if data:
+            self._seen.plain += len(data)
+            return data
+        self._end_of_stream()
+        return b""
 
     def _end_of_stream(self) -> None:
         self._ended = True
