@@ -26,6 +26,7 @@ from backups.engine.crypto import (
     decrypt_bytes,
     encrypt_bytes,
     fingerprint,
+    identity_paths,
     load_identities,
     load_recipients_file,
     parse_recipients,
@@ -623,3 +624,10 @@ def test_a_truncated_small_object_says_truncated(keys):
     damaged[-1000] ^= 0x01
     with pytest.raises(AlteredArchiveError, match=r"^The manifest M was altered"):
         decrypt_bytes(bytes(damaged), identities, what="The manifest M", size=len(blob))
+
+
+def test_identity_paths_split_the_setting_and_skip_empty_parts(tmp_path):
+    first, second = tmp_path / "a.txt", tmp_path / "b.txt"
+    assert identity_paths(f"{first}{os.pathsep}{os.pathsep}{second}") == [first, second]
+    assert identity_paths(first) == [first]
+    assert identity_paths("") == [] and identity_paths(None) == []

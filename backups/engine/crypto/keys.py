@@ -95,16 +95,18 @@ def load_recipients_file(path: str | Path) -> list[str]:
     return recipients
 
 
-def identity_paths(value: str | Sequence[str | Path] | None) -> list[Path]:
+def identity_paths(value: str | Path | Sequence[str | Path] | None) -> list[Path]:
     """Return the identity files named by AGE_IDENTITY_FILE: one path, or several joined by
     os.pathsep (":" on Unix); empty parts are ignored."""
     if not value:
         return []
+    if isinstance(value, os.PathLike):
+        return [Path(value)]
     parts = value.split(os.pathsep) if isinstance(value, str) else value
     return [Path(part) for part in parts if str(part)]
 
 
-def load_identities(paths: str | Sequence[str | Path] | None) -> list[Identity]:
+def load_identities(paths: str | Path | Sequence[str | Path] | None) -> list[Identity]:
     """Read the age identities (AGE-SECRET-KEY-1… lines, `#` comments) from `paths`.
 
     `paths` is a list of files or an AGE_IDENTITY_FILE value (see identity_paths). A file
