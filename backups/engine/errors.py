@@ -47,3 +47,23 @@ class StorageError(EngineError):
 
 class MissingObjectError(StorageError):
     """An object (an archive, a sidecar, a manifest) is not in its storage."""
+
+
+class KeyFileError(EngineError):
+    """An age recipient or identity is malformed, or an identity file is unsafe or unreadable."""
+
+
+class NoMatchingIdentityError(ArchiveError):
+    """An encrypted archive cannot be opened with any identity (private key) at hand."""
+
+
+class TruncatedArchiveError(ArchiveError):
+    """An encrypted archive ends before its encrypted stream does."""
+
+
+class AlteredArchiveError(ArchiveError):
+    """An encrypted archive fails age's authentication: its bytes were changed."""
+
+
+class NotEncryptedError(ArchiveError):
+    """A file that should be age-encrypted does not start with an age header."""
