@@ -31,6 +31,7 @@ from backups.engine.atomic import stale_temps
 from backups.engine.errors import Cancelled, EngineError, FencedError
 from backups.engine.hooks import Hooks, Progress
 from backups.models import Run
+from backups.services.standing import standing_refresh
 
 logger = logging.getLogger(__name__)
 
@@ -190,6 +191,8 @@ def run_cancel(*, run: Run, user=None) -> bool:
     flagged = ended or Run.objects.filter(pk=run.pk, status=Run.Status.RUNNING).update(
         cancel_requested=True
     )
+    if ended:
+        standing_refresh(run.source_id)
     if flagged:
         audit_record(
             actor=user,
@@ -276,6 +279,7 @@ def run_execute(
     else:
         run.mark_failed(str(error), warnings=hooks.warnings, **final)
     run.refresh_from_db()
+    standing_refresh(run.source_id)
     after_finish(run)
     return run
 
@@ -330,6 +334,8 @@ def reap_abandoned(*, now=None) -> list[int]:
         if updated:
             reaped.append(pk)
     reaped_runs = list(Run.objects.filter(pk__in=reaped).select_related("source"))
+    for source_id in sorted({run.source_id for run in reaped_runs}):
+        standing_refresh(source_id)
     for source_dir in {run.source.archive_dir for run in reaped_runs}:
         remove_dead_temps(source_dir)
     for run in reaped_runs:
