@@ -10,7 +10,8 @@ usual Prometheus shape for an enum.
 from __future__ import annotations
 
 from django.db.models import Count
-from prometheus_client import CollectorRegistry, Gauge, generate_latest
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from backups.models import Run, Source
@@ -24,11 +25,50 @@ from backups.services.compliance import (
 )
 
 
+class _Scrape:
+    """The gauges of one scrape, filled once and handed to the registry as a collector.
+
+    prometheus_client's `Gauge` keeps a child object with a lock per label set and checks
+    every label name on each `labels()` call: for a thousand sources times twenty-five
+    samples that cost most of a scrape. Metric families filled directly say the same.
+    """
+
+    def __init__(self) -> None:
+        self.gauges: list[_Gauge] = []
+
+    def gauge(self, name: str, documentation: str, labels: list[str]) -> _Gauge:
+        gauge = _Gauge(name, documentation, labels)
+        self.gauges.append(gauge)
+        return gauge
+
+    def collect(self):
+        return [gauge.family for gauge in self.gauges]
+
+
+class _Gauge:
+    def __init__(self, name: str, documentation: str, labels: list[str]) -> None:
+        self.family = GaugeMetricFamily(name, documentation, labels=labels)
+        self.names = labels
+
+    def labels(self, **values) -> _Sample:
+        return _Sample(self.family, [str(values[name]) for name in self.names])
+
+
+class _Sample:
+    def __init__(self, family: GaugeMetricFamily, values: list[str]) -> None:
+        self.family, self.values = family, values
+
+    def set(self, value: float) -> None:
+        self.family.add_metric(self.values, value)
+
+
 def render_metrics() -> tuple[bytes, str]:
     """Return the exposition text and its content type."""
+    scrape = _Scrape()
     registry = CollectorRegistry()
-    sources = Gauge("backup_sources", "Sources known to the catalog", ["kind"], registry=registry)
-    active = Gauge("backup_runs_active", "Runs queued or running", ["kind"], registry=registry)
+    registry.register(scrape)
+    sources = scrape.gauge("backup_sources", "Sources known to the catalog", ["kind"])
+    active = scrape.gauge("backup_runs_active", "Runs queued or running", ["kind"])
     standings = fleet_standing()
     by_kind = {kind: 0 for kind in Source.Kind.values}
     for standing in standings:
@@ -40,15 +80,15 @@ def render_metrics() -> tuple[bytes, str]:
     )
     for kind in Run.Kind.values:
         active.labels(kind=kind).set(running.get(kind, 0))
-    _per_source(registry, standings)
+    _per_source(scrape, standings)
     return generate_latest(registry), CONTENT_TYPE_LATEST
 
 
-def _gauge(registry, name: str, documentation: str, *labels: str) -> Gauge:
-    return Gauge(name, documentation, ["source", *labels], registry=registry)
+def _gauge(scrape: _Scrape, name: str, documentation: str, *labels: str) -> _Gauge:
+    return scrape.gauge(name, documentation, ["source", *labels])
 
 
-def _per_source(registry: CollectorRegistry, standings: list[Standing]) -> None:
+def _per_source(registry: _Scrape, standings: list[Standing]) -> None:
     age = _gauge(registry, "backup_age_seconds", "Age of the newest successful backup")
     rpo_target = _gauge(registry, "backup_rpo_target_seconds", "RPO target of the policy")
     rpo = _gauge(registry, "backup_rpo_status", "RPO standing (1 for the current one)", "status")

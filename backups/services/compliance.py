@@ -90,17 +90,15 @@ class Health(models.TextChoices):
 
 HEALTH_ORDER = {health: rank for rank, health in enumerate(Health)}
 
-# The columns a standing needs; every other one would be read and parsed for each of a
-# thousand sources on every refresh and scrape.
-_RUN_COLUMNS = ("kind", "status", "queued_at", "started_at", "finished_at", "size", "source")
-FLEET_COLUMNS = (
+# The columns the current standing needs; every other one would be read and parsed for
+# each of a thousand sources on every refresh of the overview.
+CURRENT_COLUMNS = (
     "name",
     "slug",
     "kind",
     "location",
     "owner",
     "enabled",
-    "created_at",
     "policy",
     "policy__name",
     "policy__schedule",
@@ -112,12 +110,23 @@ FLEET_COLUMNS = (
     "standing__integrity",
     "standing__proof_seconds",
     "standing__proof_at",
+    *(
+        f"standing__last_backup__{column}"
+        for column in ("kind", "status", "queued_at", "started_at", "size", "source")
+    ),
+)
+# What the 30-day figures, `status` and the metrics read besides.
+RECENT_COLUMNS = (
+    "created_at",
     "standing__attempted_at",
     "standing__first_covered_at",
     "standing__covered_until",
     "standing__gaps_rpo_s",
-    *(f"standing__last_backup__{column}" for column in _RUN_COLUMNS),
-    *(f"standing__last_success__{column}" for column in _RUN_COLUMNS),
+    "standing__last_backup__finished_at",
+    *(
+        f"standing__last_success__{column}"
+        for column in ("kind", "status", "started_at", "finished_at", "size", "source")
+    ),
 )
 # Heavy columns of the runs in progress that no page of the fleet shows.
 _HEAVY = ("log", "warnings", "checks", "paths", "error", "current_item", "archive")
@@ -150,6 +159,11 @@ class Standing:
     at: datetime | None = None
     health: str = Health.NEVER
 
+    @property
+    def last_backup_failed(self) -> bool:
+        """Return whether the newest backup attempt ended without a usable result."""
+        return self.last_backup is not None and self.last_backup.status in Run.BAD
+
 
 def source_health(standing: Standing) -> str:
     """Fold a source's standing into one `Health` word, for counts, sorting and alerts.
@@ -164,8 +178,7 @@ def source_health(standing: Standing) -> str:
         return Health.BREACHED
     if standing.last_success_at is None:
         return Health.NEVER
-    last = standing.last_backup
-    if standing.rpo_status == RpoStatus.AT_RISK or (last is not None and last.status in Run.BAD):
+    if standing.rpo_status == RpoStatus.AT_RISK or standing.last_backup_failed:
         return Health.AT_RISK
     return Health.OK
 
@@ -361,7 +374,8 @@ def _standing(
     rto_s = policy.rto_s if policy else None
     stored = getattr(source, "standing", None)
     last_backup = stored.last_backup if stored is not None else None
-    last_success = stored.last_success if stored is not None else None
+    # Only the 30-day readers (status, metrics, the report and a source's page) load it.
+    last_success = stored.last_success if stored is not None and days is not None else None
     last_success_at = stored.last_success_at if stored is not None else None
     # A backup or in-place restore first, and a running run before a queued one.
     running = max(
@@ -430,10 +444,13 @@ def fleet_standing(
     """
     now = now or timezone.now()
     narrowed = sources is not None
+    related = ["policy", "standing__last_backup"]
+    columns = list(CURRENT_COLUMNS)
+    if recent:
+        related.append("standing__last_success")
+        columns.extend(RECENT_COLUMNS)
     listed = list(
-        (sources if narrowed else Source.objects.all())
-        .select_related("policy", "standing__last_backup", "standing__last_success")
-        .only(*FLEET_COLUMNS)
+        (sources if narrowed else Source.objects.all()).select_related(*related).only(*columns)
     )
     if not listed:
         return []
@@ -443,7 +460,8 @@ def fleet_standing(
     for source in listed:
         stored = getattr(source, "standing", None)
         # Every run here belongs to a listed source: spare a query per `run.source`.
-        for run in (stored.last_backup, stored.last_success) if stored is not None else ():
+        runs = (stored.last_backup, stored.last_success if recent else None) if stored else ()
+        for run in runs:
             if run is not None:
                 run.source = source
         for run in active.get(source.pk, []):

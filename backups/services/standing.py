@@ -236,9 +236,16 @@ def _lock(m: _Models, source_id: int):
     raise DatabaseError(f"the standing of source #{source_id} could not be locked")
 
 
-def _store(m: _Models, facts: dict, since: datetime | None, now: datetime, full: bool) -> None:
-    pk = facts["pk"]
+def _store(m: _Models, pk: int, since: datetime | None, now: datetime, full: bool) -> bool:
+    """Derive and write the standing of source `pk`; return False when it is gone.
+
+    The row is locked before the runs are read: two refreshes of one source (a backup and
+    a verification ending together) then write in turn, the later one from what both saw.
+    """
+    if not m.source.objects.filter(pk=pk).exists():
+        return False
     row = _lock(m, pk)
+    (facts,) = _head_facts(m, [pk])
     cron = (facts["policy__schedule"] or "").strip()
     rpo_s = facts["policy__rpo_s"]
     window_day = _day(now - DERIVED_SPAN)
@@ -276,6 +283,7 @@ def _store(m: _Models, facts: dict, since: datetime | None, now: datetime, full:
     if full or from_day <= window_day:
         row.recomputed_at = now
     row.save()
+    return True
 
 
 def standing_refresh(source_id: int, *, since: datetime | None = None, apps=None) -> None:
@@ -296,10 +304,9 @@ def standing_refresh(source_id: int, *, since: datetime | None = None, apps=None
 def _refresh(m: _Models, source_ids: list[int], *, since, full: bool) -> int:
     now = timezone.now()
     done = 0
-    for facts in _head_facts(m, source_ids):
+    for pk in source_ids:
         with transaction.atomic():
-            _store(m, facts, since, now, full)
-        done += 1
+            done += _store(m, pk, since, now, full)
     return done
 
 
@@ -314,10 +321,7 @@ def standing_recompute(*, source_ids: list[int] | None = None, apps=None) -> int
     if source_ids is not None:
         wanted = set(source_ids)
         ids = [pk for pk in ids if pk in wanted]
-    done = 0
-    for start in range(0, len(ids), 100):
-        done += _refresh(m, ids[start : start + 100], since=None, full=True)
-    return done
+    return _refresh(m, ids, since=None, full=True)
 
 
 def standing_housekeeping(*, now: datetime | None = None) -> dict:

@@ -39,8 +39,7 @@ def _last_backup_at(row: FleetRow):
 
 
 def _failed_last(row: FleetRow) -> int:
-    last = row.standing.last_backup
-    return 0 if last is not None and last.status in Run.BAD else 1
+    return 0 if row.standing.last_backup_failed else 1
 
 
 # Each sort key returns a tuple whose first element puts missing values last.
