@@ -198,6 +198,14 @@ def test_the_success_rate_of_the_last_30_days(watched):
     assert source_standing(watched, now=at(hours=6)).success_rate_30d == pytest.approx(4 / 5)
 
 
+def test_the_counts_cover_whole_days_from_the_day_the_window_opens(watched):
+    # The window opens on 17 October at 09:00; that whole day counts, the day before not.
+    make_run(watched, "backup", started=at(days=-30, hours=-3), status="failed")
+    make_run(watched, "backup", started=at(days=-30, hours=-10), status="failed")
+    make_backups(watched, [at(hours=1)], files=False)
+    assert source_standing(watched, now=at(hours=2)).success_rate_30d == pytest.approx(1 / 2)
+
+
 def test_missed_slots_are_counted_from_the_cron_slots_and_the_runs_that_happened(source):
     watched_since(source, T - timedelta(hours=10, minutes=30))
     plan_next_run(source, at(hours=1))

@@ -121,6 +121,16 @@ def test_an_abandoned_backup_counts_as_failed(backup, settings):
     assert status["health"] == "at_risk" and status["success_rate_30d"] == 0.5
 
 
+def test_a_verification_that_passes_proves_integrity(source, policy):
+    Policy.objects.filter(pk=policy.pk).update(verify_after_backup=False)
+    made = call_json("backup", "files", "--inline")
+    assert status_of("files")["integrity"] == "unknown"
+    call_json("verify", str(made["id"]), "--inline")
+    status = status_of("files")
+    assert (status["integrity"], status["health"]) == ("ok", "ok")
+    assert status["verified_at"] == made["started_at"]
+
+
 def test_a_failed_verification_breaches_the_source(backup):
     corrupt(backup)
     call_json("verify", str(backup.pk), "--inline", expect=1)
