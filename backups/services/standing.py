@@ -11,7 +11,7 @@ of the run history. This module is their only writer:
   "newest per source" reads, and the days and gaps from the previous newest backup on
   (usually one or two runs), or from `since` when older history changed.
 - `standing_recompute()` derives rows from the whole window, for the data migration, the
-  `standing` command and housekeeping, which re-derives a few sources each minute in
+  `recompute_standing` command and housekeeping, which re-derives a few sources each minute in
   turn (and at once those whose policy's RPO or schedule changed), so a row that drifted
   (a write lost to a crash, an edit made behind the services' back) heals.
 
