@@ -650,3 +650,100 @@ class WorkerBeat(models.Model):
         cls.objects.update_or_create(
             name=name, defaults={"at": at or timezone.now(), "worker": worker[:200]}
         )
+
+
+class SourceStanding(models.Model):
+    """A source's standing as data: its newest runs of each sort, kept as runs end.
+
+    Pages, `status` and `/metrics` read this one row per source instead of searching the
+    run history on every request. `backups.services.standing` owns every write: it
+    refreshes the row when a run of the source ends, is pruned or imported, and
+    housekeeping re-derives every row from the run table in turn, so drift heals.
+    The few facts the rules read for the whole fleet are copied here as columns; the runs
+    a page shows are foreign keys.
+    """
+
+    source = models.OneToOneField(
+        Source, on_delete=models.CASCADE, primary_key=True, related_name="standing"
+    )
+    # The newest backup attempt (whatever its outcome), by queue time.
+    last_backup = models.ForeignKey(
+        Run, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    # The newest backup whose archive is complete (succeeded or warning), by start time.
+    last_success = models.ForeignKey(
+        Run, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    last_success_at = models.DateTimeField(null=True, blank=True)
+    # The newest complete backup whose verification passed.
+    last_verified = models.ForeignKey(
+        Run, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    verified_at = models.DateTimeField(null=True, blank=True)
+    # The newest verification with a verdict (passed or failed), by end time.
+    last_verify = models.ForeignKey(
+        Run, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    integrity = models.CharField(max_length=8, default="unknown")
+    # The newest drill or restore that timed getting the data back (the measured RTO).
+    last_proof = models.ForeignKey(
+        Run, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    proof_seconds = models.FloatField(null=True, blank=True)
+    proof_at = models.DateTimeField(null=True, blank=True)
+    # When the newest backup was queued: scheduled slots up to here are judged and stored.
+    attempted_at = models.DateTimeField(null=True, blank=True)
+    # RPO history: the oldest and newest start of a backup that once succeeded (a pruned
+    # one still covered its time), bounds of the stored gaps.
+    first_covered_at = models.DateTimeField(null=True, blank=True)
+    covered_until = models.DateTimeField(null=True, blank=True)
+    # The targets the stored 30-day facts were derived with: a policy change re-derives.
+    gaps_rpo_s = models.PositiveIntegerField(null=True, blank=True)
+    slots_cron = models.CharField(max_length=100, blank=True)
+    refreshed_at = models.DateTimeField(null=True, blank=True)
+    # When the row was last derived from the whole window, for housekeeping's rotation.
+    recomputed_at = models.DateTimeField(null=True, blank=True, db_index=True)
+
+    def __str__(self) -> str:
+        return f"standing of source #{self.source_id}"
+
+
+class SourceDay(models.Model):
+    """One source's backups on one UTC day: the 30-day counts are sums of 31 such rows."""
+
+    pk = models.CompositePrimaryKey("source", "day")
+    source = models.ForeignKey(Source, on_delete=models.CASCADE, related_name="+", db_index=False)
+    day = models.DateField()
+    # Backups queued that day that succeeded (pruned since included) and that failed.
+    succeeded = models.PositiveIntegerField(default=0)
+    failed = models.PositiveIntegerField(default=0)
+    # Scheduled slots of that day that no backup was queued in time for.
+    missed = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        indexes = [models.Index(fields=["day"], name="sourceday_day")]
+
+    def __str__(self) -> str:
+        return f"{self.day} of source #{self.source_id}"
+
+
+class RpoGap(models.Model):
+    """A stretch during which a source's RPO target did not hold, closed by a backup.
+
+    Bounds are seconds since the epoch (UTC), so the share of a window out of target is
+    one portable SQL sum. The open stretch after the newest backup is not stored: it
+    grows with the clock and is added when read.
+    """
+
+    source = models.ForeignKey(Source, on_delete=models.CASCADE, related_name="+", db_index=False)
+    start_s = models.FloatField()
+    end_s = models.FloatField()
+
+    class Meta:
+        indexes = [
+            models.Index(fields=["source", "end_s"], name="rpogap_source_end"),
+            models.Index(fields=["end_s"], name="rpogap_end"),
+        ]
+
+    def __str__(self) -> str:
+        return f"RPO gap of source #{self.source_id}"

@@ -11,15 +11,10 @@ from django.conf import settings
 from django.utils import timezone
 
 from backups.models import Run, Source
+from backups.services.compliance import Health
 from backups.services.restore import restore_target_problem
 
-HEALTH_CHOICES = [
-    ("", "any status"),
-    ("breached", "breached"),
-    ("at_risk", "at risk"),
-    ("never", "never backed up"),
-    ("ok", "OK"),
-]
+HEALTH_CHOICES = [("", "any status"), *Health.choices]
 # A SQLite file or a PostgreSQL dump is one piece: there are no paths to pick inside it.
 WHOLE_ONLY = {Source.Kind.SQLITE, Source.Kind.POSTGRES}
 

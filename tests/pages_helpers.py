@@ -9,6 +9,7 @@ from django.conf import settings
 from django.utils import timezone
 
 from backups.models import Manifest, ManifestDir, ManifestEntry, Policy, Run, Source
+from backups.services.standing import standing_refresh
 
 _counter = {"n": 0}
 
@@ -60,7 +61,10 @@ def make_run(source: Source, *, kind="backup", status="succeeded", ago_s=3600, t
             payload_files=3,
         )
     values.update(fields)
-    return Run.objects.create(**values)
+    run = Run.objects.create(**values)
+    # As the services do when a run ends (history older than the newest backup included).
+    standing_refresh(source.pk, since=started)
+    return run
 
 
 def make_manifest(run: Run, files: dict[str, str | None]) -> Manifest:

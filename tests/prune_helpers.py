@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from backups.models import Manifest, Run
+from backups.services.standing import standing_refresh
 
 
 def make_backups(source, times, *, status=Run.Status.SUCCEEDED, files=True, **fields):
@@ -40,6 +41,9 @@ def make_backups(source, times, *, status=Run.Status.SUCCEEDED, files=True, **fi
     Manifest.objects.bulk_create(
         [Manifest(run=run, path=str(run.manifest_path), files=1) for run in runs]
     )
+    if runs:
+        # As the services do when runs end (history older than the newest backup included).
+        standing_refresh(source.pk, since=min(times))
     return runs
 
 

@@ -14,6 +14,7 @@ from backups.services.compliance import (
     standing_to_dict,
 )
 from backups.services.schedules import BACKUP_TASK
+from backups.services.standing import standing_recompute, standing_refresh
 from tests.prune_helpers import CONTRACT_STATUS_FIELDS, make_backups
 
 pytestmark = pytest.mark.django_db
@@ -34,7 +35,7 @@ def watched_since(source, when):
 
 
 def make_run(source, kind, *, started, seconds=60, status="succeeded", **fields):
-    return Run.objects.create(
+    run = Run.objects.create(
         source=source,
         kind=kind,
         status=status,
@@ -44,6 +45,9 @@ def make_run(source, kind, *, started, seconds=60, status="succeeded", **fields)
         finished_at=started + timedelta(seconds=seconds),
         **fields,
     )
+    # As the services do when a run ends (history older than the newest backup included).
+    standing_refresh(source.pk, since=started)
+    return run
 
 
 @pytest.fixture
@@ -154,6 +158,7 @@ def test_verified_at_is_the_newest_verified_backup(watched):
     runs = make_backups(watched, [T, at(hours=1), at(hours=2)], files=False)
     Run.objects.filter(pk=runs[1].pk).update(verified=True)
     Run.objects.filter(pk=runs[2].pk).update(verified=False)
+    standing_refresh(watched.pk)  # as the verification's end does
     standing = source_standing(watched, now=at(hours=3))
     assert standing.verified_at == at(hours=1)
     assert standing_to_dict(standing)["verified_age_s"] == 7200
@@ -174,6 +179,7 @@ def test_a_backup_pruned_since_still_covered_its_time(watched):
     Run.objects.filter(source=watched, started_at__lt=now - timedelta(days=2)).update(
         status="pruned"
     )
+    standing_refresh(watched.pk)  # as prune does
     assert source_standing(watched, now=now).within_target_30d == pytest.approx(1.0)
 
 
@@ -190,6 +196,14 @@ def test_the_success_rate_of_the_last_30_days(watched):
     make_run(watched, "backup", started=at(hours=5), status="pruned")
     make_run(watched, "backup", started=at(days=-31), status="failed")
     assert source_standing(watched, now=at(hours=6)).success_rate_30d == pytest.approx(4 / 5)
+
+
+def test_the_counts_cover_whole_days_from_the_day_the_window_opens(watched):
+    # The window opens on 17 October at 09:00; that whole day counts, the day before not.
+    make_run(watched, "backup", started=at(days=-30, hours=-3), status="failed")
+    make_run(watched, "backup", started=at(days=-30, hours=-10), status="failed")
+    make_backups(watched, [at(hours=1)], files=False)
+    assert source_standing(watched, now=at(hours=2)).success_rate_30d == pytest.approx(1 / 2)
 
 
 def test_missed_slots_are_counted_from_the_cron_slots_and_the_runs_that_happened(source):
@@ -241,10 +255,12 @@ def test_a_minutely_schedule_is_judged_without_walking_every_slot(
         source, [t for t in times if not (100 <= (T - t).total_seconds() // 60 < 110)], files=False
     )
     plan_next_run(source, at(minutes=1))
-    with django_assert_max_num_queries(4):
+    with django_assert_max_num_queries(5):
         assert source_standing(source, now=T).missed_30d == 10
     # Watched for 40 days, backed up for one: the count stops at its limit.
     watched_since(source, T - timedelta(days=40))
+    # An edit behind the services' back: housekeeping's recompute derives the days again.
+    standing_recompute(source_ids=[source.pk])
     assert source_standing(source, now=T).missed_30d == MISSED_LIMIT
 
 
@@ -289,12 +305,13 @@ def _fleet(data_dir, policy, count):
 
 
 @pytest.mark.parametrize("count", [1, 30])
-def test_the_fleet_costs_the_same_four_queries_for_1_or_30_sources(
+def test_the_fleet_costs_the_same_five_queries_for_1_or_30_sources(
     data_dir, policy, count, django_assert_num_queries
 ):
     _fleet(data_dir, policy, count)
-    # Sources with their newest runs' ids, those runs, 30 days of backups, the schedules.
-    with django_assert_num_queries(4):
+    # The sources with their stored standing and its two runs (one join), the runs in
+    # progress, the 30-day counts and RPO gaps (one sum each), the schedules.
+    with django_assert_num_queries(5):
         standings = fleet_standing(now=at(hours=1))
         dicts = [standing_to_dict(s) for s in standings]
     assert len(dicts) == count

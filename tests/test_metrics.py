@@ -11,6 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from backups.models import Run, Source
 from backups.services.catalog import source_create
 from backups.services.compliance import source_standing
+from backups.services.standing import standing_refresh
 from tests.prune_helpers import make_backups
 
 pytestmark = pytest.mark.django_db
@@ -54,6 +55,7 @@ def test_each_source_exports_its_age_targets_and_standing(client, source):
         drill=True,
         restore_seconds=42.5,
     )
+    standing_refresh(source.pk)  # as the drill's end does
     samples = scrape(client)
     assert value(samples, "backup_age_seconds", source="files") == pytest.approx(6000, abs=5)
     assert value(samples, "backup_rpo_target_seconds", source="files") == 7200
@@ -68,6 +70,9 @@ def test_each_source_exports_its_age_targets_and_standing(client, source):
     assert value(samples, "backup_last_duration_seconds", source="files") == 30
     assert value(samples, "backup_integrity", source="files", status="ok") == 1
     assert value(samples, "backup_integrity", source="files", status="failed") == 0
+    # The overview's one word: at risk, as the RPO is.
+    assert value(samples, "backup_health", source="files", status="at_risk") == 1
+    assert value(samples, "backup_health", source="files", status="ok") == 0
     assert value(samples, "backup_verified_age_seconds", source="files") == pytest.approx(
         6000, abs=5
     )

@@ -120,9 +120,9 @@ def test_query_count_does_not_grow_with_the_fleet(client, viewer, count, django_
     make_run(sources[0], status="running", ago_s=5)
     client.force_login(viewer)
     # 2 (session, user) + 2 (the viewer's permissions: the page needs view_source) + 3
-    # (compliance: the sources annotated with their newest runs' ids, those runs, the
-    # schedules; the 30-day history is not shown here) + 1 (runs in progress and failures
-    # of the last 24 h).
+    # (compliance: the sources joined to their stored standing and its two runs, the runs
+    # in progress, the schedules; the 30-day figures are not shown here) + 1 (runs in
+    # progress and failures of the last 24 h).
     with django_assert_num_queries(8):
         response = client.get(reverse("overview"))
     assert len(response.context["pager"].items) == count

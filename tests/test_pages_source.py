@@ -170,10 +170,12 @@ def test_query_count_does_not_grow_with_the_history(
         backup = make_run(web, ago_s=(hours + 1) * 3600, verified=hours == 0)
         make_run(web, kind="verify", ago_s=(hours + 1) * 3600 - 60, backup=backup, exclusive=False)
     client.force_login(viewer)
-    # 2 (session, user) + 1 (the source) + 4 (compliance standing) + 1 (the runs page)
-    # + 1 (restore points) + 2 (retention: the backups, those in use) + 3 (charts: recent
-    # backups, the 30-day backups, the newest before the window) + 2 (the viewer's own and
-    # group permissions, read once to decide which action buttons to show).
-    with django_assert_num_queries(16):
+    # 2 (session, user) + 1 (the source) + 5 (compliance standing: the stored standing
+    # with its two runs, the runs in progress, the 30-day counts, the RPO gaps, the
+    # schedules) + 1 (the runs page) + 1 (restore points) + 2 (retention: the backups,
+    # those in use) + 3 (charts: recent backups, the 30-day backups, the newest before the
+    # window) + 2 (the viewer's own and group permissions, read once to decide which
+    # action buttons to show).
+    with django_assert_num_queries(17):
         response = client.get(reverse("source-detail", args=["web"]))
     assert len(response.context["pager"].items) == min(25, 2 * count)

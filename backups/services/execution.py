@@ -40,6 +40,7 @@ from backups.engine.hooks import Hooks, Progress
 from backups.engine.names import printable
 from backups.engine.processes import this_process
 from backups.models import Run
+from backups.services.standing import standing_refresh
 
 logger = logging.getLogger(__name__)
 
@@ -245,6 +246,8 @@ def run_cancel(*, run: Run, user=None) -> bool:
     flagged = ended or Run.objects.filter(pk=run.pk, status=Run.Status.RUNNING).update(
         cancel_requested=True
     )
+    if ended:
+        standing_refresh(run.source_id)
     if flagged:
         audit_record(
             actor=user,
@@ -357,6 +360,7 @@ def run_execute(
         _follow_up(run, "starting what follows it", after_success, run, inline=inline)
     run = _reread(run)
     if ended:
+        _follow_up(run, "refreshing its source's standing", standing_refresh, run.source_id)
         _follow_up(run, "recording its outcome", after_finish, run)
     return run
 
@@ -490,6 +494,8 @@ def reap_abandoned(*, now=None) -> list[int]:
         if updated:
             reaped.append(pk)
     reaped_runs = list(Run.objects.filter(pk__in=reaped).select_related("source"))
+    for source_id in sorted({run.source_id for run in reaped_runs}):
+        standing_refresh(source_id)
     for source_dir in {run.source.archive_dir for run in reaped_runs}:
         remove_dead_temps(source_dir)
     # A restore killed half-way: its journal puts the original back. Then any journal

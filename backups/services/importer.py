@@ -27,6 +27,7 @@ from backups.engine.manifest import iter_manifest
 from backups.engine.names import printable
 from backups.models import Run, Source
 from backups.services.manifests import manifest_store
+from backups.services.standing import standing_refresh
 
 # Clocks of worker hosts differ a little; a manifest dated later than this is refused.
 CLOCK_SKEW = timedelta(minutes=5)
@@ -49,6 +50,8 @@ class ImportReport:
     reindexed: list[int] = field(default_factory=list)
     sources_created: list[str] = field(default_factory=list)
     refused: list[str] = field(default_factory=list)
+    # The oldest run imported per source id: its standing is derived again from there.
+    oldest_by_source: dict[int, datetime] = field(default_factory=dict)
 
 
 class ManifestRefused(EngineError):
@@ -202,6 +205,9 @@ def import_archive(manifest_path: Path, report: ImportReport) -> None:
         )
         manifest_store(run, manifest_path)
     report.imported.append(run.pk)
+    moment = run.started_at or run.queued_at
+    oldest = report.oldest_by_source.get(source.pk)
+    report.oldest_by_source[source.pk] = min(moment, oldest) if oldest else moment
 
 
 def import_archives(root: Path | None = None) -> ImportReport:
@@ -232,6 +238,8 @@ def import_archives(root: Path | None = None) -> ImportReport:
                 f"{manifest}: the database refused it ({error}); fix the database, then run "
                 "import_archives again."
             )
+    for source_id, since in sorted(report.oldest_by_source.items()):
+        standing_refresh(source_id, since=since)
     if report.imported:
         # Runs were created with the ids their manifests recorded: move the id sequence
         # past them so the next run does not collide (PostgreSQL keeps a separate one).

@@ -42,6 +42,7 @@ from backups.engine.errors import ArchiveError
 from backups.engine.retention import PINNED, Rules, Snapshot, select
 from backups.models import Manifest, Run, Source
 from backups.services.execution import worker_identity
+from backups.services.standing import standing_refresh
 
 logger = logging.getLogger(__name__)
 
@@ -273,6 +274,8 @@ def _claim(runs: list[Run], me: str, now: datetime) -> tuple[list[Run], dict[int
         Run.objects.filter(pk__in=[run.pk for run in claimed], status__in=Run.GOOD).update(
             status=Run.Status.PRUNING, worker=me, heartbeat_at=now
         )
+    for source_id in sorted({run.source_id for run in claimed}):
+        standing_refresh(source_id)
     return claimed, kept
 
 
@@ -327,6 +330,8 @@ def _delete_owned(runs: list[Run], me: str) -> None:
     # Outside the transaction: a big manifest takes a while to delete, and a crash here
     # leaves only rows that the next prune removes.
     Manifest.objects.filter(run_id__in=ids).delete()
+    for source_id in sorted(sources):
+        standing_refresh(source_id)
     for run in runs:
         logger.info("pruned backup #%s (%s)", run.pk, run.archive)
 
@@ -371,6 +376,7 @@ def _finish_interrupted(runs, me: str, now: datetime) -> tuple[list[Run], list[s
             Run.objects.filter(pk=row.pk, status=Run.Status.PRUNING, worker=me).update(
                 status=status
             )
+            standing_refresh(row.source_id)
             logger.info("backup #%s was pinned while being pruned; kept", row.pk)
             continue
         try:

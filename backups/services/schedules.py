@@ -323,9 +323,11 @@ def drills_queue_due(*, now: datetime | None = None) -> list[Run]:
 
 def housekeeping_run(*, now: datetime | None = None) -> dict:
     """Do the periodic chores: reap dead runs, finish interrupted prunes, queue due drills,
-    and reconcile the schedules with the catalog. Return what was done."""
+    reconcile the schedules with the catalog, and heal the stored standings a little.
+    Return what was done."""
     from backups.services.execution import reap_abandoned, worker_identity
     from backups.services.prune import prune_recover
+    from backups.services.standing import standing_housekeeping
 
     # First, so that /healthz sees the workers alive even when a chore below fails.
     WorkerBeat.beat(HOUSEKEEPING_NAME, worker=worker_identity())
@@ -337,4 +339,5 @@ def housekeeping_run(*, now: datetime | None = None) -> dict:
         "abandoned": reaped,
         "prunes_finished": recovered,
         "drills": [drill.pk for drill in drills],
+        "standing": standing_housekeeping(),
     }

@@ -16,6 +16,8 @@ from django.utils import timezone
 from django.utils.html import format_html
 from django.utils.safestring import mark_safe
 
+from backups.services.compliance import Health, Integrity, RpoStatus, RtoStatus
+
 register = template.Library()
 
 # Label and symbol for each status word the pages show; the CSS adds colour on top.
@@ -38,6 +40,10 @@ BADGES = {
     "denied": ("denied", "✗"),
     "requested": ("requested", "…"),
 }
+# The standing's words are labelled as the compliance service's vocabulary says.
+for _choices in (Health, RpoStatus, RtoStatus, Integrity):
+    for _value, _label in _choices.choices:
+        BADGES[_value] = (_label, BADGES[_value][1])
 # Which CSS tone a status gets.
 TONES = {
     "ok": "ok",

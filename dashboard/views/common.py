@@ -1,4 +1,4 @@
-"""Helpers shared by the pages: bounded pagination, audited permissions, source health."""
+"""Helpers shared by the pages: bounded pagination, audited permissions, progress."""
 
 from __future__ import annotations
 
@@ -9,9 +9,6 @@ from django.contrib.auth.decorators import permission_required
 
 from backups.audit import audit_record
 from backups.models import AuditEvent, Run
-
-# Order of severity on the overview: what needs a human comes first.
-HEALTH_ORDER = {"breached": 0, "at_risk": 1, "never": 2, "ok": 3}
 
 
 @dataclass
@@ -89,25 +86,6 @@ def permission_required_audited(perm: str):
         return wrapper
 
     return decorator
-
-
-def source_health(standing) -> str:
-    """Fold a source's standing into one word for the overview's counts and its sort order.
-
-    `breached`: the RPO or the RTO target is broken, or the newest backup failed its
-    verification (there may be no usable restore point); `at_risk`: the RPO target is close
-    to lapsing or the last backup failed; `never`: nothing was ever backed up; `ok`: the rest.
-    """
-    if standing.rpo_status == "breached" or standing.rto_status == "breached":
-        return "breached"
-    if standing.integrity == "failed":
-        return "breached"
-    if standing.last_success_at is None:
-        return "never"
-    last = standing.last_backup
-    if standing.rpo_status == "at_risk" or (last is not None and last.status in Run.BAD):
-        return "at_risk"
-    return "ok"
 
 
 def progress_of(run: Run, now) -> dict:

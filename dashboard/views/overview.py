@@ -12,32 +12,11 @@ from django.utils import timezone
 from django.views.decorators.http import require_GET
 
 from backups.models import Run, Source
-from backups.services.compliance import Standing, fleet_standing
+from backups.services.compliance import HEALTH_ORDER, Standing, fleet_standing
 from dashboard.forms import OverviewFilterForm
-from dashboard.views.common import (
-    HEALTH_ORDER,
-    paginate,
-    permission_required_audited,
-    source_health,
-)
+from dashboard.views.common import paginate, permission_required_audited
 
 PER_PAGE = 50
-# The columns the table and the standing need: every other one would be read and parsed
-# for each of hundreds of sources on every refresh.
-FLEET_COLUMNS = (
-    "name",
-    "slug",
-    "kind",
-    "location",
-    "owner",
-    "enabled",
-    "policy",
-    "policy__name",
-    "policy__schedule",
-    "policy__rpo_s",
-    "policy__rto_s",
-    "policy__drill_every_s",
-)
 # How often the table refreshes itself, in seconds.
 REFRESH_S = 10
 
@@ -60,8 +39,7 @@ def _last_backup_at(row: FleetRow):
 
 
 def _failed_last(row: FleetRow) -> int:
-    last = row.standing.last_backup
-    return 0 if last is not None and last.status in Run.BAD else 1
+    return 0 if row.standing.last_backup_failed else 1
 
 
 # Each sort key returns a tuple whose first element puts missing values last.
@@ -113,8 +91,8 @@ def overview(request):
     now = timezone.now()
     # The 30-day figures belong to the compliance report; here they would cost a read of
     # every backup of the month on each refresh.
-    standings = fleet_standing(now=now, recent=False, sources=Source.objects.only(*FLEET_COLUMNS))
-    rows = [FleetRow(s, source_health(s)) for s in standings]
+    standings = fleet_standing(now=now, recent=False)
+    rows = [FleetRow(s, s.health) for s in standings]
     counts = Counter(row.health for row in rows)
     owners = sorted({row.source.owner for row in rows if row.source.owner}, key=str.lower)
     form = OverviewFilterForm(request.GET or None, owners=owners)

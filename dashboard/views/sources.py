@@ -12,13 +12,13 @@ from django.views.decorators.http import require_GET, require_POST
 
 from backups.models import Run, Source
 from backups.services.backup import SourceBusy, backup_request
-from backups.services.compliance import source_standing
+from backups.services.compliance import Health, Integrity, rpo_backup_times, source_standing
 from backups.services.prune import PruneRefused, prune_plan
 from backups.services.verify import verify_request
 from dashboard import charts
 from dashboard.forms import RunFilterForm
 from dashboard.templatetags.dash import duration
-from dashboard.views.common import paginate, permission_required_audited, source_health
+from dashboard.views.common import paginate, permission_required_audited
 
 RUNS_PER_PAGE = 25
 CHART_RUNS = 60
@@ -63,16 +63,6 @@ def _history_charts(source: Source, now) -> dict:
                 )
             )
     start = now - RPO_WINDOW
-    covered = Run.objects.filter(
-        source=source, kind=Run.Kind.BACKUP, status__in=Run.SUCCEEDED_ONCE, started_at__isnull=False
-    )
-    # The newest backup before the window tells how old the data was when the window opened.
-    times = list(covered.filter(started_at__gte=start).values_list("started_at", flat=True)) or []
-    before = (
-        covered.filter(started_at__lt=start)
-        .order_by("-started_at")
-        .values_list("started_at", flat=True)[:1]
-    )
     size = filesizeformat
     return {
         "duration": charts.runs_chart(
@@ -95,7 +85,7 @@ def _history_charts(source: Source, now) -> dict:
         ),
         "rpo": charts.rpo_chart(
             chart_id="chart-rpo",
-            backup_times=[*before, *times],
+            backup_times=rpo_backup_times(source, start, now),
             start=start,
             end=now,
             target_s=source.policy.rpo_s if source.policy_id else None,
@@ -137,7 +127,9 @@ def source_detail(request, slug):
         "now": now,
         "source": source,
         "standing": standing,
-        "health": source_health(standing),
+        "health": standing.health,
+        "Health": Health,
+        "Integrity": Integrity,
         "charts": _history_charts(source, now),
         "form": form,
         "pager": paginate(runs, request, RUNS_PER_PAGE),

@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import json
+
 from django.utils import timezone
 
 from backups.cli import CliCommand
 from backups.engine.durations import format_duration
-from backups.services.compliance import Standing, fleet_standing, standing_to_dict
+from backups.services.compliance import (
+    Integrity,
+    RpoStatus,
+    Standing,
+    fleet_standing,
+    standing_to_dict,
+)
 
-GOOD = {"ok"}
-BAD = {"breached", "failed"}
+GOOD = {RpoStatus.OK, Integrity.OK}
+BAD = {RpoStatus.BREACHED, Integrity.FAILED}
 
 
 class Command(CliCommand):
@@ -22,7 +30,7 @@ class Command(CliCommand):
         now = timezone.now()
         standings = fleet_standing(now=now)
         if options["json"]:
-            self.print_json({"sources": [standing_to_dict(s) for s in standings]})
+            self.stream_json(standings)
             return
         if not standings:
             self.stdout.write("No sources. Add one with `source add`.")
@@ -56,6 +64,15 @@ class Command(CliCommand):
         for standing in standings:
             if standing.rpo_note:
                 self.stdout.write(f"{standing.source.name}: {standing.rpo_note}")
+
+    def stream_json(self, standings: list[Standing]) -> None:
+        """Write `{"sources": [...]}` one source at a time, never the whole text at once."""
+        self.stdout.write('{\n  "sources": [', ending="")
+        for index, standing in enumerate(standings):
+            entry = json.dumps(standing_to_dict(standing), indent=2, ensure_ascii=False)
+            separator = "," if index else ""
+            self.stdout.write(separator + "\n    " + entry.replace("\n", "\n    "), ending="")
+        self.stdout.write("\n  ]\n}" if standings else "]\n}")
 
     def paint(self, text: str, tone: str) -> str:
         if tone == "good":
