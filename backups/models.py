@@ -208,6 +208,29 @@ class RunQuerySet(models.QuerySet):
         """Backups whose archive should exist and be complete."""
         return self.filter(kind=Run.Kind.BACKUP, status__in=Run.GOOD)
 
+    def waiting_too_long(self, *, now: dt.datetime, after_s: int) -> list[Run]:
+        """Return the queued runs whose task may have been lost, oldest first.
+
+        A run still queued `after_s` after it was handed to the workers, then twice as
+        long after each re-send (a long queue behind busy workers is not re-sent every
+        minute), is due to be handed over again.
+        """
+        candidates = self.filter(
+            status=Run.Status.QUEUED, queued_at__lt=now - dt.timedelta(seconds=after_s)
+        ).only("pk", "kind", "queued_at", "resent_at", "resends")
+        return [
+            run
+            for run in candidates.order_by("queued_at", "pk")
+            if now - (run.resent_at or run.queued_at)
+            >= dt.timedelta(seconds=after_s * 2 ** min(run.resends, 10))
+        ]
+
+    def mark_resent(self, pks, *, now: dt.datetime) -> int:
+        """Record that the runs `pks`, still queued, were handed to the workers again."""
+        return self.filter(pk__in=list(pks), status=Run.Status.QUEUED).update(
+            resent_at=now, resends=F("resends") + 1
+        )
+
 
 class Run(models.Model):
     """One backup, restore or verification, from request to result.
@@ -264,6 +287,10 @@ class Run(models.Model):
     exclusive = models.BooleanField(default=True)
     keep = models.BooleanField(default=False, help_text="Never removed by retention.")
     cancel_requested = models.BooleanField(default=False)
+    # When a queued run's task was last handed to the workers again, and how often: a
+    # task can be lost with a killed worker (see `waiting_too_long`).
+    resent_at = models.DateTimeField(null=True, blank=True)
+    resends = models.PositiveSmallIntegerField(default=0)
 
     queued_at = models.DateTimeField(default=timezone.now)
     started_at = models.DateTimeField(null=True, blank=True)
@@ -747,3 +774,25 @@ class RpoGap(models.Model):
 
     def __str__(self) -> str:
         return f"RPO gap of source #{self.source_id}"
+
+
+class ScheduleMiss(models.Model):
+    """A scheduled backup slot that fired but started no backup, and why.
+
+    The slots that never fired at all (every worker down) have no row: the stored
+    standing counts them from the schedule (see `SourceDay.missed`).
+    """
+
+    source = models.ForeignKey(Source, on_delete=models.CASCADE, related_name="misses")
+    at = models.DateTimeField(default=timezone.now)
+    reason = models.CharField(max_length=500)
+    # The run that held the source, when it was busy.
+    blocker = models.ForeignKey(
+        Run, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+
+    class Meta:
+        indexes = [models.Index(fields=["source", "-at"], name="miss_source_at")]
+
+    def __str__(self) -> str:
+        return f"{self.source_id} missed at {self.at:%Y-%m-%d %H:%M}: {self.reason}"

@@ -10,6 +10,7 @@ from django_q.tasks import async_task
 
 from backups.models import Run
 from backups.services.execution import run_execute
+from backups.services.schedules import backup_hand_over
 from backups.workers import SHUTDOWN_REASON, sigterm_interrupts
 
 PRUNE_TASK = "backups.tasks.prune_task"
@@ -19,10 +20,14 @@ def execute_run(run_id: int) -> str:
     """Execute one queued run (a duplicate delivery is a no-op) and return its status.
 
     A successful scheduled backup is followed by a prune of its source. SIGTERM (the
-    host shutting down) cancels the run cleanly, then ends the worker.
+    host shutting down) cancels the run cleanly, hands a scheduled backup's slot to
+    another host, then ends the worker.
     """
     with sigterm_interrupts() as interrupt:
         run = run_execute(run_id, interrupt=interrupt, interrupt_reason=SHUTDOWN_REASON)
+        if interrupt.is_set():
+            # Before the signal ends this worker: another host takes the slot.
+            backup_hand_over(run)
     if (
         run.kind == Run.Kind.BACKUP
         and run.trigger == Run.Trigger.SCHEDULE

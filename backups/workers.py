@@ -21,7 +21,7 @@ from django_q.cluster import Cluster as QCluster
 
 SHUTDOWN_REASON = (
     "Cancelled: its worker was shut down (SIGTERM) while it ran; nothing was published. "
-    "The next scheduled run goes ahead."
+    "A scheduled backup is queued again for another worker."
 )
 
 

@@ -201,10 +201,14 @@ DISK_RESERVE_BYTES = env_int("DISK_RESERVE_BYTES", 64 * 1024 * 1024, minimum=0)
 # ORM broker re-delivers a task that is still running. Runs are claimed with a conditional
 # UPDATE, so a re-delivery never runs twice, and max_attempts stops endless retries.
 Q_TIMEOUT_S = env_int("Q_TIMEOUT_S", 6 * 3600, minimum=60)
+# A run still queued this long after its task was sent is sent again (then after twice as
+# long each time): its task may have died with a killed worker. Duplicates are harmless.
+QUEUE_RESEND_AFTER_S = env_int("QUEUE_RESEND_AFTER_S", 60, minimum=10)
 REDIS_URL = env_str("REDIS_URL") or None
+Q_WORKERS = env_int("Q_WORKERS", 2, minimum=1)
 Q_CLUSTER = {
     "name": "backups",
-    "workers": env_int("Q_WORKERS", 2, minimum=1),
+    "workers": Q_WORKERS,
     "recycle": 100,
     "timeout": Q_TIMEOUT_S,
     "retry": Q_TIMEOUT_S + 600,
@@ -212,7 +216,11 @@ Q_CLUSTER = {
     "ack_failures": True,
     "catch_up": False,
     "save_limit": 1000,
-    "queue_limit": 50,
+    # How many tasks a cluster takes from the broker ahead of its workers. Those sit in the
+    # cluster's memory and die with it (Redis hands a task out once), so keep it at the
+    # number of workers: a killed cluster then loses a few tasks, which housekeeping hands
+    # out again (QUEUE_RESEND_AFTER_S), not a whole slot's worth.
+    "queue_limit": Q_WORKERS,
     "label": "Queue",
     "poll": 1,
     "guard_cycle": 1,

@@ -1,17 +1,16 @@
 """Schedules: one django-q2 cron schedule per source, kept in sync; scheduled work runs once."""
 
-import logging
 from datetime import UTC, datetime, timedelta
 
 import pytest
 from django.urls import reverse
 from django.utils import timezone
 from django_q.conf import Conf
-from django_q.models import Schedule
+from django_q.models import OrmQ, Schedule
 from django_q.scheduler import scheduler
 
 from backups import tasks
-from backups.models import Run, Source
+from backups.models import Run, ScheduleMiss, Source
 from backups.services.catalog import policy_create, source_create
 from backups.services.execution import run_claim
 from backups.services.schedules import (
@@ -200,29 +199,58 @@ def test_the_scheduler_runs_a_due_backup_and_its_verification(source, run_tasks_
     assert verify.status == "succeeded" and verify.trigger == "schedule"
 
 
-def test_a_scheduled_backup_of_a_busy_source_is_skipped_with_a_log_line(source, caplog):
-    busy = Run.objects.create(source=source, kind="backup")
-    with caplog.at_level(logging.INFO, logger="backups.services.schedules"):
-        assert tasks.scheduled_backup(source.pk) == "skipped"
-    assert f"backup #{busy.pk}" in caplog.text and "skipped" in caplog.text
-    assert Run.objects.filter(source=source).count() == 1
-
-
-def test_a_busy_source_whose_queued_run_waited_too_long_gets_it_queued_again(
-    source, settings, monkeypatch, django_capture_on_commit_callbacks
+def test_a_scheduled_backup_of_a_busy_source_is_recorded_as_a_miss_with_its_reason(
+    source, client, viewer
 ):
-    from backups.services import queue
+    busy = Run.objects.create(source=source, kind="backup")
+    assert tasks.scheduled_backup(source.pk) == "skipped"
+    assert Run.objects.filter(source=source).count() == 1
+    miss = ScheduleMiss.objects.get(source=source)
+    assert miss.blocker_id == busy.pk and f"backup #{busy.pk}" in miss.reason
+    client.force_login(viewer)
+    page = client.get(reverse("source-detail", args=[source.slug])).content.decode()
+    assert "Slots skipped recently" in page and f"backup #{busy.pk} (queued)" in page
 
-    stuck = Run.objects.create(
+
+def _sent_run_ids() -> list[int]:
+    """Return the run ids of the tasks waiting in the ORM broker, oldest first."""
+    return [row.task["args"][0] for row in OrmQ.objects.order_by("pk")]
+
+
+def test_housekeeping_hands_a_run_whose_task_was_lost_to_the_workers_again(
+    source, settings, django_capture_on_commit_callbacks
+):
+    # Queued, but its task died with a worker: nothing in the broker names it.
+    now = timezone.now()
+    waited = timedelta(seconds=settings.QUEUE_RESEND_AFTER_S + 1)
+    lost = Run.objects.create(source=source, kind="backup", queued_at=now - waited)
+    fresh = Run.objects.create(
+        source=source, kind="verify", exclusive=False, queued_at=now - timedelta(seconds=5)
+    )
+    assert _sent_run_ids() == []
+
+    with django_capture_on_commit_callbacks(execute=True):
+        report = housekeeping_run(now=now)
+
+    assert report["resent"] == [lost.pk] and fresh.pk not in _sent_run_ids()
+    assert _sent_run_ids() == [lost.pk]
+    # Not again at the next pass: the next re-send waits twice as long.
+    with django_capture_on_commit_callbacks(execute=True):
+        assert housekeeping_run(now=now + waited)["resent"] == [fresh.pk]
+        assert housekeeping_run(now=now + 2 * waited)["resent"] == [lost.pk]
+    assert Run.objects.get(pk=lost.pk).resends == 2
+
+
+def test_a_lost_task_sent_twice_still_runs_once(source, settings, run_tasks_in_process):
+    lost = Run.objects.create(
         source=source,
         kind="backup",
-        queued_at=timezone.now() - timedelta(seconds=settings.ABANDON_AFTER_S + 5),
+        queued_at=timezone.now() - timedelta(seconds=settings.QUEUE_RESEND_AFTER_S + 1),
     )
-    sent = []
-    monkeypatch.setattr(queue, "async_task", lambda *args, **kwargs: sent.append(args))
-    with django_capture_on_commit_callbacks(execute=True):
-        assert tasks.scheduled_backup(source.pk) == "skipped"
-    assert sent == [(queue.TASK, stuck.pk)]
+    assert tasks.execute_run(lost.pk) == "succeeded"
+    # A second delivery of the same run (the task was not lost after all) does nothing.
+    assert tasks.execute_run(lost.pk) == "succeeded"
+    assert len(list(source.archive_dir.glob("*.tar.zst"))) == 1
 
 
 def test_a_scheduled_backup_goes_ahead_after_a_dead_worker_is_reaped(
@@ -311,6 +339,28 @@ def test_a_source_without_a_good_backup_gets_no_drill(drilled):
     assert drills_queue_due() == []
 
 
+def test_housekeeping_hands_the_slot_of_an_abandoned_scheduled_backup_to_another_worker(
+    source, settings
+):
+    dead = run_claim(
+        Run.objects.create(source=source, kind="backup", trigger="schedule").pk, "gone:1:x"
+    )
+    later = timezone.now() + timedelta(seconds=settings.ABANDON_AFTER_S + 1)
+    report = housekeeping_run(now=later)
+    assert report["abandoned"] == [dead.pk]
+    again = Run.objects.get(pk=report["handed_over"][0])
+    assert (again.status, again.trigger, again.source_id) == ("queued", "schedule", source.pk)
+    # Once: the next pass sees a newer backup of the source.
+    assert housekeeping_run(now=later)["handed_over"] == []
+
+
+def test_a_manual_backup_abandoned_is_not_handed_over(source, settings):
+    dead = run_claim(Run.objects.create(source=source, kind="backup").pk, "gone:1:x")
+    later = timezone.now() + timedelta(seconds=settings.ABANDON_AFTER_S + 1)
+    report = housekeeping_run(now=later)
+    assert report["abandoned"] == [dead.pk] and report["handed_over"] == []
+
+
 def test_housekeeping_reaps_runs_whose_heartbeat_stopped(source, settings):
     dead = run_claim(Run.objects.create(source=source, kind="backup").pk, "gone:1:x")
     later = timezone.now() + timedelta(seconds=settings.ABANDON_AFTER_S + 1)
@@ -322,6 +372,8 @@ def test_housekeeping_reaps_runs_whose_heartbeat_stopped(source, settings):
 def test_the_housekeeping_task_reports_what_it_did(source):
     assert tasks.housekeeping() == {
         "abandoned": [],
+        "handed_over": [],
+        "resent": [],
         "prunes_finished": [],
         "drills": [],
         # The fixture's source never had a run ended, so no standing was stored yet.

@@ -18,11 +18,12 @@ from zoneinfo import ZoneInfo
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import Exists, OuterRef, Subquery
 from django.utils import timezone
 from django_q.models import Schedule
 
 from backups.engine.durations import next_run
-from backups.models import Run, Source, WorkerBeat
+from backups.models import Run, ScheduleMiss, Source, WorkerBeat
 
 logger = logging.getLogger(__name__)
 
@@ -240,16 +241,14 @@ def next_runs(source_ids) -> dict[int, datetime]:
 
 
 def backup_scheduled(*, source_id: int) -> Run | None:
-    """Start the scheduled backup of a source; skip it, with a log line, when it is busy.
+    """Start the scheduled backup of a source; when it is busy, record the slot as missed.
 
     A run whose worker died does not block the slot: `backup_request` declares it
-    abandoned and goes ahead. A backup still waiting in the queue after ABANDON_AFTER_S is
-    handed to the workers again: its message may have been lost with a killed worker
-    (Redis delivers at most once), and a second delivery is harmless because a run is
-    claimed only once. Return the new run, or None when the slot was skipped.
+    abandoned and goes ahead. A backup still waiting in the queue is handed to the
+    workers again by housekeeping (`runs_resend_lost`), not here. Return the new run, or
+    None when the slot was skipped.
     """
     from backups.services.backup import SourceBusy, backup_request
-    from backups.services.queue import run_enqueue
 
     source = Source.objects.select_related("policy").filter(pk=source_id).first()
     if _wanted_cron(source) is None:
@@ -263,18 +262,57 @@ def backup_scheduled(*, source_id: int) -> Run | None:
     try:
         return backup_request(source=source, trigger=Run.Trigger.SCHEDULE)
     except SourceBusy as busy:
-        active = busy.active
         logger.info("scheduled backup of %s skipped: %s", source.name, busy)
-        stale = timezone.now() - timedelta(seconds=settings.ABANDON_AFTER_S)
-        if active is not None and active.status == Run.Status.QUEUED and active.queued_at < stale:
-            logger.warning(
-                "run %s of %s has waited since %s; queueing it again",
-                active.pk,
-                source.name,
-                active.queued_at,
-            )
-            run_enqueue(active)
+        ScheduleMiss.objects.create(source=source, reason=str(busy), blocker=busy.active)
         return None
+
+
+def backup_hand_over(run: Run) -> Run | None:
+    """Queue again the slot of a scheduled backup that its worker's end stopped.
+
+    A host shutting down cancels its run cleanly, a lost host leaves it abandoned: either
+    way another worker takes the new run, so the slot is not lost with the host. Return
+    the new run (None: nothing to hand over, or the source is busy again already).
+    """
+    from backups.services.backup import SourceBusy, backup_request
+
+    if not (
+        run.kind == Run.Kind.BACKUP
+        and run.trigger == Run.Trigger.SCHEDULE
+        and run.status in (Run.Status.CANCELLED, Run.Status.ABANDONED)
+    ):
+        return None
+    try:
+        again = backup_request(source=run.source, trigger=Run.Trigger.SCHEDULE)
+    except SourceBusy as busy:
+        logger.info("backup #%s not handed over: %s", run.pk, busy)
+        return None
+    logger.warning("backup #%s ended with its worker; handed over as #%s", run.pk, again.pk)
+    return again
+
+
+def backups_hand_over_abandoned(*, now: datetime) -> list[int]:
+    """Hand over the scheduled backups abandoned within the hour that nothing replaced.
+
+    Whoever declared them abandoned (housekeeping, a worker starting, a request that
+    found the source held), the slot is queued again once; a source that got any backup
+    after the abandoned one is left alone. Return the new runs' ids.
+    """
+    newer = Run.objects.filter(
+        source=OuterRef("source"), kind=Run.Kind.BACKUP, queued_at__gt=OuterRef("queued_at")
+    )
+    lost = (
+        Run.objects.filter(
+            kind=Run.Kind.BACKUP,
+            trigger=Run.Trigger.SCHEDULE,
+            status=Run.Status.ABANDONED,
+            finished_at__gte=now - timedelta(hours=1),
+            source__enabled=True,
+        )
+        .exclude(Exists(newer))
+        .select_related("source")
+    )
+    return [again.pk for run in lost if (again := backup_hand_over(run)) is not None]
 
 
 def drills_queue_due(*, now: datetime | None = None) -> list[Run]:
@@ -285,8 +323,6 @@ def drills_queue_due(*, now: datetime | None = None) -> list[Run]:
     minute) was queued longer ago than that interval, or never. A source with a drill
     still queued or running gets none. Return the drills queued.
     """
-    from django.db.models import Exists, OuterRef, Subquery
-
     from backups.services.verify import verify_request
 
     now = now or timezone.now()
@@ -327,16 +363,21 @@ def housekeeping_run(*, now: datetime | None = None) -> dict:
     Return what was done."""
     from backups.services.execution import reap_abandoned, worker_identity
     from backups.services.prune import prune_recover
+    from backups.services.queue import runs_resend_lost
     from backups.services.standing import standing_housekeeping
 
     # First, so that /healthz sees the workers alive even when a chore below fails.
     WorkerBeat.beat(HOUSEKEEPING_NAME, worker=worker_identity())
     reaped = reap_abandoned(now=now)
+    handed_over = backups_hand_over_abandoned(now=now or timezone.now())
+    resent = runs_resend_lost(now=now)
     recovered = prune_recover()
     drills = drills_queue_due(now=now)
     schedule_sync_all(now=now)
     return {
         "abandoned": reaped,
+        "handed_over": handed_over,
+        "resent": resent,
         "prunes_finished": recovered,
         "drills": [drill.pk for drill in drills],
         "standing": standing_housekeeping(),

@@ -22,6 +22,8 @@ from dashboard.views.common import paginate, permission_required_audited
 
 RUNS_PER_PAGE = 25
 CHART_RUNS = 60
+# The newest scheduled slots that fired while the source was busy.
+MISSES_SHOWN = 5
 RESTORE_POINTS = 10
 RETENTION_SHOWN = 50
 RPO_WINDOW = timedelta(days=30)
@@ -140,6 +142,7 @@ def source_detail(request, slug):
         "plan_remove": plan.remove[:RETENTION_SHOWN] if plan else [],
         "retention_shown": RETENTION_SHOWN,
         "latest": restore_points[0] if restore_points else None,
+        "misses": list(source.misses.order_by("-at")[:MISSES_SHOWN]),
     }
     return render(request, "dashboard/source_detail.html", context)
 

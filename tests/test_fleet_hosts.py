@@ -1,0 +1,192 @@
+"""Two worker hosts sharing one database, one Redis and one archive folder.
+
+Each host is a real `qcluster` in a UTS namespace of its own (`unshare --uts`), so it has
+its own host name, as a second machine would: a run's owner on the other host can only be
+judged by its heartbeat. Slots are fired the way the scheduler fires them (the scheduled
+backup task of every source), and housekeeping, a minutely django-q schedule in
+production, is called by the test so that minutes pass in seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import sys
+
+import pytest
+
+from tests.test_workers import _group, _world
+
+REDIS_URL = "redis://127.0.0.1:6379/12"
+SOURCES = [f"s{index}" for index in range(6)]
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.timeout(240),
+    pytest.mark.skipif(shutil.which("unshare") is None, reason="needs util-linux's unshare"),
+]
+
+FIRE_SLOT = """
+from backups.models import Source
+from backups.services.schedules import backup_scheduled
+runs = {}
+for source in Source.objects.order_by("name"):
+    run = backup_scheduled(source_id=source.pk)
+    runs[source.name] = run.pk if run else None
+print(json.dumps(runs))
+"""
+
+HOUSEKEEPING = """
+from backups.tasks import housekeeping
+print(json.dumps(housekeeping()))
+"""
+
+
+@pytest.fixture
+def redis_db():
+    import redis
+
+    client = redis.Redis.from_url(REDIS_URL)
+    client.flushdb()
+    yield REDIS_URL
+    client.flushdb()
+
+
+@pytest.fixture
+def world(tmp_path, redis_db):
+    for world in _world(tmp_path):
+        world.env.update(REDIS_URL=redis_db, QUEUE_RESEND_AFTER_S="10")
+        yield world
+
+
+def host(world, name: str, **env):
+    """Start a worker cluster as the host `name`: its own host name, its own process group."""
+    script = f"hostname {name} && exec {sys.executable} manage.py qcluster"
+    return world.spawn(["unshare", "--uts", "sh", "-c", script], name, **env)
+
+
+def fleet(world, megabytes: int) -> None:
+    """Create the sources: pods slow enough to be caught in the middle of a backup."""
+    locations = {name: world.pod("shop", name, megabytes=megabytes) for name in SOURCES}
+    world.python(f"""
+        from backups.services.catalog import policy_create, source_create
+        # Scheduled (so its slots count), but never due by itself during the test.
+        policy = policy_create(
+            name="p", schedule="0 0 1 1 *", keep_last=50, verify_after_backup=False
+        )
+        for name, location in {locations!r}.items():
+            source_create(name=name, kind="kubernetes", location=location, policy=policy)
+    """)
+
+
+def runs_by_source(world) -> dict[str, list[dict]]:
+    rows = world.query(
+        "SELECT s.name, r.id, r.status, r.started_at, r.finished_at, r.worker_host "
+        "FROM backups_run r JOIN backups_source s ON s.id = r.source_id "
+        "WHERE r.kind = 'backup' ORDER BY r.id"
+    )
+    runs: dict[str, list[dict]] = {name: [] for name in SOURCES}
+    for name, run_id, status, started, finished, worker_host in rows:
+        runs[name].append(
+            {"id": run_id, "status": status, "span": (started, finished), "host": worker_host}
+        )
+    return runs
+
+
+def archives_of(world, name: str, run_id: int) -> int:
+    return len(list((world.archives / name).glob(f"*-{run_id}.tar.zst")))
+
+
+def assert_once_and_never_overlapping(world, runs: dict[str, list[dict]]) -> None:
+    for name, source_runs in runs.items():
+        for run in source_runs:
+            # Executed once: a second execution would have found its archive there.
+            expected = 1 if run["status"] == "succeeded" else 0
+            assert archives_of(world, name, run["id"]) == expected, (name, run)
+        spans = sorted(run["span"] for run in source_runs if run["span"][0] is not None)
+        for (_start, end), (next_start, _end) in zip(spans, spans[1:], strict=False):
+            assert next_start >= end, f"{name}: overlapping runs {spans}"
+
+
+def wait_for_backups(world, count: int, timeout: float, housekeeping: bool = False):
+    """Wait until every source has `count` succeeded backups and nothing is active."""
+
+    def done():
+        if housekeeping:
+            world.python(HOUSEKEEPING)
+        runs = runs_by_source(world)
+        settled = all(
+            sum(run["status"] == "succeeded" for run in source_runs) >= count
+            and not any(run["status"] in ("queued", "running") for run in source_runs)
+            for source_runs in runs.values()
+        )
+        return runs if settled else None
+
+    return world.wait_until(f"{count} backup(s) of every source", done, timeout=timeout)
+
+
+def test_two_hosts_run_each_slot_once_and_never_two_backups_of_a_source_at_a_time(world):
+    fleet(world, megabytes=1)
+    host(world, "host-a")
+    host(world, "host-b")
+    for slot in range(1, 4):
+        fired = json.loads(world.python(FIRE_SLOT))
+        assert all(fired.values()), f"slot {slot} found a source still busy: {fired}"
+        runs = wait_for_backups(world, slot, timeout=60)
+    assert {name: len(source_runs) for name, source_runs in runs.items()} == dict.fromkeys(
+        SOURCES, 3
+    )
+    assert_once_and_never_overlapping(world, runs)
+    hosts = {run["host"] for source_runs in runs.values() for run in source_runs}
+    assert hosts == {"host-a", "host-b"}, "both hosts took work"
+
+
+def test_a_host_lost_right_after_taking_a_slots_tasks_loses_no_backup(world):
+    fleet(world, megabytes=2)
+    lost = host(world, "host-a", SLOW_KUBECTL_BPS=400_000)
+    json.loads(world.python(FIRE_SLOT))
+
+    def taken():
+        # Its workers run two backups and its buffer holds the next ones (queue_limit).
+        running = world.query("SELECT COUNT(*) FROM backups_run WHERE status = 'running'")
+        return running[0][0] >= 2
+
+    world.wait_until("host-a to be running backups", taken, timeout=30)
+    os.killpg(lost.pid, signal.SIGKILL)  # the host is gone, with its buffered tasks
+    lost.wait(timeout=10)
+    host(world, "host-b")
+
+    # Housekeeping re-sends the tasks that died with host-a, declares its two runs
+    # abandoned once their heartbeat is older than ABANDON_AFTER_S, and hands their slots
+    # over: within a minute here (ABANDON_AFTER_S 10 s, QUEUE_RESEND_AFTER_S 10 s), within
+    # three with the production settings.
+    runs = wait_for_backups(world, 1, timeout=120, housekeeping=True)
+    assert_once_and_never_overlapping(world, runs)
+    abandoned = [run for rs in runs.values() for run in rs if run["status"] == "abandoned"]
+    assert len(abandoned) >= 2 and all(run["host"] == "host-a" for run in abandoned)
+
+
+def test_a_host_stopped_hands_its_running_backups_to_the_other(world):
+    fleet(world, megabytes=3)
+    stopped = host(world, "host-a", SLOW_KUBECTL_BPS=300_000)
+    json.loads(world.python(FIRE_SLOT))
+    world.wait_until(
+        "host-a to be running backups",
+        lambda: world.query("SELECT COUNT(*) FROM backups_run WHERE status = 'running'")[0][0] >= 2,
+        timeout=30,
+    )
+    host(world, "host-b")
+
+    # What systemd does to stop the host's service: SIGTERM to every process at once.
+    os.killpg(stopped.pid, signal.SIGTERM)
+    world.wait_until("host-a's processes to exit", lambda: not _group(stopped.pid), timeout=20)
+
+    runs = wait_for_backups(world, 1, timeout=120, housekeeping=True)
+    assert_once_and_never_overlapping(world, runs)
+    cancelled = [run for rs in runs.values() for run in rs if run["status"] == "cancelled"]
+    assert cancelled and all(run["host"] == "host-a" for run in cancelled)
+    for name, source_runs in runs.items():
+        succeeded = [run for run in source_runs if run["status"] == "succeeded"]
+        assert len(succeeded) == 1, (name, source_runs)
