@@ -6,13 +6,16 @@ Each attack is a file planted in the archive storage, then the commands a user o
 import json
 import os
 import shutil
+from datetime import timedelta
 from io import StringIO
 
 import pytest
 from django.core.management import CommandError, call_command
+from django.utils import timezone
 
 from backups.models import AuditEvent, Run, Source
 from backups.services.catalog import policy_create, source_create
+from backups.services.standing import standing_refresh
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -96,13 +99,11 @@ def test_a_manifest_naming_a_file_outside_the_storage_is_refused_and_prune_spare
 
 
 def test_a_manifest_dated_in_the_future_is_refused_and_a_breached_rpo_stays_breached(files, backup):
-    three_hours = Run.objects.filter(pk=backup.pk)
-    from datetime import timedelta
-
-    from django.utils import timezone
-
     moment = timezone.now() - timedelta(hours=3)
-    three_hours.update(queued_at=moment, started_at=moment, finished_at=moment)
+    Run.objects.filter(pk=backup.pk).update(
+        queued_at=moment, started_at=moment, finished_at=moment
+    )
+    standing_refresh(files.pk)  # as the end of a run three hours ago would have
     assert call_json("status")["sources"][0]["rpo_status"] == "breached"
 
     plant(
