@@ -6,7 +6,8 @@ from django.apps import AppConfig
 def _reap_on_worker_start(sender, proc_name, **kwargs):
     # Every worker start finishes off what a killed predecessor left: runs whose
     # heartbeat stopped become abandoned and their temporary files are removed.
-    from backups.services.execution import reap_abandoned
+    # Imported here: services import the models, which cannot load before the app does.
+    from backups.services.runs import reap_abandoned
 
     reap_abandoned()
 

@@ -13,7 +13,7 @@ from django_q.scheduler import scheduler
 from backups import tasks
 from backups.models import Run, Source
 from backups.services.catalog import policy_create, source_create
-from backups.services.execution import run_claim
+from backups.services.runs import run_claim
 from backups.services.schedules import (
     BACKUP_TASK,
     HOUSEKEEPING_TASK,

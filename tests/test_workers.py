@@ -394,8 +394,7 @@ def test_a_worker_paused_past_its_heartbeat_publishes_nothing_when_it_wakes(worl
     )
     reaped = json.loads(
         world.python(
-            "from backups.services.execution import reap_abandoned; "
-            "print(json.dumps(reap_abandoned()))"
+            "from backups.services.runs import reap_abandoned; print(json.dumps(reap_abandoned()))"
         )
     )
     assert reaped == [run_id]
@@ -668,8 +667,7 @@ def test_a_worker_whose_clock_is_behind_is_not_reaped_while_it_beats(world):
     # The reaper runs on another host's process, with a clock that is right.
     reaped = json.loads(
         world.python(
-            "from backups.services.execution import reap_abandoned; "
-            "print(json.dumps(reap_abandoned()))"
+            "from backups.services.runs import reap_abandoned; print(json.dumps(reap_abandoned()))"
         )
     )
     assert reaped == []

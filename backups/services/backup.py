@@ -11,14 +11,9 @@ from django.utils import timezone
 from backups.audit import audit_record
 from backups.engine.backup import BackupRequest, plan_backup, run_backup
 from backups.models import AuditEvent, Run, Source
-from backups.services.execution import (
-    RunHooks,
-    connection_refresh,
-    reap_abandoned,
-    remove_dead_temps,
-)
 from backups.services.manifests import index_failed_warning, manifest_store
 from backups.services.queue import run_enqueue
+from backups.services.runs import RunHooks, connection_refresh, reap_abandoned, remove_dead_temps
 
 logger = logging.getLogger(__name__)
 
@@ -135,16 +130,6 @@ def backup_execute(run: Run, hooks: RunHooks) -> dict:
         "payload_bytes": result.bytes,
         "payload_files": result.files,
     }
-
-
-def backup_after_success(run: Run, *, enqueue: bool = True) -> Run | None:
-    """Request a verification of a fresh backup when its policy asks for one."""
-    policy = run.source.policy
-    if policy is None or not policy.verify_after_backup:
-        return None
-    from backups.services.verify import verify_request
-
-    return verify_request(backup=run, trigger=run.trigger, user=run.requested_by, enqueue=enqueue)
 
 
 def backup_plan(source: Source) -> dict:

@@ -41,7 +41,7 @@ from backups.engine.atomic import fsync_dir
 from backups.engine.errors import ArchiveError
 from backups.engine.retention import PINNED, Rules, Snapshot, select
 from backups.models import Manifest, Run, Source
-from backups.services.execution import worker_identity
+from backups.services.runs import worker_identity
 
 logger = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""Hand runs to the django-q2 workers: only the run id travels, after the commit."""
+"""Hand work to the django-q2 workers: only the run id travels, after the commit."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from django_q.tasks import async_task
 from backups.models import Run
 
 TASK = "backups.tasks.execute_run"
+PRUNE_TASK = "backups.tasks.prune_task"
 
 
 def run_enqueue(run: Run) -> None:
@@ -19,4 +20,12 @@ def run_enqueue(run: Run) -> None:
     run_id = run.pk
     transaction.on_commit(
         lambda: async_task(TASK, run_id, task_name=f"{run.kind}-{run_id}", group=run.kind)
+    )
+
+
+def prune_enqueue(backup: Run) -> None:
+    """Queue a prune of the source of `backup` once the surrounding transaction commits."""
+    run_id = backup.pk
+    transaction.on_commit(
+        lambda: async_task(PRUNE_TASK, run_id, task_name=f"prune-{run_id}", group="prune")
     )

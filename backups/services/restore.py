@@ -11,8 +11,8 @@ from backups.engine.names import catalog_to_name, printable
 from backups.engine.restore import RestoreRequest, check_target, run_restore
 from backups.models import AuditEvent, Run, Source
 from backups.services.backup import SourceBusy
-from backups.services.execution import RunHooks, reap_abandoned
 from backups.services.queue import run_enqueue
+from backups.services.runs import RunHooks, reap_abandoned
 
 
 class RestoreRefused(Exception):

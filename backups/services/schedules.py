@@ -18,11 +18,17 @@ from zoneinfo import ZoneInfo
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import Exists, OuterRef, Subquery
 from django.utils import timezone
 from django_q.models import Schedule
 
 from backups.engine.durations import next_run
 from backups.models import Run, Source, WorkerBeat
+from backups.services.backup import SourceBusy, backup_request
+from backups.services.prune import prune_recover
+from backups.services.queue import run_enqueue
+from backups.services.runs import reap_abandoned, worker_identity
+from backups.services.verify import verify_request
 
 logger = logging.getLogger(__name__)
 
@@ -248,9 +254,6 @@ def backup_scheduled(*, source_id: int) -> Run | None:
     (Redis delivers at most once), and a second delivery is harmless because a run is
     claimed only once. Return the new run, or None when the slot was skipped.
     """
-    from backups.services.backup import SourceBusy, backup_request
-    from backups.services.queue import run_enqueue
-
     source = Source.objects.select_related("policy").filter(pk=source_id).first()
     if _wanted_cron(source) is None:
         # The source was disabled, deleted or lost its schedule since the slot fired.
@@ -285,10 +288,6 @@ def drills_queue_due(*, now: datetime | None = None) -> list[Run]:
     minute) was queued longer ago than that interval, or never. A source with a drill
     still queued or running gets none. Return the drills queued.
     """
-    from django.db.models import Exists, OuterRef, Subquery
-
-    from backups.services.verify import verify_request
-
     now = now or timezone.now()
     drills = Run.objects.filter(source=OuterRef("pk"), kind=Run.Kind.VERIFY, drill=True)
     sources = (
@@ -324,9 +323,6 @@ def drills_queue_due(*, now: datetime | None = None) -> list[Run]:
 def housekeeping_run(*, now: datetime | None = None) -> dict:
     """Do the periodic chores: reap dead runs, finish interrupted prunes, queue due drills,
     and reconcile the schedules with the catalog. Return what was done."""
-    from backups.services.execution import reap_abandoned, worker_identity
-    from backups.services.prune import prune_recover
-
     # First, so that /healthz sees the workers alive even when a chore below fails.
     WorkerBeat.beat(HOUSEKEEPING_NAME, worker=worker_identity())
     reaped = reap_abandoned(now=now)

@@ -10,8 +10,8 @@ from backups.audit import audit_record
 from backups.engine.errors import ArchiveError
 from backups.engine.verify import drill, verify_archive
 from backups.models import AuditEvent, Run
-from backups.services.execution import RunHooks, connection_refresh
 from backups.services.queue import run_enqueue
+from backups.services.runs import RunHooks, connection_refresh
 
 
 def verify_request(
