@@ -32,8 +32,6 @@ from zoneinfo import ZoneInfo
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import F, Value
-from django.db.models.functions import Concat
 from django.utils import timezone
 
 from backups.audit import audit_record
@@ -270,9 +268,7 @@ def _claim(runs: list[Run], me: str, now: datetime) -> tuple[list[Run], dict[int
             elif pk in newest_verified:
                 kept[pk] = VERIFIED
         claimed = [run for pk, run in wanted.items() if pk not in kept]
-        Run.objects.filter(pk__in=[run.pk for run in claimed], status__in=Run.GOOD).update(
-            status=Run.Status.PRUNING, worker=me, heartbeat_at=now
-        )
+        Run.objects.prune_claim([run.pk for run in claimed], worker=me, now=now)
     return claimed, kept
 
 
@@ -308,12 +304,7 @@ def _delete_owned(runs: list[Run], me: str) -> None:
         for folder in folders:
             if folder.is_dir():
                 fsync_dir(folder)
-        now = timezone.now()
-        Run.objects.filter(pk__in=ids).update(
-            status=Run.Status.PRUNED,
-            heartbeat_at=now,
-            log=Concat(F("log"), Value(f"{now:%Y-%m-%d %H:%M:%S} removed by retention ({me})\n")),
-        )
+        Run.objects.mark_pruned(ids, worker=me, now=timezone.now())
         # Deleting a backup is destructive: each one leaves an audit record, as a restore does.
         for run in runs:
             audit_record(
@@ -360,17 +351,15 @@ def _finish_interrupted(runs, me: str, now: datetime) -> tuple[list[Run], list[s
         if not _holder_gone(row.worker, row.heartbeat_at, now):
             problems.append(f"Backup #{row.pk} is being removed by {row.worker}; left to it.")
             continue
-        adopted = Run.objects.filter(
-            pk=row.pk, status=Run.Status.PRUNING, worker=row.worker, heartbeat_at=row.heartbeat_at
-        ).update(worker=me, heartbeat_at=now)
+        adopted = Run.objects.prune_adopt(
+            row.pk, holder=row.worker, held_since=row.heartbeat_at, worker=me, now=now
+        )
         if not adopted:
             continue
         pinned = row.keep or bool(_in_use([row.pk]))
         if pinned and all(path.exists() for path in _files(row)):
             status = Run.Status.WARNING if row.warnings else Run.Status.SUCCEEDED
-            Run.objects.filter(pk=row.pk, status=Run.Status.PRUNING, worker=me).update(
-                status=status
-            )
+            Run.objects.prune_undo(row.pk, worker=me, status=status)
             logger.info("backup #%s was pinned while being pruned; kept", row.pk)
             continue
         try:

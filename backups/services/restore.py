@@ -196,7 +196,7 @@ def restore_execute(run: Run, hooks: RunHooks) -> dict:
         in_place=run.in_place,
         paths=run.paths,
         trigger=run.trigger,
-        timeout_s=source.policy.run_timeout_s if source.policy_id else 3600,
+        timeout_s=source.run_timeout_s,
         state_dir=settings.STATE_DIR,
         run_id=str(run.pk),
     )

@@ -31,8 +31,8 @@ from pathlib import Path
 
 from django.conf import settings
 from django.db import DatabaseError, connection, transaction
-from django.db.models import DateTimeField, F, Value
-from django.db.models.functions import Greatest, Now
+from django.db.models import DateTimeField, Value
+from django.db.models.functions import Now
 from django.utils import timezone
 
 from backups.audit import audit_record
@@ -42,11 +42,10 @@ from backups.engine.hooks import Hooks, Progress
 from backups.engine.names import printable
 from backups.engine.processes import this_process
 from backups.engine.restore import recover_interrupted
-from backups.models import Run
+from backups.models import LOG_LINES, Run
 
 logger = logging.getLogger(__name__)
 
-LOG_LINES = 400
 # A run's end is written a few times over about seven seconds before it is left to the
 # reaper: long enough for a dropped connection or a database restart, no longer.
 END_WRITE_DELAYS_S = (0.5, 1, 2, 4)
@@ -87,7 +86,7 @@ class RunHooks(Hooks):
         self.listeners: list[Callable[[Progress], None]] = []
         self.interrupt = interrupt or threading.Event()
         self.interrupt_reason = "Interrupted (Ctrl-C or SIGTERM); nothing was published."
-        timeout = run.source.policy.run_timeout_s if run.source.policy_id else 3600
+        timeout = run.source.run_timeout_s
         self.deadline = time.monotonic() + timeout if timeout else None
         self.timeout_s = timeout
         self._lost: EngineError | None = None
@@ -159,7 +158,8 @@ class RunHooks(Hooks):
             self._thread.join(timeout=30)
 
     def log_text(self) -> str:
-        return "\n".join(self.lines) + ("\n" if self.lines else "")
+        """Return the log as the run stores it."""
+        return Run.log_text(self.lines)
 
     def progress_fields(self) -> dict:
         """Return the progress columns of the Run for the latest progress snapshot."""
@@ -174,17 +174,11 @@ class RunHooks(Hooks):
 
     def beat(self) -> bool:
         """Write heartbeat, progress and log if this worker still owns the run."""
-        values = {"heartbeat_at": Now(), **self.progress_fields()}
+        log = None
         if self._log_dirty:
-            values["log"] = self.log_text()
+            log = self.log_text()
             self._log_dirty = False
-        owned = Run.objects.filter(
-            pk=self.run.pk,
-            status=Run.Status.RUNNING,
-            worker=self.run.worker,
-            cancel_requested=False,
-        )
-        if owned.update(**values) == 1:
+        if self.run.beat(log=log, **self.progress_fields()):
             return True
         reason = self._lost_reason()
         if isinstance(reason, Cancelled) or self._lost is None:
@@ -235,45 +229,22 @@ def run_cancel(*, run: Run, user=None) -> bool:
     heartbeat, stops, removes its temporary files and rolls a restore back.
     """
     who = user.get_username() if getattr(user, "is_authenticated", False) else "the system"
-    now = timezone.now()
-    ended = Run.objects.filter(pk=run.pk, status=Run.Status.QUEUED).update(
-        status=Run.Status.CANCELLED,
-        cancel_requested=True,
-        started_at=now,
-        finished_at=now,
-        error=f"Cancelled by {who} before it started.",
-    )
-    flagged = ended or Run.objects.filter(pk=run.pk, status=Run.Status.RUNNING).update(
-        cancel_requested=True
-    )
-    if flagged:
+    was = run.request_cancel(f"Cancelled by {who} before it started.")
+    if was is not None:
         audit_record(
             actor=user,
             action="run.cancel",
             outcome="succeeded",
             obj=run,
             source=run.source,
-            detail={"kind": run.kind, "was": "queued" if ended else "running"},
+            detail={"kind": run.kind, "was": was},
         )
-    return bool(flagged)
+    return was is not None
 
 
 def run_claim(run_id: int, worker: str) -> Run | None:
     """Take a queued run for `worker`, this process; None when someone else already took it."""
-    owner = this_process()
-    claimed = Run.objects.filter(pk=run_id, status=Run.Status.QUEUED).update(
-        status=Run.Status.RUNNING,
-        started_at=timezone.now(),
-        heartbeat_at=Now(),
-        worker=worker,
-        worker_host=owner.host,
-        worker_pid=owner.pid,
-        worker_started=owner.started,
-        worker_pid_ns=owner.pid_ns,
-    )
-    if not claimed:
-        return None
-    return Run.objects.select_related("source__policy", "backup").get(pk=run_id)
+    return Run.objects.claim(run_id, worker)
 
 
 def run_record_end(
@@ -368,13 +339,7 @@ def reap_abandoned(*, now=None) -> list[int]:
     ]
     reaped = []
     for condition, reason, pk in candidates:
-        updated = Run.objects.filter(pk=pk, status=Run.Status.RUNNING, **condition).update(
-            status=Run.Status.ABANDONED,
-            # Hosts' clocks differ: never end a run before the moment its worker started it.
-            finished_at=Greatest(clock, F("started_at")),
-            error=reason,
-        )
-        if updated:
+        if Run.objects.abandon(pk, reason=reason, clock=clock, **condition):
             reaped.append(pk)
     reaped_runs = list(Run.objects.filter(pk__in=reaped).select_related("source"))
     for source_dir in {run.source.archive_dir for run in reaped_runs}:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.utils import timezone
 
 from backups.audit import audit_record
 from backups.engine.errors import ArchiveError
@@ -109,9 +108,8 @@ def verify_execute(run: Run, hooks: RunHooks) -> dict:
             result["restore_seconds"] = outcome.get("duration_s")
     ok = all(check["ok"] for check in checks)
     connection_refresh()  # the checks may have outlasted the one opened before them
-    Run.objects.filter(pk=backup.pk).update(verified=ok, verified_at=timezone.now())
-    Run.objects.filter(pk=run.pk).update(checks=checks)
-    run.checks = checks
+    backup.mark_verified(ok)
+    run.record_checks(checks)
     if not ok:
         failed = [check for check in checks if not check["ok"]]
         raise ArchiveError(
