@@ -18,9 +18,11 @@ class BackupsConfig(AppConfig):
     verbose_name = "Backups"
 
     def ready(self) -> None:
+        # Imported here: django_q's signals and account_audit import models, which cannot
+        # load before the apps are. `checks` registers the queue-safety checks that
+        # `qcluster` and `migrate` run at start-up.
         from django_q.signals import post_spawn
 
-        # Registers the queue-safety checks that `qcluster` and `migrate` run at start-up.
         from backups import account_audit, checks  # noqa: F401
 
         account_audit.connect()

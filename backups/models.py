@@ -218,6 +218,18 @@ class RunQuerySet(models.QuerySet):
         """Backups whose archive should exist and be complete."""
         return self.filter(kind=Run.Kind.BACKUP, status__in=Run.GOOD)
 
+    def restore_points(self):
+        """Restorable backups, newest first (by start, then id)."""
+        return self.restorable().order_by("-started_at", "-pk")
+
+    def newest_restorable(self, source) -> Run | None:
+        """Return the newest backup of `source` whose archive is complete, if any."""
+        return self.restore_points().filter(source=source).first()
+
+    def lock_holder(self, source) -> Run | None:
+        """Return the run holding `source`'s lock (a backup or an in-place restore), if any."""
+        return self.filter(source=source, exclusive=True, status__in=Run.ACTIVE).first()
+
     def claim(self, pk: int, worker: str) -> Run | None:
         """Take the queued run `pk` for `worker`, this process; None when it was taken.
 

@@ -10,12 +10,17 @@ from django.utils import timezone
 
 from backups.audit import audit_record
 from backups.engine.backup import BackupRequest, plan_backup, run_backup
+from backups.engine.errors import EngineError
 from backups.models import AuditEvent, Run, Source
 from backups.services.manifests import index_failed_warning, manifest_store
 from backups.services.queue import run_enqueue
 from backups.services.runs import RunHooks, connection_refresh, reap_abandoned, remove_dead_temps
 
 logger = logging.getLogger(__name__)
+
+
+class PlanRefused(Exception):
+    """The source cannot be read to plan a backup; the message says why."""
 
 
 class SourceBusy(Exception):
@@ -47,10 +52,7 @@ def backup_request(*, source: Source, trigger: str, user=None, enqueue: bool = T
             # The run holding the lock may belong to a dead worker: reap, then try once more.
             if attempt == 1 and reap_abandoned():
                 continue
-            active = Run.objects.filter(
-                source=source, exclusive=True, status__in=Run.ACTIVE
-            ).first()
-            busy = SourceBusy(source, active)
+            busy = SourceBusy(source, Run.objects.lock_holder(source))
             if trigger != Run.Trigger.SCHEDULE:
                 audit_record(
                     actor=user,
@@ -74,11 +76,6 @@ def backup_request(*, source: Source, trigger: str, user=None, enqueue: bool = T
     return run
 
 
-def last_good_backup(source: Source) -> Run | None:
-    """Return the newest backup of `source` whose archive is complete."""
-    return Run.objects.restorable().filter(source=source).order_by("-started_at", "-pk").first()
-
-
 def backup_execute(run: Run, hooks: RunHooks) -> dict:
     """Write the archive, sidecar and manifest of a claimed backup run; return its result."""
     source = run.source
@@ -88,7 +85,7 @@ def backup_execute(run: Run, hooks: RunHooks) -> dict:
     removed = remove_dead_temps(folder)
     if removed:
         hooks.log(f"removed {len(removed)} temporary file(s) left by dead runs")
-    previous = last_good_backup(source)
+    previous = Run.objects.newest_restorable(source)
     started = run.started_at or timezone.now()
     request = BackupRequest(
         kind=source.kind,
@@ -133,8 +130,14 @@ def backup_execute(run: Run, hooks: RunHooks) -> dict:
 
 
 def backup_plan(source: Source) -> dict:
-    """Return what a backup of `source` would read, and how long it should take."""
-    plan = plan_backup(kind=source.kind, location=source.location, excludes=source.excludes)
+    """Return what a backup of `source` would read, and how long it should take.
+
+    Raise PlanRefused when the source cannot be read.
+    """
+    try:
+        plan = plan_backup(kind=source.kind, location=source.location, excludes=source.excludes)
+    except EngineError as error:
+        raise PlanRefused(str(error)) from None
     recent = list(
         Run.objects.restorable()
         .filter(source=source, payload_bytes__gt=0)

@@ -151,11 +151,7 @@ def prune_plan(*, source: Source, now: datetime | None = None) -> PrunePlan:
     """
     rules = _rules(source)
     backups = list(
-        Run.objects.restorable()
-        .filter(source=source)
-        .exclude(archive="")
-        .defer("log")
-        .order_by("-started_at", "-pk")
+        Run.objects.restore_points().filter(source=source).exclude(archive="").defer("log")
     )
     plan = PrunePlan(source=source)
     for run in backups:
@@ -250,9 +246,8 @@ def _claim(runs: list[Run], me: str, now: datetime) -> tuple[list[Run], dict[int
         }
         in_use = _in_use(list(rows))
         newest_verified = {
-            Run.objects.restorable()
+            Run.objects.restore_points()
             .filter(source_id=source_id, verified=True)
-            .order_by("-started_at", "-pk")
             .values_list("pk", flat=True)
             .first()
             for source_id in {row["source_id"] for row in rows.values()}

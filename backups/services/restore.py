@@ -7,7 +7,7 @@ from django.db import IntegrityError, transaction
 
 from backups.audit import audit_record
 from backups.engine.errors import EngineError
-from backups.engine.names import catalog_to_name, printable
+from backups.engine.names import catalog_to_name, name_to_catalog, printable
 from backups.engine.restore import RestoreRequest, check_target, run_restore
 from backups.models import AuditEvent, Run, Source
 from backups.services.backup import SourceBusy
@@ -17,6 +17,15 @@ from backups.services.runs import RunHooks, reap_abandoned
 
 class RestoreRefused(Exception):
     """The restore cannot start as asked (bad backup, bad target); nothing was changed."""
+
+
+def catalog_paths(names: list[str]) -> list[str]:
+    """Return file names as the catalog writes them (any bytes, as text), for `paths`.
+
+    The shell gives bytes; Python, a str with surrogate escapes for the bytes that are not
+    UTF-8: the catalog's text names the same bytes.
+    """
+    return [name_to_catalog(name) for name in names]
 
 
 def restore_places(*, source: Source, in_place: bool, trigger: str) -> dict:
@@ -163,10 +172,7 @@ def restore_request(
             # The run holding the lock may belong to a dead worker: reap, then try once more.
             if attempt == 1 and reap_abandoned():
                 continue
-            active = Run.objects.filter(
-                source=source, exclusive=True, status__in=Run.ACTIVE
-            ).first()
-            busy = SourceBusy(source, active)
+            busy = SourceBusy(source, Run.objects.lock_holder(source))
             refuse(str(busy))
             raise busy from None
     audit_record(

@@ -297,10 +297,9 @@ def drills_queue_due(*, now: datetime | None = None) -> list[Run]:
             last_drill_at=Subquery(drills.order_by("-queued_at").values("queued_at")[:1]),
             drilling=Exists(drills.filter(status__in=Run.ACTIVE)),
             newest_backup_id=Subquery(
-                Run.objects.restorable()
+                Run.objects.restore_points()
                 .filter(source=OuterRef("pk"))
                 .exclude(archive="")
-                .order_by("-started_at", "-pk")
                 .values("pk")[:1]
             ),
         )

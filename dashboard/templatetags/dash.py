@@ -10,11 +10,12 @@ from datetime import datetime
 from urllib.parse import quote
 
 from django import template
-from django.template.defaultfilters import filesizeformat
 from django.urls import reverse
 from django.utils import timezone
 from django.utils.html import format_html
 from django.utils.safestring import mark_safe
+
+from backups.services.formats import format_bytes, format_duration
 
 register = template.Library()
 
@@ -69,28 +70,20 @@ def badge(status: str | None, label: str | None = None):
     )
 
 
-def _span(seconds: float) -> str:
-    seconds = abs(float(seconds))
-    if seconds < 1:
-        return f"{seconds:.2f} s"
-    if seconds < 60:
-        return f"{seconds:.0f} s" if seconds >= 10 else f"{seconds:.1f} s"
-    minutes, secs = divmod(int(round(seconds)), 60)
-    if minutes < 60:
-        return f"{minutes} min {secs} s" if secs and minutes < 10 else f"{minutes} min"
-    hours, minutes = divmod(minutes, 60)
-    if hours < 48:
-        return f"{hours} h {minutes} min" if minutes else f"{hours} h"
-    days, hours = divmod(hours, 24)
-    return f"{days} d {hours} h" if hours else f"{days} d"
-
-
 @register.filter
 def duration(seconds) -> str:
-    """Format a number of seconds the way people say it: `42 s`, `3 min`, `2 h 5 min`."""
+    """Format a number of seconds in its two largest units: `42s`, `3m 5s`, `2h 5m`."""
     if seconds is None or seconds == "":
         return "—"
-    return _span(seconds)
+    return format_duration(float(seconds))
+
+
+@register.filter(name="bytes")
+def size(count) -> str:
+    """Format a byte count in IEC units, as every page and command does: `1.5 MiB`."""
+    if count is None or count == "":
+        return "—"
+    return format_bytes(count)
 
 
 @register.filter
@@ -101,7 +94,8 @@ def age(moment: datetime | None, now: datetime | None = None) -> str:
     delta = ((now or timezone.now()) - moment).total_seconds()
     if -1 < delta < 1:
         return "just now"
-    return f"{_span(delta)} ago" if delta > 0 else f"in {_span(delta)}"
+    span = format_duration(abs(delta))
+    return f"{span} ago" if delta > 0 else f"in {span}"
 
 
 @register.filter
@@ -138,16 +132,6 @@ def short_hash(value) -> str:
         return ""
     text = value if isinstance(value, str) else bytes(value).hex()
     return text[:12]
-
-
-def _bytes(size: int) -> str:
-    """Format a byte count like filesizeformat, without its per-call localisation cost."""
-    value = float(size)
-    for unit in ("bytes", "KB", "MB", "GB", "TB"):
-        if value < 1024 or unit == "TB":
-            return f"{int(value)} bytes" if unit == "bytes" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{size} bytes"
 
 
 def _modified(mtime, zone) -> tuple[str, str]:
@@ -214,7 +198,7 @@ def entry_rows(rows, can_restore: bool, search: bool = False):
                 "Path" if search else "Name",
                 name,
                 row.type_label,
-                "" if row.is_dir else _bytes(row.size),
+                "" if row.is_dir else format_bytes(row.size),
                 octal_mode(row.mode),
                 *_modified(row.mtime, zone),
                 format_html('<code class="hash" title="{}">{}…</code>', sha, sha[:12])
@@ -247,7 +231,7 @@ def fleet_rows(rows, now: datetime):
         last = standing.last_backup
         if last:
             when = age(last.started_at or last.queued_at, now)
-            size = f", {filesizeformat(last.size)}" if last.size is not None else ""
+            size = f", {format_bytes(last.size)}" if last.size is not None else ""
             last_cell = format_html(
                 '{} <a href="{}">{}</a>{}',
                 badge(last.status),

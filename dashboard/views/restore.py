@@ -23,10 +23,9 @@ PERM = "backups.run_restore"
 def _restore_points(source: Source, wanted: Run | None) -> list[Run]:
     """Return the newest restorable backups of `source`, and `wanted` if it is older."""
     points = list(
-        Run.objects.restorable()
+        Run.objects.restore_points()
         .filter(source=source)
-        .defer("log", "checks", "current_item")
-        .order_by("-started_at", "-id")[:RESTORE_POINTS]
+        .defer("log", "checks", "current_item")[:RESTORE_POINTS]
     )
     if wanted is not None and wanted.status in Run.GOOD and wanted not in points:
         points.append(wanted)

@@ -6,9 +6,9 @@ import argparse
 
 from backups.audit import audit_record, field_changes, field_values
 from backups.cli import CliCommand, usage_error
-from backups.engine.durations import parse_duration
 from backups.models import DEFAULT_RUN_TIMEOUT_S, Compression, Policy
 from backups.services.catalog import policy_create
+from backups.services.formats import parse_duration
 
 KEEP_RULES = ("last", "hourly", "daily", "weekly", "monthly", "yearly")
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from django.utils import timezone
 
 from backups.cli import CliCommand
-from backups.engine.durations import format_duration
 from backups.services.compliance import Standing, fleet_standing, standing_to_dict
+from backups.services.formats import format_duration
 
 GOOD = {"ok"}
 BAD = {"breached", "failed"}
