@@ -10,7 +10,6 @@ from datetime import datetime
 from urllib.parse import quote
 
 from django import template
-from django.urls import reverse
 from django.utils import timezone
 from django.utils.html import format_html
 from django.utils.safestring import mark_safe
@@ -210,93 +209,29 @@ def entry_rows(rows, can_restore: bool, search: bool = False):
 
 
 @register.simple_tag
-def fleet_rows(rows, now: datetime):
-    """Render the overview's table rows, one per source's standing.
+def fleet_rows(rows, columns, now: datetime):
+    """Render the overview's table rows, one per source, one cell per column.
 
     Built in Python, as `entry_rows` is: the overview refreshes itself every few seconds,
-    and each of its 50 rows through the template engine cost more than its queries.
+    and each of its 50 rows through the template engine cost more than its queries. The
+    first column heads its row.
     """
     parts = []
     for row in rows:
-        source = row.source
-        standing = row.standing
-        name = format_html(
-            '<a href="{}">{}</a><br><code class="location" title="{}">{}</code>{}',
-            reverse("source-detail", args=[source.slug]),
-            source.name,
-            source.location,
-            source.location,
-            "" if source.enabled else mark_safe(" <em>(disabled)</em>"),
-        )
-        last = standing.last_backup
-        if last:
-            when = age(last.started_at or last.queued_at, now)
-            size = f", {format_bytes(last.size)}" if last.size is not None else ""
-            last_cell = format_html(
-                '{} <a href="{}">{}</a>{}',
-                badge(last.status),
-                reverse("run-detail", args=[last.pk]),
-                when,
-                size,
+        cells = [
+            format_html(
+                '        <{} {}data-label="{}">{}</{}>\n',
+                tag,
+                mark_safe('scope="row" ') if tag == "th" else "",
+                column.label,
+                column.cell(row, now),
+                tag,
             )
-        else:
-            last_cell = "never"
-        rpo = format_html(
-            '{}<br><span class="measure">{} / target {}</span>',
-            badge(standing.rpo_status),
-            f"{duration(standing.age_s)} old" if standing.last_success_at else "no good backup",
-            duration(standing.rpo_s),
-        )
-        drill = standing.last_drill_s
-        rto = format_html(
-            '{}<br><span class="measure">{} / target {}</span>',
-            badge(standing.rto_status),
-            f"drill {duration(drill)}" if drill is not None else "no drill",
-            duration(standing.rto_s),
-        )
-        integrity = badge(standing.integrity)
-        if standing.verified_at:
-            integrity = format_html(
-                '{}<br><span class="measure">checked {}</span>',
-                integrity,
-                age(standing.verified_at, now),
-            )
-        running = standing.running
-        if running:
-            next_cell = format_html(
-                '<a href="{}">{} now</a>',
-                reverse("run-detail", args=[running.pk]),
-                badge(running.status),
-            )
-        elif standing.next_run_at:
-            next_cell = age(standing.next_run_at, now)
-        else:
-            next_cell = "manual only"
+            for tag, column in zip(["th", *["td"] * (len(columns) - 1)], columns, strict=True)
+        ]
         parts.append(
             format_html(
-                '<tr class="health-{}">\n'
-                '        <th scope="row" data-label="Source">{}</th>\n'
-                '        <td data-label="Status">{}</td>\n'
-                '        <td data-label="Kind">{}</td>\n'
-                '        <td data-label="Owner">{}</td>\n'
-                '        <td data-label="Policy">{}</td>\n'
-                '        <td data-label="Last backup">{}</td>\n'
-                '        <td data-label="RPO">{}</td>\n'
-                '        <td data-label="RTO">{}</td>\n'
-                '        <td data-label="Integrity">{}</td>\n'
-                '        <td data-label="Next run">{}</td>\n'
-                "      </tr>",
-                row.health,
-                name,
-                badge(row.health),
-                source.get_kind_display(),
-                source.owner or "—",
-                (source.policy.name if source.policy else "") or "none",
-                last_cell,
-                rpo,
-                rto,
-                integrity,
-                next_cell,
+                '<tr class="health-{}">\n{}      </tr>', row.health, mark_safe("".join(cells))
             )
         )
     return mark_safe("\n      ".join(parts))  # each part was built with format_html
