@@ -1,4 +1,4 @@
-"""Source drivers: each turns a location into a payload stream and manifest entries.
+"""What every source driver shares: the driver interface, its output, commands, excludes.
 
 A driver writes its uncompressed payload (a tar stream, or a pg_dump) to an `Output`,
 which compresses, hashes and stores it, and records one manifest entry per member. Drivers
@@ -21,12 +21,11 @@ import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import BinaryIO
 
 from ..errors import SourceError
 from ..hooks import Hooks, Progress
-from ..locations import DIRECTORY, KINDS, KUBERNETES, POSTGRES, SQLITE, check_location
+from ..locations import check_location
 from ..manifest import DIR, FILE, HARDLINK, SYMLINK, Entry, EntrySpool, clamp_mtime
 from ..tarstream import Member, normalise
 
@@ -117,8 +116,11 @@ class Output:
         self.hooks.progress(self.progress)
 
 
-class Source:
-    """A source driver. `payload` names the archive's inner format ("tar" or "pgdump")."""
+class SourceDriver:
+    """Reads one source's data. `payload` names the archive's inner format ("tar" or "pgdump").
+
+    (The catalog's `models.Source` is what is backed up; a driver is how it is read.)
+    """
 
     payload = "tar"
 
@@ -132,41 +134,6 @@ class Source:
 
     def cleanup(self) -> None:
         """Remove anything the driver created outside the archive (snapshots)."""
-
-
-def open_source(
-    kind: str,
-    location: str,
-    *,
-    excludes: Sequence[str] = (),
-    dest_dir: Path | None = None,
-    stem: str | None = None,
-) -> Source:
-    """Return the driver for `kind`, validating `location`; raise SourceError if it is bad.
-
-    `dest_dir` and `stem` name where a driver may keep a snapshot while it runs
-    (`<dest_dir>/<stem>.snapshot.tmp`, found by the stale-temp cleanup after a crash).
-    """
-    if kind == DIRECTORY:
-        from .directory import DirectorySource
-
-        return DirectorySource(
-            location, excludes=excludes, dest_dir=str(dest_dir) if dest_dir else None
-        )
-    if kind == SQLITE:
-        from .sqlite import SqliteSource
-
-        snapshot = dest_dir / f"{stem}.snapshot.tmp" if dest_dir is not None and stem else None
-        return SqliteSource(location, snapshot=snapshot)
-    if kind == KUBERNETES:
-        from .kubernetes import KubernetesSource
-
-        return KubernetesSource(location, excludes=excludes)
-    if kind == POSTGRES:
-        from .postgres import PostgresSource
-
-        return PostgresSource(location)
-    raise SourceError(f"Unknown source kind {kind!r}: use one of {', '.join(KINDS)}.")
 
 
 class Excludes:
