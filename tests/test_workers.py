@@ -553,7 +553,8 @@ DRIVER = """
 import time
 from django_q.tasks import async_task
 from backups.models import Source
-from backups.services.backup import SourceBusy, backup_request
+from backups.services.backup import backup_request
+from backups.services.runs import SourceBusy
 
 per_source = {per_source}
 sources = list(Source.objects.order_by("name"))

@@ -14,25 +14,19 @@ from backups.engine.errors import EngineError
 from backups.models import AuditEvent, Run, Source
 from backups.services.manifests import index_failed_warning, manifest_store
 from backups.services.queue import run_enqueue
-from backups.services.runs import RunHooks, connection_refresh, reap_abandoned, remove_dead_temps
+from backups.services.runs import (
+    RunHooks,
+    SourceBusy,
+    connection_refresh,
+    reap_abandoned,
+    remove_dead_temps,
+)
 
 logger = logging.getLogger(__name__)
 
 
 class PlanRefused(Exception):
     """The source cannot be read to plan a backup; the message says why."""
-
-
-class SourceBusy(Exception):
-    """The source already has a backup (or in-place restore) queued or running."""
-
-    def __init__(self, source: Source, active: Run | None) -> None:
-        self.active = active
-        what = f"{active.kind} #{active.pk} ({active.status})" if active else "another run"
-        super().__init__(
-            f"Source {source.name!r} is busy: {what} is in progress. "
-            "Wait for it to finish or cancel it."
-        )
 
 
 def backup_request(*, source: Source, trigger: str, user=None, enqueue: bool = True) -> Run:

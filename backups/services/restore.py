@@ -8,11 +8,10 @@ from django.db import IntegrityError, transaction
 from backups.audit import audit_record
 from backups.engine.errors import EngineError
 from backups.engine.names import catalog_to_name, name_to_catalog, printable
-from backups.engine.restore import RestoreRequest, check_target, run_restore
+from backups.engine.restore import RestoreRequest, check_target, restore_archive
 from backups.models import AuditEvent, Run, Source
-from backups.services.backup import SourceBusy
 from backups.services.queue import run_enqueue
-from backups.services.runs import RunHooks, reap_abandoned
+from backups.services.runs import RunHooks, SourceBusy, reap_abandoned
 
 
 class RestoreRefused(Exception):
@@ -206,7 +205,7 @@ def restore_execute(run: Run, hooks: RunHooks) -> dict:
         state_dir=settings.STATE_DIR,
         run_id=str(run.pk),
     )
-    result = run_restore(request, hooks)
+    result = restore_archive(request, hooks)
     return {
         "payload_bytes": result.bytes,
         "payload_files": result.files,

@@ -42,7 +42,7 @@ from backups.engine.hooks import Hooks, Progress
 from backups.engine.names import printable
 from backups.engine.processes import this_process
 from backups.engine.restore import recover_interrupted
-from backups.models import LOG_LINES, Run
+from backups.models import LOG_LINES, Run, Source
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +73,18 @@ def connection_refresh() -> None:
 def worker_identity() -> str:
     """Name this executor uniquely: host, process and a nonce for this execution."""
     return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+
+
+class SourceBusy(Exception):
+    """The source already has a backup (or in-place restore) queued or running."""
+
+    def __init__(self, source: Source, active: Run | None) -> None:
+        self.active = active
+        what = f"{active.kind} #{active.pk} ({active.status})" if active else "another run"
+        super().__init__(
+            f"Source {source.name!r} is busy: {what} is in progress. "
+            "Wait for it to finish or cancel it."
+        )
 
 
 class RunHooks(Hooks):

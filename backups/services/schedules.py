@@ -24,10 +24,10 @@ from django_q.models import Schedule
 
 from backups.engine.durations import next_run
 from backups.models import Run, Source, WorkerBeat
-from backups.services.backup import SourceBusy, backup_request
+from backups.services.backup import backup_request
 from backups.services.prune import prune_recover
 from backups.services.queue import run_enqueue
-from backups.services.runs import reap_abandoned, worker_identity
+from backups.services.runs import SourceBusy, reap_abandoned, worker_identity
 from backups.services.verify import verify_request
 
 logger = logging.getLogger(__name__)
@@ -313,9 +313,9 @@ def drills_queue_due(*, now: datetime | None = None) -> list[Run]:
             due[source.newest_backup_id] = source
     queued = []
     for backup in Run.objects.filter(pk__in=list(due)).select_related("source__policy"):
-        drill = verify_request(backup=backup, trigger=Run.Trigger.SCHEDULE, drill=True)
-        logger.info("queued restore drill #%s of backup #%s", drill.pk, backup.pk)
-        queued.append(drill)
+        check = verify_request(backup=backup, trigger=Run.Trigger.SCHEDULE, drill=True)
+        logger.info("queued restore drill #%s of backup #%s", check.pk, backup.pk)
+        queued.append(check)
     return queued
 
 

@@ -7,7 +7,7 @@ from django.db import IntegrityError, transaction
 
 from backups.audit import audit_record
 from backups.engine.errors import ArchiveError
-from backups.engine.verify import drill, verify_archive
+from backups.engine.verify import restore_drill, verify_archive
 from backups.models import AuditEvent, Run
 from backups.services.queue import run_enqueue
 from backups.services.runs import RunHooks, connection_refresh
@@ -95,7 +95,7 @@ def verify_execute(run: Run, hooks: RunHooks) -> dict:
     if run.drill and all(check["ok"] for check in checks):
         scratch = settings.ARCHIVE_ROOT / ".drills"
         scratch.mkdir(parents=True, exist_ok=True)
-        outcome = drill(
+        outcome = restore_drill(
             archive=archive,
             manifest=backup.manifest_path,
             kind=source.kind,

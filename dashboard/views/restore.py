@@ -11,8 +11,8 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_POST
 
 from backups.models import Manifest, Run, Source
-from backups.services.backup import SourceBusy
 from backups.services.restore import RestoreRefused, restore_request
+from backups.services.runs import SourceBusy
 from dashboard.forms import RestoreConfirmForm, RestoreForm, suggested_target
 from dashboard.views.common import permission_required_audited
 

@@ -10,10 +10,11 @@ from django.utils import timezone
 from django.views.decorators.http import require_GET, require_POST
 
 from backups.models import Run, Source
-from backups.services.backup import SourceBusy, backup_request
+from backups.services.backup import backup_request
 from backups.services.compliance import source_standing
 from backups.services.formats import format_bytes
 from backups.services.prune import PruneRefused, prune_plan
+from backups.services.runs import SourceBusy
 from backups.services.verify import verify_request
 from dashboard import charts
 from dashboard.forms import RunFilterForm

@@ -5,8 +5,9 @@ from __future__ import annotations
 from backups.cli import CliCommand, busy_error, usage_error
 from backups.management.runner import add_mode_arguments, execute_and_report
 from backups.models import Run, Source
-from backups.services.backup import PlanRefused, SourceBusy, backup_plan, backup_request
+from backups.services.backup import PlanRefused, backup_plan, backup_request
 from backups.services.formats import format_bytes, format_duration
+from backups.services.runs import SourceBusy
 
 
 def get_source(name: str) -> Source:

@@ -5,8 +5,8 @@ from __future__ import annotations
 from backups.cli import CliCommand, busy_error, usage_error
 from backups.management.runner import add_mode_arguments, execute_and_report
 from backups.models import Run
-from backups.services.backup import SourceBusy
 from backups.services.restore import RestoreRefused, catalog_paths, restore_request
+from backups.services.runs import SourceBusy
 
 
 class Command(CliCommand):
