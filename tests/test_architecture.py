@@ -8,6 +8,9 @@ under TYPE_CHECKING as much as those at the top of a file.
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import grimp
 
 PROJECT = ("backups", "dashboard")
@@ -95,3 +98,16 @@ def test_a_cycle_through_an_import_inside_a_function_is_found(tmp_path, monkeypa
     monkeypatch.syspath_prepend(str(tmp_path))
     graph = grimp.build_graph("circular", cache_dir=None)
     assert import_cycles(graph) == [["circular.a", "circular.b"]]
+
+
+def test_the_pages_hold_no_sql():
+    # Queries with SQL of their own (the manifest search, the health probe) belong to the
+    # services, where they are tested without a test client.
+    views = Path(__file__).resolve().parent.parent / "dashboard" / "views"
+    found = [
+        f"{path.name}: {line.strip()}"
+        for path in sorted(views.glob("*.py"))
+        for line in path.read_text().splitlines()
+        if re.search(r"\b(SELECT|INSERT|UPDATE|DELETE)\s|cursor\(|\.raw\(|\.extra\(|RawSQL", line)
+    ]
+    assert found == []
