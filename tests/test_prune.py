@@ -333,6 +333,8 @@ def test_prune_exits_1_when_a_discrepancy_held_removals_back(source, tmp_path):
     assert exited.value.code == 1
 
 
+# A real backup runs: its worker closes and reopens connections, as workers do.
+@pytest.mark.django_db(transaction=True)
 def test_a_successful_scheduled_backup_is_followed_by_a_prune(
     source, monkeypatch, django_capture_on_commit_callbacks
 ):
@@ -351,6 +353,8 @@ def test_a_successful_scheduled_backup_is_followed_by_a_prune(
     assert tasks.prune_task(scheduled.pk) == "removed 3, kept 3"
 
 
+# A real backup runs: its worker closes and reopens connections, as workers do.
+@pytest.mark.django_db(transaction=True)
 def test_a_manual_backup_is_not_followed_by_a_prune(
     source, monkeypatch, django_capture_on_commit_callbacks
 ):

@@ -157,6 +157,7 @@ class Column:
 
     @property
     def sortable(self) -> bool:
+        """Whether the header offers to sort by this column."""
         return self.sort is not None
 
 
