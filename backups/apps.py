@@ -6,7 +6,8 @@ from django.apps import AppConfig
 def _reap_on_worker_start(sender, proc_name, **kwargs):
     # Every worker start finishes off what a killed predecessor left: runs whose
     # heartbeat stopped become abandoned and their temporary files are removed.
-    from backups.services.execution import reap_abandoned
+    # Imported here: services import the models, which cannot load before the app does.
+    from backups.services.runs import reap_abandoned
 
     reap_abandoned()
 
@@ -17,9 +18,11 @@ class BackupsConfig(AppConfig):
     verbose_name = "Backups"
 
     def ready(self) -> None:
+        # Imported here: django_q's signals and account_audit import models, which cannot
+        # load before the apps are. `checks` registers the queue-safety checks that
+        # `qcluster` and `migrate` run at start-up.
         from django_q.signals import post_spawn
 
-        # Registers the queue-safety checks that `qcluster` and `migrate` run at start-up.
         from backups import account_audit, checks  # noqa: F401
 
         account_audit.connect()

@@ -14,8 +14,8 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
-from django.db.models import F, Q
-from django.db.models.functions import Now
+from django.db.models import F, Q, Value
+from django.db.models.functions import Concat, Greatest, Now
 from django.utils import timezone
 from django.utils.text import slugify
 
@@ -23,12 +23,15 @@ from backups.engine import compression as engine_compression
 from backups.engine.errors import ArchiveError
 from backups.engine.locations import KINDS, check_location
 from backups.engine.names import printable
-from backups.engine.processes import ProcessName, process_gone
+from backups.engine.processes import ProcessName, process_gone, this_process
 from backups.fields import SecondsField
 from backups.validators import validate_cron, validate_excludes
 
-LOG_LIMIT_CHARS = 64 * 1024
+# A run's log keeps its newest lines: the worker's and every note added after its end.
+LOG_LINES = 400
 WARNINGS_LIMIT = 200
+# How long a run may take when its source has no policy to say (a policy's default too).
+DEFAULT_RUN_TIMEOUT_S = 3600
 
 
 class Compression(models.TextChoices):
@@ -77,7 +80,9 @@ class Policy(models.Model):
         default=True, help_text="Check checksum and contents after every backup."
     )
     run_timeout_s = SecondsField(
-        "run timeout", default=3600, help_text="A run that takes longer is stopped."
+        "run timeout",
+        default=DEFAULT_RUN_TIMEOUT_S,
+        help_text="A run that takes longer is stopped.",
     )
     check_queries = models.JSONField(
         default=list,
@@ -196,12 +201,17 @@ class Source(models.Model):
         """Return the folder holding this source's archives."""
         return settings.ARCHIVE_ROOT / self.slug
 
+    @property
+    def run_timeout_s(self) -> int:
+        """Return how long a run of this source may take: its policy's timeout, or the default."""
+        return self.policy.run_timeout_s if self.policy_id else DEFAULT_RUN_TIMEOUT_S
+
 
 class RunQuerySet(models.QuerySet):
-    def backups(self):
-        return self.filter(kind=Run.Kind.BACKUP)
+    """Runs, and the state changes that start from an id rather than a loaded run."""
 
     def active(self):
+        """Runs queued or running."""
         return self.filter(status__in=Run.ACTIVE)
 
     def restorable(self):
@@ -229,6 +239,83 @@ class RunQuerySet(models.QuerySet):
         """Record that the runs `pks`, still queued, were handed to the workers again."""
         return self.filter(pk__in=list(pks), status=Run.Status.QUEUED).update(
             resent_at=now, resends=F("resends") + 1
+        )
+
+    def restore_points(self):
+        """Restorable backups, newest first (by start, then id)."""
+        return self.restorable().order_by("-started_at", "-pk")
+
+    def newest_restorable(self, source) -> Run | None:
+        """Return the newest backup of `source` whose archive is complete, if any."""
+        return self.restore_points().filter(source=source).first()
+
+    def lock_holder(self, source) -> Run | None:
+        """Return the run holding `source`'s lock (a backup or an in-place restore), if any."""
+        return self.filter(source=source, exclusive=True, status__in=Run.ACTIVE).first()
+
+    def claim(self, pk: int, worker: str) -> Run | None:
+        """Take the queued run `pk` for `worker`, this process; None when it was taken.
+
+        One conditional UPDATE, so a run delivered twice is executed once. The heartbeat
+        is stamped with the database's clock, and the process is recorded so that the
+        reaper on this host sees at once when it dies.
+        """
+        owner = this_process()
+        claimed = self.filter(pk=pk, status=Run.Status.QUEUED).update(
+            status=Run.Status.RUNNING,
+            started_at=timezone.now(),
+            heartbeat_at=Now(),
+            worker=worker,
+            worker_host=owner.host,
+            worker_pid=owner.pid,
+            worker_started=owner.started,
+            worker_pid_ns=owner.pid_ns,
+        )
+        if not claimed:
+            return None
+        return self.select_related("source__policy", "backup").get(pk=pk)
+
+    def abandon(self, pk: int, *, reason: str, clock, **still) -> bool:
+        """End the running run `pk` as abandoned, if the `still` conditions hold.
+
+        `clock` is the database's (or a test's) now: hosts' clocks differ, and a run never
+        ends before the moment its worker started it.
+        """
+        return (
+            self.filter(pk=pk, status=Run.Status.RUNNING, **still).update(
+                status=Run.Status.ABANDONED,
+                finished_at=Greatest(clock, F("started_at")),
+                error=reason,
+            )
+            == 1
+        )
+
+    def prune_claim(self, pks, *, worker: str, now) -> int:
+        """Mark the good backups among `pks` as being removed by `worker`; return how many."""
+        return self.filter(pk__in=pks, status__in=Run.GOOD).update(
+            status=Run.Status.PRUNING, worker=worker, heartbeat_at=now
+        )
+
+    def prune_adopt(self, pk: int, *, holder: str, held_since, worker: str, now) -> bool:
+        """Take over a removal its dead `holder` left half-done; False if another did."""
+        return (
+            self.filter(
+                pk=pk, status=Run.Status.PRUNING, worker=holder, heartbeat_at=held_since
+            ).update(worker=worker, heartbeat_at=now)
+            == 1
+        )
+
+    def prune_undo(self, pk: int, *, worker: str, status: str) -> bool:
+        """Put a backup `worker` was removing back to its good `status` (it was pinned)."""
+        return (
+            self.filter(pk=pk, status=Run.Status.PRUNING, worker=worker).update(status=status) == 1
+        )
+
+    def mark_pruned(self, pks, *, worker: str, now) -> int:
+        """Record that retention removed the files of `pks`, with a line in each log."""
+        note = f"{now:%Y-%m-%d %H:%M:%S} removed by retention ({worker})\n"
+        return self.filter(pk__in=pks).update(
+            status=Run.Status.PRUNED, heartbeat_at=now, log=Concat(F("log"), Value(note))
         )
 
 
@@ -474,25 +561,25 @@ class Run(models.Model):
         )
         return process_gone(owner)
 
-    # State transitions. Each saves only the fields it changes, so a progress update from
-    # the worker never overwrites a status set by someone else.
+    # State transitions. Each writes only the fields it changes, most of them with a
+    # conditional UPDATE, so a worker that lost its run never overwrites someone else's.
 
-    def mark_running(self, worker: str) -> None:
-        """Record that `worker` started executing the run."""
-        self.status = self.Status.RUNNING
-        self.started_at = timezone.now()
-        self.heartbeat_at = Now()
-        self.worker = worker
-        self.save(update_fields=["status", "started_at", "heartbeat_at", "worker"])
-        self.refresh_from_db(fields=["heartbeat_at"])
+    def _owned(self):
+        """The run, while this copy's worker executes it and nobody asked to cancel it."""
+        return Run.objects.filter(
+            pk=self.pk, status=self.Status.RUNNING, worker=self.worker, cancel_requested=False
+        )
 
-    def beat(self, **progress) -> None:
-        """Refresh the heartbeat and store progress fields (bytes_done=..., ...)."""
-        self.heartbeat_at = Now()
-        for name, value in progress.items():
-            setattr(self, name, value)
-        self.save(update_fields=["heartbeat_at", *progress])
-        self.refresh_from_db(fields=["heartbeat_at"])
+    def beat(self, *, log: str | None = None, **progress) -> bool:
+        """Refresh the heartbeat (the database's clock) and progress, and the log if given.
+
+        Return False, writing nothing, once this copy's worker no longer owns the run or a
+        cancel was asked for.
+        """
+        values = {"heartbeat_at": Now(), **progress}
+        if log is not None:
+            values["log"] = log
+        return self._owned().update(**values) == 1
 
     def mark_publishing(self) -> bool:
         """Claim the right to publish the result; return False when it is no longer ours.
@@ -502,9 +589,7 @@ class Run(models.Model):
         outside any transaction, so the heartbeat, a cancel and every other writer carry on.
         """
         now = timezone.now()
-        claimed = Run.objects.filter(
-            pk=self.pk, status=self.Status.RUNNING, worker=self.worker, cancel_requested=False
-        ).update(publishing_at=now)
+        claimed = self._owned().update(publishing_at=now)
         if claimed:
             self.publishing_at = now
         return claimed == 1
@@ -546,13 +631,47 @@ class Run(models.Model):
             setattr(self, name, value)
         return self._finish(self.Status.CANCELLED, ["error", *result])
 
+    def request_cancel(self, reason: str) -> str | None:
+        """Stop the run: a queued one ends at once, cancelled with `reason`; a running one
+        is flagged, and its worker stops at its next heartbeat.
+
+        Return what the run was ("queued" or "running"), or None when it had ended.
+        """
+        now = timezone.now()
+        ended = Run.objects.filter(pk=self.pk, status=self.Status.QUEUED).update(
+            status=self.Status.CANCELLED,
+            cancel_requested=True,
+            started_at=now,
+            finished_at=now,
+            error=printable(reason),
+        )
+        if ended:
+            return self.Status.QUEUED
+        flagged = Run.objects.filter(pk=self.pk, status=self.Status.RUNNING).update(
+            cancel_requested=True
+        )
+        return self.Status.RUNNING if flagged else None
+
+    def mark_verified(self, ok: bool) -> None:
+        """Record the verdict of this backup's newest verification."""
+        self.verified, self.verified_at = ok, timezone.now()
+        Run.objects.filter(pk=self.pk).update(verified=ok, verified_at=self.verified_at)
+
+    def record_checks(self, checks: list[dict]) -> None:
+        """Store a verification's checks as soon as they are known, before its end."""
+        self.checks = checks
+        Run.objects.filter(pk=self.pk).update(checks=checks)
+
+    @staticmethod
+    def log_text(lines) -> str:
+        """Return log `lines` as the stored log: the newest LOG_LINES, one per line."""
+        kept = list(lines)[-LOG_LINES:]
+        return "\n".join(kept) + ("\n" if kept else "")
+
     def append_log(self, line: str) -> None:
-        """Add a timestamped line to the bounded log (oldest lines are dropped)."""
+        """Add a timestamped line to the log, dropping its oldest past LOG_LINES."""
         stamp = timezone.now().strftime("%H:%M:%S")
-        text = f"{self.log}{stamp} {printable(line)}\n"
-        if len(text) > LOG_LIMIT_CHARS:
-            text = text[-LOG_LIMIT_CHARS:].split("\n", 1)[-1]
-        self.log = text
+        self.log = self.log_text([*self.log.splitlines(), f"{stamp} {printable(line)}"])
         self.save(update_fields=["log"])
 
 

@@ -1,11 +1,11 @@
-"""Restore throughput: our verified `run_restore` against `zstd -d < A | tar -xf - -C DEST`.
+"""Restore throughput: our verified `restore_archive` against `zstd -d < A | tar -xf - -C DEST`.
 
     .venv/bin/python -m bench.restore [--quick] [--repeat N] [--only NAME ...]
 
 Each data set of `bench.datasets` is backed up once with the engine's `run_backup` (a
 PAX tar through zstd -3, a manifest with every file's sha256; cached under
 var/bench/archives), then restored back to back, in alternating order after one untimed
-warm-up, by the command-line pipeline and by `run_restore`, which also checks the
+warm-up, by the command-line pipeline and by `restore_archive`, which also checks the
 archive's sha256 and every file's sha256 and size against the manifest. Both extract into
 a tmpfs (/dev/shm): on this machine's ext4, creating files soon after a mass delete is
 10-20x slower, which would measure the disk's inode allocator rather than the restore.
@@ -32,7 +32,7 @@ from pathlib import Path
 
 from backups.engine.backup import BackupRequest, run_backup
 from backups.engine.hooks import Hooks
-from backups.engine.restore import RestoreRequest, run_restore
+from backups.engine.restore import RestoreRequest, restore_archive
 from bench import datasets
 
 ARCHIVES = datasets.ROOT / "archives"
@@ -78,9 +78,9 @@ def restore_cli(archive: Path, dest: Path) -> tuple[float, float]:
 
 
 def restore_ours(archive: Path, manifest: Path, dest: Path) -> tuple[float, float]:
-    """Time `run_restore` extracting `archive` into the new folder `dest`, fully verified."""
+    """Time `restore_archive` extracting `archive` into the new folder `dest`, fully verified."""
     cpu, started = _cpu(), time.perf_counter()
-    run_restore(
+    restore_archive(
         RestoreRequest(archive=archive, manifest=manifest, kind="directory", target=str(dest)),
         Hooks(),
     )

@@ -8,6 +8,7 @@ class DashboardConfig(AppConfig):
     name = "dashboard"
 
     def ready(self) -> None:
+        # Imported here: it imports the models, which cannot load before the apps are.
         from dashboard import logins
 
         logins.connect()

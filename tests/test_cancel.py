@@ -6,7 +6,7 @@ from django.urls import reverse
 
 from backups.engine.errors import Cancelled
 from backups.models import AuditEvent, Run
-from backups.services.execution import RunHooks, run_cancel, run_claim
+from backups.services.runs import RunHooks, run_cancel, run_claim
 
 pytestmark = pytest.mark.django_db
 

@@ -19,7 +19,7 @@ from backups.engine.fleetfile import load_fleet
 from backups.models import AuditEvent, Policy, Run, Source
 from backups.services.catalog import policy_create, source_create
 from backups.services.fleet import FleetRefused, fleet_apply, fleet_plan
-from backups.services.schedules import BACKUP_TASK
+from backups.services.timetable import BACKUP_TASK
 
 pytestmark = pytest.mark.django_db
 

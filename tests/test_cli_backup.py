@@ -167,7 +167,7 @@ def test_a_backup_held_by_a_dead_worker_is_reaped_and_the_new_backup_goes_ahead(
 
     from django.utils import timezone
 
-    from backups.services.execution import run_claim
+    from backups.services.runs import run_claim
 
     stuck = run_claim(backup_request(source=source, trigger="cli", enqueue=False).pk, "gone:1:x")
     Run.objects.filter(pk=stuck.pk).update(heartbeat_at=timezone.now() - timedelta(hours=1))
@@ -307,7 +307,7 @@ def test_the_end_of_a_run_is_recorded_through_a_database_hiccup(source):
                 refused.set()
 
     watch = Watch()
-    logging.getLogger("backups.services.execution").addHandler(watch)
+    logging.getLogger("backups.services.runs").addHandler(watch)
     ended = "NEW.status IN ('succeeded', 'warning') AND OLD.status = 'running'"
     try:
         with database_refuses(Run._meta.db_table, "UPDATE", ended, "hiccup") as lift:
@@ -322,7 +322,7 @@ def test_the_end_of_a_run_is_recorded_through_a_database_hiccup(source):
             run = call_json("backup", source.name, "--inline")
             lifter.join()
     finally:
-        logging.getLogger("backups.services.execution").removeHandler(watch)
+        logging.getLogger("backups.services.runs").removeHandler(watch)
     assert refused.is_set()
     assert run["status"] == "succeeded"
     assert Path(run["archive"]).is_file()

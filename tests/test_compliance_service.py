@@ -13,8 +13,8 @@ from backups.services.compliance import (
     source_standing,
     standing_to_dict,
 )
-from backups.services.schedules import BACKUP_TASK
 from backups.services.standing import standing_recompute, standing_refresh
+from backups.services.timetable import BACKUP_TASK
 from tests.prune_helpers import CONTRACT_STATUS_FIELDS, make_backups
 
 pytestmark = pytest.mark.django_db

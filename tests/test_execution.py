@@ -8,7 +8,7 @@ from django.utils import timezone
 from backups.engine.errors import Cancelled, FencedError
 from backups.engine.hooks import Progress
 from backups.models import Run
-from backups.services.execution import (
+from backups.services.runs import (
     RunHooks,
     reap_abandoned,
     remove_dead_temps,

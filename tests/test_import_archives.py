@@ -100,9 +100,7 @@ def test_a_manifest_naming_a_file_outside_the_storage_is_refused_and_prune_spare
 
 def test_a_manifest_dated_in_the_future_is_refused_and_a_breached_rpo_stays_breached(files, backup):
     moment = timezone.now() - timedelta(hours=3)
-    Run.objects.filter(pk=backup.pk).update(
-        queued_at=moment, started_at=moment, finished_at=moment
-    )
+    Run.objects.filter(pk=backup.pk).update(queued_at=moment, started_at=moment, finished_at=moment)
     standing_refresh(files.pk)  # as the end of a run three hours ago would have
     assert call_json("status")["sources"][0]["rpo_status"] == "breached"
 

@@ -82,3 +82,50 @@ def test_indexing_again_replaces_the_catalog_copy(run, listed_twice, tmp_path):
     assert (last.entries, last.duplicates) == (1, 0)
     entries = ManifestEntry.objects.filter(directory__manifest__run=run)
     assert list(entries.values_list("name", flat=True)) == ["only.txt"]
+
+
+def test_a_search_finds_a_path_spanning_folder_and_name_without_a_page():
+    from tests.pages_helpers import make_manifest, make_run, make_source
+
+    run = make_run(make_source("web"), ago_s=60)
+    manifest = make_manifest(run, {"photos/2024/a.jpg": "a", "notes/photos.txt": "n", "b": "b"})
+    found = manifests.manifest_search(manifest, "2024/a", 10)
+    assert [row.path for row in found] == ["photos/2024/a.jpg"]
+    # Every path holding the text, folders too, by (folder, name).
+    assert [row.path for row in manifests.manifest_search(manifest, "PHOTOS", 10)] == [
+        "photos",
+        "notes/photos.txt",
+        "photos/2024",
+        "photos/2024/a.jpg",
+    ]
+
+
+def test_a_folder_that_climbs_out_of_the_backup_is_refused():
+    with pytest.raises(ValueError):
+        manifests.clean_folder("a/../../etc")
+    assert manifests.clean_folder("/a//./b/") == "a/b"
+
+
+def test_the_diff_of_two_backups_names_each_change_and_where_to_go_on(monkeypatch):
+    from tests.pages_helpers import make_manifest, make_run, make_source
+
+    web = make_source("web")
+    old = make_run(web, ago_s=7200)
+    make_manifest(old, {"same": "x", "edited": "1", "gone": "g"})
+    new = make_run(web, ago_s=600)
+    make_manifest(new, {"same": "x", "edited": "2", "added": "a"})
+    assert manifests.diff_partner(new, None) == old
+    assert manifests.older_first(old, new) == manifests.older_first(new, old) == (old, new)
+    page = manifests.diff_page(old.pk, new.pk)
+    changes = [(change.kind, change.row.path, change.what) for change in page["changes"]]
+    assert changes == [
+        ("added", "added", ""),
+        ("changed", "edited", "content"),
+        ("removed", "gone", ""),
+    ]
+    assert page["next"] is None
+    monkeypatch.setattr(manifests, "DIFF_LIMIT", 1)
+    first = manifests.diff_page(old.pk, new.pk)
+    assert [change.row.path for change in first["changes"]] == ["added"]
+    rest = manifests.diff_page(old.pk, new.pk, after=first["next"])
+    assert [change.row.path for change in rest["changes"]] == ["edited"]

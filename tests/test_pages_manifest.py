@@ -5,8 +5,9 @@ from django.db import IntegrityError, connection
 from django.urls import reverse
 
 from backups.models import ManifestEntry
+from backups.services import manifests
 from backups.services.manifests import index_failed_warning
-from dashboard.views import manifests
+from dashboard.views import manifests as manifest_pages
 from tests.pages_helpers import make_manifest, make_policy, make_run, make_source
 
 pytestmark = pytest.mark.django_db
@@ -48,7 +49,7 @@ def test_the_top_folder_lists_entries_by_name_with_sizes_and_hashes(client, view
     assert response.status_code == 200
     assert names(response) == ["README.txt", "config", "empty", "photos"]
     text = response.text
-    assert "5 bytes" in text and "0644" in text
+    assert "5 B" in text and "0644" in text
     readme = response.context["entries"][0]
     assert f'title="{readme.sha256_hex}"' in text
     assert '<a href="?path=config">config/</a>' in text
@@ -63,7 +64,7 @@ def test_a_subfolder_has_crumbs_and_a_way_up(client, viewer, backup):
 
 
 def test_a_folder_is_paginated_by_name_without_offsets(client, viewer, web, monkeypatch):
-    monkeypatch.setattr(manifests, "ENTRIES_PER_PAGE", 2)
+    monkeypatch.setattr(manifest_pages, "ENTRIES_PER_PAGE", 2)
     run = make_run(web, ago_s=60)
     make_manifest(run, {f"f{i}.txt": str(i) for i in range(5)})
     client.force_login(viewer)
@@ -126,7 +127,7 @@ def test_search_across_a_slash_joins_the_end_of_a_folder_and_the_start_of_a_name
 
 
 def test_search_results_are_bounded(client, viewer, web, monkeypatch):
-    monkeypatch.setattr(manifests, "SEARCH_LIMIT", 3)
+    monkeypatch.setattr(manifest_pages, "SEARCH_LIMIT", 3)
     run = make_run(web, ago_s=60)
     make_manifest(run, {f"log-{i}.txt": str(i) for i in range(10)})
     client.force_login(viewer)

@@ -126,3 +126,20 @@ def test_query_count_does_not_grow_with_the_fleet(client, viewer, count, django_
     with django_assert_num_queries(8):
         response = client.get(reverse("overview"))
     assert len(response.context["pager"].items) == count
+
+
+def test_a_column_declared_once_heads_the_table_and_fills_every_row(client, viewer, monkeypatch):
+    import importlib
+
+    # The package re-exports the view under the module's name: fetch the module itself.
+    overview = importlib.import_module("dashboard.views.overview")
+    fleet(3)
+    added = overview.Column("slug", "Slug", lambda row, now: f"slug:{row.source.slug}")
+    monkeypatch.setattr(overview, "COLUMNS", (*overview.COLUMNS, added))
+    client.force_login(viewer)
+    text = client.get(reverse("overview")).text
+    assert '<th scope="col">Slug</th>' in text
+    for name in ("src-00", "src-01", "src-02"):
+        assert f'<td data-label="Slug">slug:{name}</td>' in text
+    # Sortable columns get a sort link; the new one, declared without a sort, none.
+    assert 'title="Sort by rpo"' in text and 'title="Sort by slug"' not in text

@@ -23,7 +23,7 @@ def test_the_page_answers_with_the_standing_first(client, viewer, web):
     # The cards come before the history, the runs and retention.
     assert text.index("Standing") < text.index("Restore points") < text.index("History")
     assert response.context["standing"].rpo_status == "ok"
-    assert "Newest good backup is <strong>10 min</strong> old; target 2 h." in text
+    assert "Newest good backup is <strong>10m</strong> old; target 2h." in text
 
 
 def test_a_backup_stamped_in_the_future_is_not_shown_as_fresh(client, viewer, web):
@@ -46,7 +46,7 @@ def test_charts_are_inline_svg_described_in_words(client, viewer, web):
     assert '<title id="chart-duration-title">' in text
     assert "1 failed, drawn as crosses." in text
     # The RPO target is a labelled, dashed line, not a colour.
-    assert 'class="target-label"' in text and "target 2 h" in text
+    assert 'class="target-label"' in text and "target 2h" in text
 
 
 def test_runs_are_paginated_and_filterable(client, viewer, web):

@@ -333,34 +333,43 @@ def test_prune_exits_1_when_a_discrepancy_held_removals_back(source, tmp_path):
     assert exited.value.code == 1
 
 
+# A real backup runs: its worker closes and reopens connections, as workers do.
+@pytest.mark.django_db(transaction=True)
 def test_a_successful_scheduled_backup_is_followed_by_a_prune(
     source, monkeypatch, django_capture_on_commit_callbacks
 ):
     from backups import tasks
+    from backups.services import queue
+    from backups.services.backup import backup_request
 
-    runs = make_backups(source, hourly(5))
+    make_backups(source, hourly(5))
+    scheduled = backup_request(source=source, trigger=Run.Trigger.SCHEDULE, enqueue=False)
     queued = []
-    monkeypatch.setattr(tasks, "run_execute", lambda run_id, **_: Run.objects.get(pk=run_id))
-    monkeypatch.setattr(tasks, "async_task", lambda *args, **kwargs: queued.append(args))
+    monkeypatch.setattr(queue, "async_task", lambda *args, **kwargs: queued.append(args))
     with django_capture_on_commit_callbacks(execute=True):
-        tasks.execute_run(runs[0].pk)
-    assert queued == [(tasks.PRUNE_TASK, runs[0].pk)]
-    assert tasks.prune_task(runs[0].pk) == "removed 2, kept 3"
+        assert tasks.execute_run(scheduled.pk) == Run.Status.SUCCEEDED
+    assert (queue.PRUNE_TASK, scheduled.pk) in queued
+    # Five old backups and the new one, three kept by the policy's keep_last.
+    assert tasks.prune_task(scheduled.pk) == "removed 3, kept 3"
 
 
+# A real backup runs: its worker closes and reopens connections, as workers do.
+@pytest.mark.django_db(transaction=True)
 def test_a_manual_backup_is_not_followed_by_a_prune(
     source, monkeypatch, django_capture_on_commit_callbacks
 ):
     from backups import tasks
+    from backups.services import queue
+    from backups.services.backup import backup_request
 
-    runs = make_backups(source, hourly(1))
-    Run.objects.filter(pk=runs[0].pk).update(trigger="cli")
+    make_backups(source, hourly(1))
+    manual = backup_request(source=source, trigger=Run.Trigger.CLI, enqueue=False)
     queued = []
-    monkeypatch.setattr(tasks, "run_execute", lambda run_id, **_: Run.objects.get(pk=run_id))
-    monkeypatch.setattr(tasks, "async_task", lambda *args, **kwargs: queued.append(args))
+    monkeypatch.setattr(queue, "async_task", lambda *args, **kwargs: queued.append(args))
     with django_capture_on_commit_callbacks(execute=True):
-        tasks.execute_run(runs[0].pk)
-    assert queued == []
+        assert tasks.execute_run(manual.pk) == Run.Status.SUCCEEDED
+    assert [args for args in queued if args[0] == queue.PRUNE_TASK] == []
+    assert [args[0] for args in queued] == [queue.TASK]  # its verification only
 
 
 def test_files_outside_the_catalog_are_left_alone(source):

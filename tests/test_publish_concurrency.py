@@ -224,7 +224,7 @@ def test_a_cancel_while_a_restore_publishes_stops_it_and_keeps_the_live_database
             cancel = dashboard.python(
                 f"""
                 from backups.models import Run
-                from backups.services.execution import run_cancel
+                from backups.services.runs import run_cancel
                 run = Run.objects.get(pk={run_id})
                 started = time.monotonic()
                 asked = run_cancel(run=run)

@@ -41,7 +41,7 @@ django.setup()
 from datetime import timedelta
 from django.utils import timezone
 from backups.models import Run
-from backups.services.execution import reap_abandoned
+from backups.services.runs import reap_abandoned
 Run.objects.filter(kind="restore").update(heartbeat_at=timezone.now() - timedelta(hours=1))
 print(reap_abandoned())
 """

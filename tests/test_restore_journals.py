@@ -8,7 +8,7 @@ import pytest
 from django.core.management import call_command
 
 from backups.models import Run
-from backups.services.execution import reap_abandoned
+from backups.services.runs import reap_abandoned
 from backups.services.schedules import housekeeping_run
 
 pytestmark = pytest.mark.django_db(transaction=True)

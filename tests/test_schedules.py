@@ -12,16 +12,15 @@ from django_q.scheduler import scheduler
 from backups import tasks
 from backups.models import Run, ScheduleMiss, Source
 from backups.services.catalog import policy_create, source_create
-from backups.services.execution import run_claim
+from backups.services.runs import run_claim
 from backups.services.schedules import (
-    BACKUP_TASK,
     HOUSEKEEPING_TASK,
     drills_queue_due,
     housekeeping_run,
-    next_run_at,
     schedule_sync,
     schedule_sync_all,
 )
+from backups.services.timetable import BACKUP_TASK, next_run_at
 from tests.prune_helpers import make_backups
 from tests.test_admin import POLICY_FORM
 

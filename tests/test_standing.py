@@ -21,7 +21,8 @@ from backups.engine import compliance as rules
 from backups.models import Manifest, Policy, RpoGap, Run, Source, SourceDay, SourceStanding
 from backups.services.backup import backup_request
 from backups.services.compliance import WINDOW, rpo_backup_times
-from backups.services.execution import reap_abandoned, run_execute
+from backups.services.execution import run_execute
+from backups.services.runs import reap_abandoned
 from backups.services.standing import standing_recompute, standing_refresh
 from tests.pages_helpers import make_policy, make_run, make_source
 

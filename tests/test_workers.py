@@ -394,8 +394,7 @@ def test_a_worker_paused_past_its_heartbeat_publishes_nothing_when_it_wakes(worl
     )
     reaped = json.loads(
         world.python(
-            "from backups.services.execution import reap_abandoned; "
-            "print(json.dumps(reap_abandoned()))"
+            "from backups.services.runs import reap_abandoned; print(json.dumps(reap_abandoned()))"
         )
     )
     assert reaped == [run_id]
@@ -554,7 +553,8 @@ DRIVER = """
 import time
 from django_q.tasks import async_task
 from backups.models import Source
-from backups.services.backup import SourceBusy, backup_request
+from backups.services.backup import backup_request
+from backups.services.runs import SourceBusy
 
 per_source = {per_source}
 sources = list(Source.objects.order_by("name"))
@@ -668,8 +668,7 @@ def test_a_worker_whose_clock_is_behind_is_not_reaped_while_it_beats(world):
     # The reaper runs on another host's process, with a clock that is right.
     reaped = json.loads(
         world.python(
-            "from backups.services.execution import reap_abandoned; "
-            "print(json.dumps(reap_abandoned()))"
+            "from backups.services.runs import reap_abandoned; print(json.dumps(reap_abandoned()))"
         )
     )
     assert reaped == []

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 
 @dataclass
@@ -16,19 +15,6 @@ class Progress:
     files_done: int = 0
     files_total: int | None = None
     current: str = ""
-    started: float = field(default_factory=time.monotonic)
-
-    def rate(self) -> float:
-        """Return bytes per second since the start."""
-        elapsed = time.monotonic() - self.started
-        return self.bytes_done / elapsed if elapsed > 0 else 0.0
-
-    def eta(self) -> float | None:
-        """Return the estimated seconds left, or None when it cannot be known."""
-        rate = self.rate()
-        if not self.bytes_total or rate <= 0:
-            return None
-        return max(0.0, (self.bytes_total - self.bytes_done) / rate)
 
 
 class Hooks:

@@ -28,7 +28,6 @@ from .locations import KINDS
 
 FORMAT = 1
 FILE, DIR, SYMLINK, HARDLINK = "file", "dir", "symlink", "hardlink"
-TYPES = (FILE, DIR, SYMLINK, HARDLINK)
 
 
 # Bounds that keep every value usable downstream: a size and a count fit a 64-bit
@@ -62,18 +61,6 @@ class Entry(msgspec.Struct):
     mtime: _Mtime = 0
     sha256: _Sha256 | None = None
     target: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        """Return the contract's JSON object for this entry."""
-        return {
-            "path": self.path,
-            "type": self.type,
-            "size": self.size,
-            "mode": self.mode,
-            "mtime": self.mtime,
-            "sha256": self.sha256,
-            "target": self.target,
-        }
 
 
 def clamp_mtime(mtime: int | float) -> int | float:
@@ -129,10 +116,6 @@ class Manifest:
     @property
     def total_files(self) -> int:
         return int(self.header["totals"]["files"])
-
-    def by_path(self) -> dict[str, Entry]:
-        """Return the entries keyed by path."""
-        return {entry.path: entry for entry in self.entries}
 
 
 def _encode_entry(entry: Entry) -> str:

@@ -10,8 +10,11 @@ namespace are None and the answer is always "cannot tell".
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import socket
+import subprocess
 from dataclasses import dataclass
 
 BOOT_ID = "/proc/sys/kernel/random/boot_id"
@@ -86,3 +89,14 @@ def process_gone(owner: ProcessName, here: ProcessName | None = None) -> str | N
     if owner.started is not None and started != owner.started:
         return f"{where} is no longer running; that pid now belongs to another process"
     return None
+
+
+def kill_group(child: subprocess.Popen) -> None:
+    """Kill a child started in its own session, with everything it started; never raises."""
+    if child.poll() is not None:
+        return
+    try:
+        os.killpg(child.pid, signal.SIGKILL)
+    except OSError:
+        with contextlib.suppress(OSError):
+            child.kill()

@@ -42,7 +42,7 @@ from .restore import (
     member_key,
     payload_limit,
     reading_mode,
-    run_restore,
+    restore_archive,
     scan_archive,
     sidecar_path,
 )
@@ -337,7 +337,7 @@ def _database(
     try:
         target = scratch / "snapshot.db"
         try:
-            run_restore(
+            restore_archive(
                 RestoreRequest(
                     archive=archive,
                     manifest=manifest,
@@ -391,7 +391,7 @@ def _run_query(database: Path, query: dict, time_limit_s: float) -> dict:
     return outcome
 
 
-def drill(
+def restore_drill(
     *,
     archive: Path,
     manifest: Path,
@@ -445,7 +445,7 @@ def _drill_into(
         target, restore_kind = scratch / "restored", DIRECTORY
     else:
         return False, f"Unknown source kind {kind!r}."
-    result = run_restore(
+    result = restore_archive(
         RestoreRequest(
             archive=archive,
             manifest=manifest,

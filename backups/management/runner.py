@@ -8,11 +8,9 @@ import threading
 import time
 
 from backups.cli import EXIT_FAILED, EXIT_OK, CliCommand, failed_error
-from backups.engine.atomic import format_bytes
-from backups.engine.durations import format_duration
-from backups.engine.hooks import Progress
 from backups.models import Run
 from backups.services.execution import run_execute
+from backups.services.formats import format_bytes, format_duration
 from backups.services.reporting import run_to_dict
 
 POLL_S = 0.5
@@ -68,7 +66,8 @@ class ProgressLine:
         self.stream.write("\r\033[K" + "  ".join(parts))
         self.stream.flush()
 
-    def from_progress(self, progress: Progress) -> None:
+    def from_progress(self, progress) -> None:
+        """Show an engine progress snapshot (what `run_execute`'s `on_progress` is given)."""
         self.show(
             progress.bytes_done, progress.bytes_total, progress.files_done, progress.files_total
         )

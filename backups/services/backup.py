@@ -10,29 +10,23 @@ from django.utils import timezone
 
 from backups.audit import audit_record
 from backups.engine.backup import BackupRequest, plan_backup, run_backup
+from backups.engine.errors import EngineError
 from backups.models import AuditEvent, Run, Source
-from backups.services.execution import (
+from backups.services.manifests import index_failed_warning, manifest_store
+from backups.services.queue import run_enqueue
+from backups.services.runs import (
     RunHooks,
+    SourceBusy,
     connection_refresh,
     reap_abandoned,
     remove_dead_temps,
 )
-from backups.services.manifests import index_failed_warning, manifest_store
-from backups.services.queue import run_enqueue
 
 logger = logging.getLogger(__name__)
 
 
-class SourceBusy(Exception):
-    """The source already has a backup (or in-place restore) queued or running."""
-
-    def __init__(self, source: Source, active: Run | None) -> None:
-        self.active = active
-        what = f"{active.kind} #{active.pk} ({active.status})" if active else "another run"
-        super().__init__(
-            f"Source {source.name!r} is busy: {what} is in progress. "
-            "Wait for it to finish or cancel it."
-        )
+class PlanRefused(Exception):
+    """The source cannot be read to plan a backup; the message says why."""
 
 
 def backup_request(*, source: Source, trigger: str, user=None, enqueue: bool = True) -> Run:
@@ -52,10 +46,7 @@ def backup_request(*, source: Source, trigger: str, user=None, enqueue: bool = T
             # The run holding the lock may belong to a dead worker: reap, then try once more.
             if attempt == 1 and reap_abandoned():
                 continue
-            active = Run.objects.filter(
-                source=source, exclusive=True, status__in=Run.ACTIVE
-            ).first()
-            busy = SourceBusy(source, active)
+            busy = SourceBusy(source, Run.objects.lock_holder(source))
             if trigger != Run.Trigger.SCHEDULE:
                 audit_record(
                     actor=user,
@@ -79,11 +70,6 @@ def backup_request(*, source: Source, trigger: str, user=None, enqueue: bool = T
     return run
 
 
-def last_good_backup(source: Source) -> Run | None:
-    """Return the newest backup of `source` whose archive is complete."""
-    return Run.objects.restorable().filter(source=source).order_by("-started_at", "-pk").first()
-
-
 def backup_execute(run: Run, hooks: RunHooks) -> dict:
     """Write the archive, sidecar and manifest of a claimed backup run; return its result."""
     source = run.source
@@ -93,7 +79,7 @@ def backup_execute(run: Run, hooks: RunHooks) -> dict:
     removed = remove_dead_temps(folder)
     if removed:
         hooks.log(f"removed {len(removed)} temporary file(s) left by dead runs")
-    previous = last_good_backup(source)
+    previous = Run.objects.newest_restorable(source)
     started = run.started_at or timezone.now()
     request = BackupRequest(
         kind=source.kind,
@@ -137,19 +123,15 @@ def backup_execute(run: Run, hooks: RunHooks) -> dict:
     }
 
 
-def backup_after_success(run: Run, *, enqueue: bool = True) -> Run | None:
-    """Request a verification of a fresh backup when its policy asks for one."""
-    policy = run.source.policy
-    if policy is None or not policy.verify_after_backup:
-        return None
-    from backups.services.verify import verify_request
-
-    return verify_request(backup=run, trigger=run.trigger, user=run.requested_by, enqueue=enqueue)
-
-
 def backup_plan(source: Source) -> dict:
-    """Return what a backup of `source` would read, and how long it should take."""
-    plan = plan_backup(kind=source.kind, location=source.location, excludes=source.excludes)
+    """Return what a backup of `source` would read, and how long it should take.
+
+    Raise PlanRefused when the source cannot be read.
+    """
+    try:
+        plan = plan_backup(kind=source.kind, location=source.location, excludes=source.excludes)
+    except EngineError as error:
+        raise PlanRefused(str(error)) from None
     recent = list(
         Run.objects.restorable()
         .filter(source=source, payload_bytes__gt=0)
@@ -165,3 +147,25 @@ def backup_plan(source: Source) -> dict:
         "excluded_count": plan.excluded_count,
         "estimated_duration_s": round(estimate, 1) if estimate is not None else None,
     }
+
+
+def backup_hand_over(run: Run) -> Run | None:
+    """Queue again the slot of a scheduled backup that its worker's end stopped.
+
+    A host shutting down cancels its run cleanly, a lost host leaves it abandoned: either
+    way another worker takes the new run, so the slot is not lost with the host. Return
+    the new run (None: nothing to hand over, or the source is busy again already).
+    """
+    if not (
+        run.kind == Run.Kind.BACKUP
+        and run.trigger == Run.Trigger.SCHEDULE
+        and run.status in (Run.Status.CANCELLED, Run.Status.ABANDONED)
+    ):
+        return None
+    try:
+        again = backup_request(source=run.source, trigger=Run.Trigger.SCHEDULE)
+    except SourceBusy as busy:
+        logger.info("backup #%s not handed over: %s", run.pk, busy)
+        return None
+    logger.warning("backup #%s ended with its worker; handed over as #%s", run.pk, again.pk)
+    return again

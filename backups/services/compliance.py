@@ -43,7 +43,7 @@ from django.utils import timezone
 from backups.engine import compliance as rules
 from backups.engine.durations import cron_slots, format_duration, next_run
 from backups.models import RpoGap, Run, Source, SourceDay
-from backups.services.schedules import next_runs
+from backups.services.timetable import next_runs
 
 WINDOW = timedelta(days=30)
 

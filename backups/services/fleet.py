@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from django.core.exceptions import ValidationError
@@ -27,12 +28,16 @@ from django.db.models import Count, ProtectedError, Q
 from django.utils import timezone
 from django.utils.text import slugify
 
+from backups.engine.atomic import write_atomic
+from backups.engine.errors import EngineError
 from backups.engine.fleetfile import (
     POLICY_FIELDS,
     SOURCE_FIELDS,
     FleetFile,
+    FleetFileError,
     Item,
     dump_fleet,
+    load_fleet,
 )
 from backups.fields import exact_duration
 from backups.models import AuditEvent, Policy, Run, Source
@@ -518,3 +523,30 @@ def fleet_export() -> str:
             fields["slug"] = source.slug
         sources[source.name] = fields
     return dump_fleet({"policies": policies, "sources": sources})
+
+
+def fleet_write(path: Path, text: str) -> None:
+    """Replace the file `path` with the fleet file `text` atomically.
+
+    Raise FleetRefused, saying why, when it cannot be written.
+    """
+    try:
+        write_atomic(path, text.encode())
+    except FileExistsError as error:
+        raise FleetRefused(
+            f"Cannot write {path}: {error.filename} exists (left by an export that was "
+            "interrupted, or one running now); remove it and export again."
+        ) from None
+    except (OSError, EngineError) as error:
+        raise FleetRefused(f"Cannot write {path}: {getattr(error, 'strerror', error)}.") from None
+
+
+def fleet_load(data: bytes, name: str) -> FleetFile:
+    """Read a fleet file's bytes (`name` says where they came from, for the messages).
+
+    Raise FleetRefused naming the line and the problem when it is not a valid fleet file.
+    """
+    try:
+        return load_fleet(data, name)
+    except FleetFileError as error:
+        raise FleetRefused(str(error)) from None

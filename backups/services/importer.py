@@ -210,18 +210,22 @@ def import_archive(manifest_path: Path, report: ImportReport) -> None:
     report.oldest_by_source[source.pk] = min(moment, oldest) if oldest else moment
 
 
+class ImportRefused(Exception):
+    """The import cannot start as asked (no such folder, not ARCHIVE_ROOT); nothing changed."""
+
+
 def import_archives(root: Path | None = None) -> ImportReport:
     """Import every manifest under ARCHIVE_ROOT (one folder per source); safe to run again.
 
     `root`, when given, must be ARCHIVE_ROOT itself: restores, verifications and prunes
-    read archives only there.
+    read archives only there. Raise ImportRefused otherwise.
     """
     archive_root = Path(settings.ARCHIVE_ROOT)
     root = archive_root if root is None else Path(root)
     if not root.is_dir():
-        raise EngineError(f"The archive folder {root} does not exist.")
+        raise ImportRefused(f"The archive folder {root} does not exist.")
     if os.path.realpath(root) != os.path.realpath(archive_root):
-        raise EngineError(
+        raise ImportRefused(
             f"{root} is not ARCHIVE_ROOT ({archive_root}): restores, verifications and prunes "
             "read archives only there. Run the import with ARCHIVE_ROOT set to that folder."
         )

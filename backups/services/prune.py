@@ -32,8 +32,6 @@ from zoneinfo import ZoneInfo
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import F, Value
-from django.db.models.functions import Concat
 from django.utils import timezone
 
 from backups.audit import audit_record
@@ -41,7 +39,7 @@ from backups.engine.atomic import fsync_dir
 from backups.engine.errors import ArchiveError
 from backups.engine.retention import PINNED, Rules, Snapshot, select
 from backups.models import Manifest, Run, Source
-from backups.services.execution import worker_identity
+from backups.services.runs import worker_identity
 from backups.services.standing import standing_refresh
 
 logger = logging.getLogger(__name__)
@@ -154,11 +152,7 @@ def prune_plan(*, source: Source, now: datetime | None = None) -> PrunePlan:
     """
     rules = _rules(source)
     backups = list(
-        Run.objects.restorable()
-        .filter(source=source)
-        .exclude(archive="")
-        .defer("log")
-        .order_by("-started_at", "-pk")
+        Run.objects.restore_points().filter(source=source).exclude(archive="").defer("log")
     )
     plan = PrunePlan(source=source)
     for run in backups:
@@ -253,9 +247,8 @@ def _claim(runs: list[Run], me: str, now: datetime) -> tuple[list[Run], dict[int
         }
         in_use = _in_use(list(rows))
         newest_verified = {
-            Run.objects.restorable()
+            Run.objects.restore_points()
             .filter(source_id=source_id, verified=True)
-            .order_by("-started_at", "-pk")
             .values_list("pk", flat=True)
             .first()
             for source_id in {row["source_id"] for row in rows.values()}
@@ -271,9 +264,7 @@ def _claim(runs: list[Run], me: str, now: datetime) -> tuple[list[Run], dict[int
             elif pk in newest_verified:
                 kept[pk] = VERIFIED
         claimed = [run for pk, run in wanted.items() if pk not in kept]
-        Run.objects.filter(pk__in=[run.pk for run in claimed], status__in=Run.GOOD).update(
-            status=Run.Status.PRUNING, worker=me, heartbeat_at=now
-        )
+        Run.objects.prune_claim([run.pk for run in claimed], worker=me, now=now)
     for source_id in sorted({run.source_id for run in claimed}):
         standing_refresh(source_id)
     return claimed, kept
@@ -311,12 +302,7 @@ def _delete_owned(runs: list[Run], me: str) -> None:
         for folder in folders:
             if folder.is_dir():
                 fsync_dir(folder)
-        now = timezone.now()
-        Run.objects.filter(pk__in=ids).update(
-            status=Run.Status.PRUNED,
-            heartbeat_at=now,
-            log=Concat(F("log"), Value(f"{now:%Y-%m-%d %H:%M:%S} removed by retention ({me})\n")),
-        )
+        Run.objects.mark_pruned(ids, worker=me, now=timezone.now())
         # Deleting a backup is destructive: each one leaves an audit record, as a restore does.
         for run in runs:
             audit_record(
@@ -365,17 +351,15 @@ def _finish_interrupted(runs, me: str, now: datetime) -> tuple[list[Run], list[s
         if not _holder_gone(row.worker, row.heartbeat_at, now):
             problems.append(f"Backup #{row.pk} is being removed by {row.worker}; left to it.")
             continue
-        adopted = Run.objects.filter(
-            pk=row.pk, status=Run.Status.PRUNING, worker=row.worker, heartbeat_at=row.heartbeat_at
-        ).update(worker=me, heartbeat_at=now)
+        adopted = Run.objects.prune_adopt(
+            row.pk, holder=row.worker, held_since=row.heartbeat_at, worker=me, now=now
+        )
         if not adopted:
             continue
         pinned = row.keep or bool(_in_use([row.pk]))
         if pinned and all(path.exists() for path in _files(row)):
             status = Run.Status.WARNING if row.warnings else Run.Status.SUCCEEDED
-            Run.objects.filter(pk=row.pk, status=Run.Status.PRUNING, worker=me).update(
-                status=status
-            )
+            Run.objects.prune_undo(row.pk, worker=me, status=status)
             standing_refresh(row.source_id)
             logger.info("backup #%s was pinned while being pruned; kept", row.pk)
             continue

@@ -1,4 +1,4 @@
-"""Hand runs to the django-q2 workers: only the run id travels, after the commit."""
+"""Hand work to the django-q2 workers: only the run id travels, after the commit."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from backups.models import Run
 logger = logging.getLogger(__name__)
 
 TASK = "backups.tasks.execute_run"
+PRUNE_TASK = "backups.tasks.prune_task"
 
 
 def run_enqueue(run: Run) -> None:
@@ -49,3 +50,11 @@ def runs_resend_lost(*, now: datetime | None = None) -> list[int]:
         run_enqueue(run)
     Run.objects.mark_resent([run.pk for run in due], now=now)
     return [run.pk for run in due]
+
+
+def prune_enqueue(backup: Run) -> None:
+    """Queue a prune of the source of `backup` once the surrounding transaction commits."""
+    run_id = backup.pk
+    transaction.on_commit(
+        lambda: async_task(PRUNE_TASK, run_id, task_name=f"prune-{run_id}", group="prune")
+    )

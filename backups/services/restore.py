@@ -7,16 +7,24 @@ from django.db import IntegrityError, transaction
 
 from backups.audit import audit_record
 from backups.engine.errors import EngineError
-from backups.engine.names import catalog_to_name, printable
-from backups.engine.restore import RestoreRequest, check_target, run_restore
+from backups.engine.names import catalog_to_name, name_to_catalog, printable
+from backups.engine.restore import RestoreRequest, check_target, restore_archive
 from backups.models import AuditEvent, Run, Source
-from backups.services.backup import SourceBusy
-from backups.services.execution import RunHooks, reap_abandoned
 from backups.services.queue import run_enqueue
+from backups.services.runs import RunHooks, SourceBusy, reap_abandoned
 
 
 class RestoreRefused(Exception):
     """The restore cannot start as asked (bad backup, bad target); nothing was changed."""
+
+
+def catalog_paths(names: list[str]) -> list[str]:
+    """Return file names as the catalog writes them (any bytes, as text), for `paths`.
+
+    The shell gives bytes; Python, a str with surrogate escapes for the bytes that are not
+    UTF-8: the catalog's text names the same bytes.
+    """
+    return [name_to_catalog(name) for name in names]
 
 
 def restore_places(*, source: Source, in_place: bool, trigger: str) -> dict:
@@ -163,10 +171,7 @@ def restore_request(
             # The run holding the lock may belong to a dead worker: reap, then try once more.
             if attempt == 1 and reap_abandoned():
                 continue
-            active = Run.objects.filter(
-                source=source, exclusive=True, status__in=Run.ACTIVE
-            ).first()
-            busy = SourceBusy(source, active)
+            busy = SourceBusy(source, Run.objects.lock_holder(source))
             refuse(str(busy))
             raise busy from None
     audit_record(
@@ -196,11 +201,11 @@ def restore_execute(run: Run, hooks: RunHooks) -> dict:
         in_place=run.in_place,
         paths=run.paths,
         trigger=run.trigger,
-        timeout_s=source.policy.run_timeout_s if source.policy_id else 3600,
+        timeout_s=source.run_timeout_s,
         state_dir=settings.STATE_DIR,
         run_id=str(run.pk),
     )
-    result = run_restore(request, hooks)
+    result = restore_archive(request, hooks)
     return {
         "payload_bytes": result.bytes,
         "payload_files": result.files,

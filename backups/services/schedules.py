@@ -24,10 +24,16 @@ from django_q.models import Schedule
 
 from backups.engine.durations import next_run
 from backups.models import Run, ScheduleMiss, Source, WorkerBeat
+from backups.services.backup import backup_hand_over, backup_request
+from backups.services.prune import prune_recover
+from backups.services.queue import runs_resend_lost
+from backups.services.runs import SourceBusy, reap_abandoned, worker_identity
+from backups.services.standing import standing_housekeeping
+from backups.services.timetable import BACKUP_TASK, backup_schedules
+from backups.services.verify import verify_request
 
 logger = logging.getLogger(__name__)
 
-BACKUP_TASK = "backups.tasks.scheduled_backup"
 HOUSEKEEPING_TASK = "backups.tasks.housekeeping"
 HOUSEKEEPING_NAME = "housekeeping"
 HOUSEKEEPING_CRON = "* * * * *"
@@ -131,10 +137,6 @@ def _apply(source: Source, existing: list[Schedule], writes: _ScheduleWrites) ->
         logger.debug("updated the schedule of source %s: %s", source.pk, sorted(changes))
 
 
-def _backup_schedules():
-    return Schedule.objects.filter(func=BACKUP_TASK)
-
-
 def _source_id(schedule: Schedule) -> int | None:
     try:
         return int(str(schedule.args).strip().strip("(),"))
@@ -155,7 +157,7 @@ def schedule_sync(source: Source, *, now: datetime | None = None) -> None:
             if source.pk
             else None
         )
-        existing = list(_backup_schedules().filter(args=repr(source.pk)))
+        existing = list(backup_schedules().filter(args=repr(source.pk)))
         if fresh is None:
             if existing:
                 Schedule.objects.filter(pk__in=[s.pk for s in existing]).delete()
@@ -171,7 +173,7 @@ def schedule_sync_policy(policy, *, now: datetime | None = None) -> None:
     with transaction.atomic():
         sources = list(Source.objects.select_related("policy").filter(policy=policy))
         by_source: dict[int | None, list[Schedule]] = {}
-        for schedule in _backup_schedules().filter(args__in=[repr(s.pk) for s in sources]):
+        for schedule in backup_schedules().filter(args__in=[repr(s.pk) for s in sources]):
             by_source.setdefault(_source_id(schedule), []).append(schedule)
         writes = _ScheduleWrites(now=now)
         for source in sources:
@@ -189,7 +191,7 @@ def schedule_sync_all(*, now: datetime | None = None) -> None:
     now = now or timezone.now()
     with transaction.atomic():
         by_source: dict[int | None, list[Schedule]] = {}
-        for schedule in _backup_schedules():
+        for schedule in backup_schedules():
             by_source.setdefault(_source_id(schedule), []).append(schedule)
         writes = _ScheduleWrites(now=now)
         for source in Source.objects.select_related("policy"):
@@ -220,26 +222,6 @@ def housekeeping_ensure(*, now: datetime | None = None) -> Schedule:
     return schedule
 
 
-def next_run_at(source: Source) -> datetime | None:
-    """Return when the scheduler will next start a backup of `source` (None: never).
-
-    The scheduler's own record is the truth; a time in the past means the slot is due and
-    the next scheduler pass (every 30 seconds in a running cluster) starts it.
-    """
-    return next_runs([source.pk]).get(source.pk)
-
-
-def next_runs(source_ids) -> dict[int, datetime]:
-    """Return the next planned backup of each given source that has a schedule; one query."""
-    wanted = {repr(pk): pk for pk in source_ids}
-    rows = _backup_schedules().filter(args__in=list(wanted)).exclude(repeats=0)
-    result: dict[int, datetime] = {}
-    for args, when in rows.values_list("args", "next_run"):
-        if when is not None:
-            result[wanted[args]] = when
-    return result
-
-
 def backup_scheduled(*, source_id: int) -> Run | None:
     """Start the scheduled backup of a source; when it is busy, record the slot as missed.
 
@@ -248,14 +230,12 @@ def backup_scheduled(*, source_id: int) -> Run | None:
     workers again by housekeeping (`runs_resend_lost`), not here. Return the new run, or
     None when the slot was skipped.
     """
-    from backups.services.backup import SourceBusy, backup_request
-
     source = Source.objects.select_related("policy").filter(pk=source_id).first()
     if _wanted_cron(source) is None:
         # The source was disabled, deleted or lost its schedule since the slot fired.
         logger.info("scheduled backup of source %s skipped: it is not scheduled", source_id)
         if source is None:
-            _backup_schedules().filter(args=repr(source_id)).delete()
+            backup_schedules().filter(args=repr(source_id)).delete()
         else:
             schedule_sync(source)
         return None
@@ -265,30 +245,6 @@ def backup_scheduled(*, source_id: int) -> Run | None:
         logger.info("scheduled backup of %s skipped: %s", source.name, busy)
         ScheduleMiss.objects.create(source=source, reason=str(busy), blocker=busy.active)
         return None
-
-
-def backup_hand_over(run: Run) -> Run | None:
-    """Queue again the slot of a scheduled backup that its worker's end stopped.
-
-    A host shutting down cancels its run cleanly, a lost host leaves it abandoned: either
-    way another worker takes the new run, so the slot is not lost with the host. Return
-    the new run (None: nothing to hand over, or the source is busy again already).
-    """
-    from backups.services.backup import SourceBusy, backup_request
-
-    if not (
-        run.kind == Run.Kind.BACKUP
-        and run.trigger == Run.Trigger.SCHEDULE
-        and run.status in (Run.Status.CANCELLED, Run.Status.ABANDONED)
-    ):
-        return None
-    try:
-        again = backup_request(source=run.source, trigger=Run.Trigger.SCHEDULE)
-    except SourceBusy as busy:
-        logger.info("backup #%s not handed over: %s", run.pk, busy)
-        return None
-    logger.warning("backup #%s ended with its worker; handed over as #%s", run.pk, again.pk)
-    return again
 
 
 def backups_hand_over_abandoned(*, now: datetime) -> list[int]:
@@ -323,8 +279,6 @@ def drills_queue_due(*, now: datetime | None = None) -> list[Run]:
     minute) was queued longer ago than that interval, or never. A source with a drill
     still queued or running gets none. Return the drills queued.
     """
-    from backups.services.verify import verify_request
-
     now = now or timezone.now()
     drills = Run.objects.filter(source=OuterRef("pk"), kind=Run.Kind.VERIFY, drill=True)
     sources = (
@@ -334,10 +288,9 @@ def drills_queue_due(*, now: datetime | None = None) -> list[Run]:
             last_drill_at=Subquery(drills.order_by("-queued_at").values("queued_at")[:1]),
             drilling=Exists(drills.filter(status__in=Run.ACTIVE)),
             newest_backup_id=Subquery(
-                Run.objects.restorable()
+                Run.objects.restore_points()
                 .filter(source=OuterRef("pk"))
                 .exclude(archive="")
-                .order_by("-started_at", "-pk")
                 .values("pk")[:1]
             ),
         )
@@ -351,9 +304,9 @@ def drills_queue_due(*, now: datetime | None = None) -> list[Run]:
             due[source.newest_backup_id] = source
     queued = []
     for backup in Run.objects.filter(pk__in=list(due)).select_related("source__policy"):
-        drill = verify_request(backup=backup, trigger=Run.Trigger.SCHEDULE, drill=True)
-        logger.info("queued restore drill #%s of backup #%s", drill.pk, backup.pk)
-        queued.append(drill)
+        check = verify_request(backup=backup, trigger=Run.Trigger.SCHEDULE, drill=True)
+        logger.info("queued restore drill #%s of backup #%s", check.pk, backup.pk)
+        queued.append(check)
     return queued
 
 
@@ -361,11 +314,6 @@ def housekeeping_run(*, now: datetime | None = None) -> dict:
     """Do the periodic chores: reap dead runs, finish interrupted prunes, queue due drills,
     reconcile the schedules with the catalog, and heal the stored standings a little.
     Return what was done."""
-    from backups.services.execution import reap_abandoned, worker_identity
-    from backups.services.prune import prune_recover
-    from backups.services.queue import runs_resend_lost
-    from backups.services.standing import standing_housekeeping
-
     # First, so that /healthz sees the workers alive even when a chore below fails.
     WorkerBeat.beat(HOUSEKEEPING_NAME, worker=worker_identity())
     reaped = reap_abandoned(now=now)

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.utils import timezone
 
 from backups.audit import audit_record
 from backups.engine.errors import ArchiveError
-from backups.engine.verify import drill, verify_archive
+from backups.engine.verify import restore_drill, verify_archive
 from backups.models import AuditEvent, Run
-from backups.services.execution import RunHooks, connection_refresh
 from backups.services.queue import run_enqueue
+from backups.services.runs import RunHooks, connection_refresh
 
 
 def verify_request(
@@ -96,7 +95,7 @@ def verify_execute(run: Run, hooks: RunHooks) -> dict:
     if run.drill and all(check["ok"] for check in checks):
         scratch = settings.ARCHIVE_ROOT / ".drills"
         scratch.mkdir(parents=True, exist_ok=True)
-        outcome = drill(
+        outcome = restore_drill(
             archive=archive,
             manifest=backup.manifest_path,
             kind=source.kind,
@@ -109,9 +108,8 @@ def verify_execute(run: Run, hooks: RunHooks) -> dict:
             result["restore_seconds"] = outcome.get("duration_s")
     ok = all(check["ok"] for check in checks)
     connection_refresh()  # the checks may have outlasted the one opened before them
-    Run.objects.filter(pk=backup.pk).update(verified=ok, verified_at=timezone.now())
-    Run.objects.filter(pk=run.pk).update(checks=checks)
-    run.checks = checks
+    backup.mark_verified(ok)
+    run.record_checks(checks)
     if not ok:
         failed = [check for check in checks if not check["ok"]]
         raise ArchiveError(

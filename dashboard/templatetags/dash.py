@@ -10,13 +10,12 @@ from datetime import datetime
 from urllib.parse import quote
 
 from django import template
-from django.template.defaultfilters import filesizeformat
-from django.urls import reverse
 from django.utils import timezone
 from django.utils.html import format_html
 from django.utils.safestring import mark_safe
 
 from backups.services.compliance import Health, Integrity, RpoStatus, RtoStatus
+from backups.services.formats import format_bytes, format_duration
 
 register = template.Library()
 
@@ -75,28 +74,20 @@ def badge(status: str | None, label: str | None = None):
     )
 
 
-def _span(seconds: float) -> str:
-    seconds = abs(float(seconds))
-    if seconds < 1:
-        return f"{seconds:.2f} s"
-    if seconds < 60:
-        return f"{seconds:.0f} s" if seconds >= 10 else f"{seconds:.1f} s"
-    minutes, secs = divmod(int(round(seconds)), 60)
-    if minutes < 60:
-        return f"{minutes} min {secs} s" if secs and minutes < 10 else f"{minutes} min"
-    hours, minutes = divmod(minutes, 60)
-    if hours < 48:
-        return f"{hours} h {minutes} min" if minutes else f"{hours} h"
-    days, hours = divmod(hours, 24)
-    return f"{days} d {hours} h" if hours else f"{days} d"
-
-
 @register.filter
 def duration(seconds) -> str:
-    """Format a number of seconds the way people say it: `42 s`, `3 min`, `2 h 5 min`."""
+    """Format a number of seconds in its two largest units: `42s`, `3m 5s`, `2h 5m`."""
     if seconds is None or seconds == "":
         return "—"
-    return _span(seconds)
+    return format_duration(float(seconds))
+
+
+@register.filter(name="bytes")
+def size(count) -> str:
+    """Format a byte count in IEC units, as every page and command does: `1.5 MiB`."""
+    if count is None or count == "":
+        return "—"
+    return format_bytes(count)
 
 
 @register.filter
@@ -107,7 +98,8 @@ def age(moment: datetime | None, now: datetime | None = None) -> str:
     delta = ((now or timezone.now()) - moment).total_seconds()
     if -1 < delta < 1:
         return "just now"
-    return f"{_span(delta)} ago" if delta > 0 else f"in {_span(delta)}"
+    span = format_duration(abs(delta))
+    return f"{span} ago" if delta > 0 else f"in {span}"
 
 
 @register.filter
@@ -144,16 +136,6 @@ def short_hash(value) -> str:
         return ""
     text = value if isinstance(value, str) else bytes(value).hex()
     return text[:12]
-
-
-def _bytes(size: int) -> str:
-    """Format a byte count like filesizeformat, without its per-call localisation cost."""
-    value = float(size)
-    for unit in ("bytes", "KB", "MB", "GB", "TB"):
-        if value < 1024 or unit == "TB":
-            return f"{int(value)} bytes" if unit == "bytes" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{size} bytes"
 
 
 def _modified(mtime, zone) -> tuple[str, str]:
@@ -220,7 +202,7 @@ def entry_rows(rows, can_restore: bool, search: bool = False):
                 "Path" if search else "Name",
                 name,
                 row.type_label,
-                "" if row.is_dir else _bytes(row.size),
+                "" if row.is_dir else format_bytes(row.size),
                 octal_mode(row.mode),
                 *_modified(row.mtime, zone),
                 format_html('<code class="hash" title="{}">{}…</code>', sha, sha[:12])
@@ -232,93 +214,29 @@ def entry_rows(rows, can_restore: bool, search: bool = False):
 
 
 @register.simple_tag
-def fleet_rows(rows, now: datetime):
-    """Render the overview's table rows, one per source's standing.
+def fleet_rows(rows, columns, now: datetime):
+    """Render the overview's table rows, one per source, one cell per column.
 
     Built in Python, as `entry_rows` is: the overview refreshes itself every few seconds,
-    and each of its 50 rows through the template engine cost more than its queries.
+    and each of its 50 rows through the template engine cost more than its queries. The
+    first column heads its row.
     """
     parts = []
     for row in rows:
-        source = row.source
-        standing = row.standing
-        name = format_html(
-            '<a href="{}">{}</a><br><code class="location" title="{}">{}</code>{}',
-            reverse("source-detail", args=[source.slug]),
-            source.name,
-            source.location,
-            source.location,
-            "" if source.enabled else mark_safe(" <em>(disabled)</em>"),
-        )
-        last = standing.last_backup
-        if last:
-            when = age(last.started_at or last.queued_at, now)
-            size = f", {filesizeformat(last.size)}" if last.size is not None else ""
-            last_cell = format_html(
-                '{} <a href="{}">{}</a>{}',
-                badge(last.status),
-                reverse("run-detail", args=[last.pk]),
-                when,
-                size,
+        cells = [
+            format_html(
+                '        <{} {}data-label="{}">{}</{}>\n',
+                tag,
+                mark_safe('scope="row" ') if tag == "th" else "",
+                column.label,
+                column.cell(row, now),
+                tag,
             )
-        else:
-            last_cell = "never"
-        rpo = format_html(
-            '{}<br><span class="measure">{} / target {}</span>',
-            badge(standing.rpo_status),
-            f"{duration(standing.age_s)} old" if standing.last_success_at else "no good backup",
-            duration(standing.rpo_s),
-        )
-        drill = standing.last_drill_s
-        rto = format_html(
-            '{}<br><span class="measure">{} / target {}</span>',
-            badge(standing.rto_status),
-            f"drill {duration(drill)}" if drill is not None else "no drill",
-            duration(standing.rto_s),
-        )
-        integrity = badge(standing.integrity)
-        if standing.verified_at:
-            integrity = format_html(
-                '{}<br><span class="measure">checked {}</span>',
-                integrity,
-                age(standing.verified_at, now),
-            )
-        running = standing.running
-        if running:
-            next_cell = format_html(
-                '<a href="{}">{} now</a>',
-                reverse("run-detail", args=[running.pk]),
-                badge(running.status),
-            )
-        elif standing.next_run_at:
-            next_cell = age(standing.next_run_at, now)
-        else:
-            next_cell = "manual only"
+            for tag, column in zip(["th", *["td"] * (len(columns) - 1)], columns, strict=True)
+        ]
         parts.append(
             format_html(
-                '<tr class="health-{}">\n'
-                '        <th scope="row" data-label="Source">{}</th>\n'
-                '        <td data-label="Status">{}</td>\n'
-                '        <td data-label="Kind">{}</td>\n'
-                '        <td data-label="Owner">{}</td>\n'
-                '        <td data-label="Policy">{}</td>\n'
-                '        <td data-label="Last backup">{}</td>\n'
-                '        <td data-label="RPO">{}</td>\n'
-                '        <td data-label="RTO">{}</td>\n'
-                '        <td data-label="Integrity">{}</td>\n'
-                '        <td data-label="Next run">{}</td>\n'
-                "      </tr>",
-                row.health,
-                name,
-                badge(row.health),
-                source.get_kind_display(),
-                source.owner or "—",
-                (source.policy.name if source.policy else "") or "none",
-                last_cell,
-                rpo,
-                rto,
-                integrity,
-                next_cell,
+                '<tr class="health-{}">\n{}      </tr>', row.health, mark_safe("".join(cells))
             )
         )
     return mark_safe("\n      ".join(parts))  # each part was built with format_html

@@ -9,14 +9,13 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.contrib.auth.decorators import login_not_required
-from django.db import connection
 from django.http import HttpResponse, JsonResponse
 from django.utils import timezone
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 
-from backups.models import WorkerBeat
-from backups.services.schedules import HOUSEKEEPING_NAME
+from backups.services.probes import workers_seen_at
+from dashboard.metrics import render_metrics
 
 # Housekeeping runs every minute; three missed runs mean no worker takes tasks.
 WORKERS_SILENT_AFTER = timedelta(minutes=3)
@@ -45,12 +44,7 @@ def healthz(request):
     them, and a load balancer must not take the web interface away for it.
     """
     try:
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT 1")
-            cursor.fetchone()
-        seen = (
-            WorkerBeat.objects.filter(name=HOUSEKEEPING_NAME).values_list("at", flat=True).first()
-        )
+        seen = workers_seen_at()
     except Exception as error:  # any database failure means "not healthy"
         return JsonResponse(
             {"status": "error", "database": "unavailable", "detail": type(error).__name__},
@@ -89,7 +83,5 @@ def metrics(request):
             status=403,
             content_type="text/plain",
         )
-    from dashboard.metrics import render_metrics
-
     body, content_type = render_metrics()
     return HttpResponse(body, content_type=content_type)

@@ -11,8 +11,8 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_POST
 
 from backups.models import Manifest, Run, Source
-from backups.services.backup import SourceBusy
 from backups.services.restore import RestoreRefused, restore_request
+from backups.services.runs import SourceBusy
 from dashboard.forms import RestoreConfirmForm, RestoreForm, suggested_target
 from dashboard.views.common import permission_required_audited
 
@@ -23,10 +23,9 @@ PERM = "backups.run_restore"
 def _restore_points(source: Source, wanted: Run | None) -> list[Run]:
     """Return the newest restorable backups of `source`, and `wanted` if it is older."""
     points = list(
-        Run.objects.restorable()
+        Run.objects.restore_points()
         .filter(source=source)
-        .defer("log", "checks", "current_item")
-        .order_by("-started_at", "-id")[:RESTORE_POINTS]
+        .defer("log", "checks", "current_item")[:RESTORE_POINTS]
     )
     if wanted is not None and wanted.status in Run.GOOD and wanted not in points:
         points.append(wanted)

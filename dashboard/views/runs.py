@@ -8,7 +8,7 @@ from django.utils import timezone
 from django.views.decorators.http import require_GET, require_POST
 
 from backups.models import Manifest, Run
-from backups.services.execution import run_cancel
+from backups.services.runs import run_cancel
 from dashboard.views.common import permission_required_audited, progress_of
 
 LOG_TAIL_LINES = 40

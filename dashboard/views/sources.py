@@ -6,14 +6,15 @@ from datetime import timedelta
 
 from django.contrib import messages
 from django.shortcuts import get_object_or_404, redirect, render
-from django.template.defaultfilters import filesizeformat
 from django.utils import timezone
 from django.views.decorators.http import require_GET, require_POST
 
 from backups.models import Run, Source
-from backups.services.backup import SourceBusy, backup_request
+from backups.services.backup import backup_request
 from backups.services.compliance import Health, Integrity, rpo_backup_times, source_standing
+from backups.services.formats import format_bytes
 from backups.services.prune import PruneRefused, prune_plan
+from backups.services.runs import SourceBusy
 from backups.services.verify import verify_request
 from dashboard import charts
 from dashboard.forms import RunFilterForm
@@ -52,7 +53,7 @@ def _history_charts(source: Source, now) -> dict:
         if run["size"] is not None and not failed:
             sizes.append(
                 charts.Point(
-                    run["started_at"], run["size"], False, f"{head}: {filesizeformat(run['size'])}"
+                    run["started_at"], run["size"], False, f"{head}: {format_bytes(run['size'])}"
                 )
             )
         if run["payload_bytes"] is not None and not failed:
@@ -61,11 +62,11 @@ def _history_charts(source: Source, now) -> dict:
                     run["started_at"],
                     run["payload_bytes"],
                     False,
-                    f"{head}: {filesizeformat(run['payload_bytes'])}",
+                    f"{head}: {format_bytes(run['payload_bytes'])}",
                 )
             )
     start = now - RPO_WINDOW
-    size = filesizeformat
+    size = format_bytes
     return {
         "duration": charts.runs_chart(
             chart_id="chart-duration",
@@ -116,10 +117,9 @@ def source_detail(request, slug):
         if form.cleaned_data["status"]:
             runs = runs.filter(status=form.cleaned_data["status"])
     restore_points = list(
-        Run.objects.restorable()
+        Run.objects.restore_points()
         .filter(source=source)
-        .defer("log", "checks", "current_item")
-        .order_by("-started_at", "-id")[:RESTORE_POINTS]
+        .defer("log", "checks", "current_item")[:RESTORE_POINTS]
     )
     try:
         plan, plan_refused = prune_plan(source=source, now=now), None
@@ -165,13 +165,7 @@ def source_backup(request, slug):
 
 def _verify(request, slug, *, drill: bool):
     source = get_object_or_404(Source, slug=slug)
-    latest = (
-        Run.objects.restorable()
-        .filter(source=source)
-        .select_related("source")
-        .order_by("-started_at", "-id")
-        .first()
-    )
+    latest = Run.objects.select_related("source").newest_restorable(source)
     what = "drill" if drill else "verification"
     if latest is None:
         verb = "drill" if drill else "verify"

@@ -18,7 +18,7 @@ from backups.engine.errors import (
 )
 from backups.engine.hooks import RecordingHooks
 from backups.engine.manifest import load_manifest
-from backups.engine.restore import RestoreRequest, check_target, run_restore
+from backups.engine.restore import RestoreRequest, check_target, restore_archive
 from backups.engine.restore import directory as directory_module
 from backups.engine.restore import extract as extract_module
 from tests.engine.restore_helpers import (
@@ -66,7 +66,7 @@ def test_restore_into_a_new_folder_is_faithful(reading, source_tree, backup, tmp
     target = tmp_path / "restored"
     hooks = RecordingHooks()
 
-    result = run_restore(request_for(backup, target), hooks)
+    result = restore_archive(request_for(backup, target), hooks)
 
     assert snapshot(target) == snapshot(source_tree)
     assert stat.S_IMODE(os.stat(target).st_mode) == stat.S_IMODE(os.stat(source_tree).st_mode)
@@ -93,7 +93,7 @@ def test_restore_output_matches_what_gnu_tar_extracts(backup, tmp_path):
         f"zstd -d < '{backup.archive}' | tar -xpf - -C '{by_cli}'", shell=True, check=True
     )
 
-    run_restore(request_for(backup, tmp_path / "ours"), RecordingHooks())
+    restore_archive(request_for(backup, tmp_path / "ours"), RecordingHooks())
 
     assert snapshot(tmp_path / "ours") == snapshot(by_cli)
 
@@ -102,7 +102,7 @@ def test_restore_output_matches_what_gnu_tar_extracts(backup, tmp_path):
 def test_restore_reads_gzip_and_uncompressed_archives(source_tree, tmp_path, compression):
     backup = archive_of(source_tree, tmp_path / "archives", compression=compression)
 
-    run_restore(request_for(backup, tmp_path / "restored"), RecordingHooks())
+    restore_archive(request_for(backup, tmp_path / "restored"), RecordingHooks())
 
     assert snapshot(tmp_path / "restored") == snapshot(source_tree)
 
@@ -111,7 +111,7 @@ def test_restore_into_an_existing_empty_folder(source_tree, backup, tmp_path):
     target = tmp_path / "empty"
     target.mkdir()
 
-    run_restore(request_for(backup, target), RecordingHooks())
+    restore_archive(request_for(backup, target), RecordingHooks())
 
     assert snapshot(target) == snapshot(source_tree)
     assert leftovers(tmp_path) == []
@@ -125,7 +125,7 @@ def test_restore_refuses_a_non_empty_folder_without_in_place(backup, tmp_path):
     with pytest.raises(TargetError, match="not empty"):
         check_target(request_for(backup, target))
     with pytest.raises(TargetError, match="not empty"):
-        run_restore(request_for(backup, target), RecordingHooks())
+        restore_archive(request_for(backup, target), RecordingHooks())
 
     assert os.listdir(target) == ["precious.txt"]
     assert leftovers(tmp_path) == []
@@ -149,7 +149,7 @@ def test_restore_in_place_replaces_the_data_and_leaves_nothing_behind(
     (source_tree / "added-later.txt").write_text("not in the backup")
     (source_tree / "docs" / "big.bin").write_bytes(b"changed")
 
-    run_restore(request_for(backup, source_tree, in_place=True), RecordingHooks())
+    restore_archive(request_for(backup, source_tree, in_place=True), RecordingHooks())
 
     assert snapshot(source_tree) == expected
     assert leftovers(tmp_path) == []
@@ -159,7 +159,7 @@ def test_restore_in_place_recreates_a_deleted_source(source_tree, backup, tmp_pa
     expected = snapshot(source_tree)
     subprocess.run(["rm", "-rf", str(tmp_path / "source")], check=True)
 
-    run_restore(request_for(backup, source_tree, in_place=True), RecordingHooks())
+    restore_archive(request_for(backup, source_tree, in_place=True), RecordingHooks())
 
     assert snapshot(source_tree) == expected
 
@@ -173,7 +173,7 @@ def test_restore_refuses_a_damaged_archive_and_changes_nothing(
     before = snapshot(source_tree)
 
     with pytest.raises(ArchiveError, match="damaged"):
-        run_restore(request_for(backup, source_tree, in_place=True), RecordingHooks())
+        restore_archive(request_for(backup, source_tree, in_place=True), RecordingHooks())
 
     assert snapshot(source_tree) == before
     assert leftovers(tmp_path) == []
@@ -184,7 +184,7 @@ def test_restore_refuses_a_truncated_archive(reading, backup, tmp_path):
     backup.archive.write_bytes(data[: len(data) // 2])
 
     with pytest.raises(ArchiveError, match="truncated"):
-        run_restore(request_for(backup, tmp_path / "restored"), RecordingHooks())
+        restore_archive(request_for(backup, tmp_path / "restored"), RecordingHooks())
 
     assert not (tmp_path / "restored").exists()
     assert leftovers(tmp_path) == []
@@ -199,7 +199,7 @@ def test_restore_refuses_a_file_that_does_not_match_the_manifest(source_tree, tm
     backup.manifest.write_text(json.dumps(data))
 
     with pytest.raises(ArchiveError, match="script.sh"):
-        run_restore(request_for(backup, tmp_path / "restored"), RecordingHooks())
+        restore_archive(request_for(backup, tmp_path / "restored"), RecordingHooks())
 
     assert not (tmp_path / "restored").exists()
     assert leftovers(tmp_path) == []
@@ -214,7 +214,7 @@ def test_restore_refuses_a_file_whose_size_differs_from_the_manifest(source_tree
     backup.manifest.write_text(json.dumps(data))
 
     with pytest.raises(ArchiveError, match=r"docs/big.bin.*300000 bytes"):
-        run_restore(request_for(backup, tmp_path / "restored"), RecordingHooks())
+        restore_archive(request_for(backup, tmp_path / "restored"), RecordingHooks())
 
 
 def test_restore_names_manifest_entries_the_archive_lacks(source_tree, tmp_path):
@@ -224,21 +224,21 @@ def test_restore_names_manifest_entries_the_archive_lacks(source_tree, tmp_path)
     backup.manifest.write_text(json.dumps(data))
 
     with pytest.raises(ArchiveError, match="lacks 1 of the entries.*ghost.txt"):
-        run_restore(request_for(backup, tmp_path / "restored"), RecordingHooks())
+        restore_archive(request_for(backup, tmp_path / "restored"), RecordingHooks())
 
 
 def test_restore_refuses_when_the_checksum_file_disagrees(backup, tmp_path):
     backup.sidecar.write_text(f"{'ab' * 32}  {backup.archive.name}\n")
 
     with pytest.raises(ArchiveError, match="checksum file"):
-        run_restore(request_for(backup, tmp_path / "restored"), RecordingHooks())
+        restore_archive(request_for(backup, tmp_path / "restored"), RecordingHooks())
 
 
 def test_restore_refuses_when_the_checksum_file_is_missing(backup, tmp_path):
     backup.sidecar.unlink()
 
     with pytest.raises(ArchiveError, match="missing"):
-        run_restore(request_for(backup, tmp_path / "restored"), RecordingHooks())
+        restore_archive(request_for(backup, tmp_path / "restored"), RecordingHooks())
 
 
 def test_restore_stops_a_decompression_bomb_and_removes_staging(reading, tmp_path):
@@ -252,7 +252,7 @@ def test_restore_stops_a_decompression_bomb_and_removes_staging(reading, tmp_pat
     assert backup.archive.stat().st_size < 100_000
 
     with pytest.raises(UnsafeArchiveError, match="more than"):
-        run_restore(request_for(backup, tmp_path / "restored"), RecordingHooks())
+        restore_archive(request_for(backup, tmp_path / "restored"), RecordingHooks())
 
     assert not (tmp_path / "restored").exists()
     assert leftovers(tmp_path) == []
@@ -261,7 +261,7 @@ def test_restore_stops_a_decompression_bomb_and_removes_staging(reading, tmp_pat
 def test_restore_reports_progress_from_the_start(source_tree, backup, tmp_path):
     hooks = CancelAfter(10_000)
 
-    run_restore(request_for(backup, tmp_path / "restored"), hooks)
+    restore_archive(request_for(backup, tmp_path / "restored"), hooks)
 
     manifest = load_manifest(backup.manifest)
     assert hooks.progress_seen[0] == (0, manifest.total_bytes, 0, manifest.total_files)
@@ -279,7 +279,7 @@ def test_cancelling_a_restore_rolls_back_and_removes_staging(reading, source_tre
     before = snapshot(source_tree)
 
     with pytest.raises(Cancelled):
-        run_restore(request_for(backup, source_tree, in_place=True), CancelAfter(2))
+        restore_archive(request_for(backup, source_tree, in_place=True), CancelAfter(2))
 
     assert snapshot(source_tree) == before
     assert leftovers(tmp_path) == []
@@ -297,7 +297,7 @@ def test_a_hung_restore_times_out_and_rolls_back(source_tree, tmp_path, monkeypa
     monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
 
     with pytest.raises(Cancelled, match="timed out"):
-        run_restore(
+        restore_archive(
             request_for(backup, source_tree, in_place=True, timeout_s=1.0), RecordingHooks()
         )
 
@@ -309,7 +309,7 @@ def test_restore_of_some_paths_restores_only_those(source_tree, backup, tmp_path
     target = tmp_path / "restored"
     full = snapshot(source_tree)
 
-    result = run_restore(
+    result = restore_archive(
         request_for(backup, target, paths=["docs/nested", "script.sh", "hardlink-to-readme"]),
         RecordingHooks(),
     )
@@ -333,7 +333,9 @@ def test_restore_of_some_paths_restores_only_those(source_tree, backup, tmp_path
 def test_restore_accepts_absolute_paths_under_the_source(source_tree, backup, tmp_path):
     target = tmp_path / "restored"
 
-    run_restore(request_for(backup, target, paths=[f"{source_tree}/script.sh"]), RecordingHooks())
+    restore_archive(
+        request_for(backup, target, paths=[f"{source_tree}/script.sh"]), RecordingHooks()
+    )
 
     assert (target / "script.sh").read_text() == "#!/bin/sh\necho hi\n"
 
@@ -349,7 +351,7 @@ def test_restore_in_place_of_some_paths_leaves_the_rest_alone(source_tree, backu
     (source_tree / "docs" / "nested" / "new.txt").write_text("new since the backup")
     (source_tree / "script.sh").write_text("changed too, not restored")
 
-    run_restore(
+    restore_archive(
         request_for(backup, source_tree, in_place=True, paths=["docs/nested"]), RecordingHooks()
     )
 
@@ -367,7 +369,7 @@ def test_restore_in_place_of_a_path_refuses_a_symlinked_parent(source_tree, back
     os.symlink(outside, source_tree / "docs")
 
     with pytest.raises(TargetError, match="symlink"):
-        run_restore(
+        restore_archive(
             request_for(backup, source_tree, in_place=True, paths=["docs/nested"]), RecordingHooks()
         )
 
@@ -385,7 +387,7 @@ def test_restore_in_place_over_a_mount_point_swaps_its_contents(
         directory_module.os.path, "ismount", lambda path: str(path) == str(source_tree)
     )
 
-    run_restore(request_for(backup, source_tree, in_place=True), RecordingHooks())
+    restore_archive(request_for(backup, source_tree, in_place=True), RecordingHooks())
 
     assert snapshot(source_tree) == expected
     assert leftovers(source_tree) == []
@@ -395,7 +397,7 @@ def test_restore_in_place_over_a_mount_point_swaps_its_contents(
 def test_restore_keeps_long_odd_and_undecodable_names(tree, tmp_path):
     backup = archive_of(tree, tmp_path / "archives")
 
-    run_restore(request_for(backup, tmp_path / "restored"), RecordingHooks())
+    restore_archive(request_for(backup, tmp_path / "restored"), RecordingHooks())
 
     assert snapshot(tmp_path / "restored") == snapshot(tree)
 
@@ -413,7 +415,7 @@ def test_restore_writes_big_files_as_faithfully_as_small_ones(tmp_path):
     stamp_tree(source)
     backup = archive_of(source, tmp_path / "archives")
 
-    run_restore(request_for(backup, tmp_path / "restored"), RecordingHooks())
+    restore_archive(request_for(backup, tmp_path / "restored"), RecordingHooks())
 
     assert snapshot(tmp_path / "restored") == snapshot(source)
 
@@ -431,7 +433,7 @@ def test_restore_reads_what_the_engine_backed_up(source_tree, tmp_path):
         RecordingHooks(),
     )
 
-    result = run_restore(
+    result = restore_archive(
         RestoreRequest(
             archive=backed_up.archive,
             manifest=backed_up.manifest,
@@ -454,7 +456,7 @@ def test_a_fenced_restore_publishes_nothing(source_tree, backup, tmp_path):
     before = snapshot(source_tree)
 
     with pytest.raises(FencedError):
-        run_restore(request_for(backup, source_tree, in_place=True), Fenced())
+        restore_archive(request_for(backup, source_tree, in_place=True), Fenced())
 
     assert snapshot(source_tree) == before
     assert leftovers(tmp_path) == []
@@ -496,7 +498,7 @@ def test_restore_in_place_as_root_keeps_owners_and_set_id_bits(tmp_path):
         os.chown(tmp_path / "source" / name, 99, 99)
         os.chmod(tmp_path / "source" / name, 0o644)
 
-    run_restore(request_for(backup, tmp_path / "source", in_place=True), RecordingHooks())
+    restore_archive(request_for(backup, tmp_path / "source", in_place=True), RecordingHooks())
 
     assert owners_and_modes(tmp_path / "source", owners) == {
         name: (*owner, modes[name]) for name, owner in owners.items()
@@ -508,7 +510,7 @@ def test_restore_to_a_new_location_gives_files_to_this_user_without_set_id_bits(
     owners, modes = owned_tree(tmp_path / "source")
     backup = archive_of(tmp_path / "source", tmp_path / "archives")
 
-    run_restore(request_for(backup, tmp_path / "restored"), RecordingHooks())
+    restore_archive(request_for(backup, tmp_path / "restored"), RecordingHooks())
 
     me = (os.geteuid(), os.getegid())
     restored = tmp_path / "restored"
@@ -626,5 +628,5 @@ def test_a_restore_refuses_an_archive_the_catalog_does_not_know_and_writes_nothi
         catalog_sha256="e" * 64,
     )
     with pytest.raises(ArchiveError, match=f"but the catalog recorded {'e' * 64}"):
-        run_restore(request, RecordingHooks())
+        restore_archive(request, RecordingHooks())
     assert not target.exists()

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from backups.engine.hooks import RecordingHooks
-from backups.engine.restore import RestoreRequest, recover_interrupted, run_restore
+from backups.engine.restore import RestoreRequest, recover_interrupted, restore_archive
 from tests.engine.restore_helpers import (
     archive_of,
     count_rows,
@@ -33,7 +33,7 @@ CHILD = textwrap.dedent(
     import json, os, signal, sys, time
     from pathlib import Path
     from backups.engine.hooks import Hooks
-    from backups.engine.restore import RestoreRequest, run_restore
+    from backups.engine.restore import RestoreRequest, restore_archive
 
     args = json.loads(sys.argv[1])
     if args.get("mount"):
@@ -71,7 +71,7 @@ CHILD = textwrap.dedent(
                 if progress.bytes_done:
                     os.kill(os.getpid(), signal.SIGKILL)
 
-    run_restore(
+    restore_archive(
         RestoreRequest(
             archive=Path(args["archive"]),
             manifest=Path(args["manifest"]),
@@ -168,7 +168,7 @@ def test_a_new_restore_first_recovers_an_interrupted_one(tmp_path, setup):
     child.wait(timeout=60)
     hooks = RecordingHooks()
 
-    run_restore(
+    restore_archive(
         RestoreRequest(
             archive=backup.archive,
             manifest=backup.manifest,

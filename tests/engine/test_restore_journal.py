@@ -11,7 +11,7 @@ import pytest
 
 from backups.engine.errors import StateFolderError
 from backups.engine.hooks import RecordingHooks
-from backups.engine.restore import RestoreRequest, recover_interrupted, run_restore
+from backups.engine.restore import RestoreRequest, recover_interrupted, restore_archive
 from backups.engine.restore.journal import journal_paths
 from tests.engine.restore_helpers import archive_of, make_tree, snapshot
 
@@ -133,7 +133,7 @@ def test_a_restore_reads_no_journal_beside_or_inside_its_target(tmp_path, state,
     for name in (".restore-deadbeef.journal", f"restore-5.{TOKEN}.journal"):
         (home / name).write_text(json.dumps(planted))
 
-    run_restore(request_for(backup, source, state), RecordingHooks())
+    restore_archive(request_for(backup, source, state), RecordingHooks())
 
     assert (victim / "precious.txt").read_text() == "keep me"
 
@@ -143,7 +143,7 @@ def test_the_state_folder_is_created_private(tmp_path):
     backup = archive_of(source, tmp_path / "archives")
     state = tmp_path / "var" / "state"
 
-    run_restore(request_for(backup, source, state), RecordingHooks())
+    restore_archive(request_for(backup, source, state), RecordingHooks())
 
     assert stat.S_IMODE(os.stat(state).st_mode) == 0o700
     assert os.listdir(state) == []  # the journal is gone once the restore succeeded
@@ -157,7 +157,7 @@ def test_a_state_folder_others_may_write_is_neither_used_nor_read(tmp_path, stat
     planted = plant(state, well_formed(source))
 
     with pytest.raises(StateFolderError, match="chmod 700"):
-        run_restore(request_for(backup, source, state), RecordingHooks())
+        restore_archive(request_for(backup, source, state), RecordingHooks())
     done = recover_interrupted(state)
 
     assert snapshot(source) == before
@@ -172,4 +172,4 @@ def test_a_state_folder_of_another_user_is_refused(tmp_path, state):
     os.chown(state, 65534, 65534)
 
     with pytest.raises(StateFolderError, match="belongs to uid 65534"):
-        run_restore(request_for(backup, source, state), RecordingHooks())
+        restore_archive(request_for(backup, source, state), RecordingHooks())

@@ -10,7 +10,7 @@ import pytest
 
 from backups.engine.errors import ArchiveError, Cancelled, EngineError, TargetError
 from backups.engine.hooks import RecordingHooks
-from backups.engine.restore import RestoreRequest, check_target, run_restore
+from backups.engine.restore import RestoreRequest, check_target, restore_archive
 from tests.engine.restore_helpers import (
     CancelWhilePublishing,
     archive_of,
@@ -52,7 +52,7 @@ def test_restore_into_a_pod_path_writes_the_tree(cluster, tmp_path):
     backup = archive_of(source, tmp_path / "archives", kind="kubernetes")
     hooks = RecordingHooks()
 
-    result = run_restore(request_for(backup, "prod/api-0/app:/var/data"), hooks)
+    result = restore_archive(request_for(backup, "prod/api-0/app:/var/data"), hooks)
 
     pod_data = cluster / "prod" / "api-0" / "var" / "data"
     assert snapshot(pod_data) == snapshot(source)
@@ -65,7 +65,7 @@ def test_restore_of_some_paths_into_a_pod(cluster, tmp_path):
     source = make_tree(tmp_path / "source")
     backup = archive_of(source, tmp_path / "archives", kind="kubernetes")
 
-    run_restore(
+    restore_archive(
         request_for(backup, "prod/api-0:/var/data", paths=["docs/nested"]), RecordingHooks()
     )
 
@@ -82,7 +82,7 @@ def test_a_damaged_archive_sends_nothing_to_the_pod(cluster, tmp_path):
     backup.archive.write_bytes(bytes(data))
 
     with pytest.raises(ArchiveError, match="damaged"):
-        run_restore(request_for(backup, "prod/api-0:/var/data"), RecordingHooks())
+        restore_archive(request_for(backup, "prod/api-0:/var/data"), RecordingHooks())
 
     assert os.listdir(cluster / "prod" / "api-0" / "var" / "data") == []
 
@@ -100,7 +100,7 @@ def test_hostile_members_never_reach_the_pod(cluster, tmp_path):
 
     backup = write_archive(tmp_path / "archives", hostile_tar(build), kind="kubernetes")
 
-    result = run_restore(request_for(backup, "prod/api-0:/var/data"), RecordingHooks())
+    result = restore_archive(request_for(backup, "prod/api-0:/var/data"), RecordingHooks())
 
     pod_data = cluster / "prod" / "api-0" / "var" / "data"
     assert sorted(os.listdir(pod_data)) == ["fine.txt", "link"]
@@ -113,7 +113,7 @@ def test_a_missing_pod_reports_kubectl_s_own_words(cluster, tmp_path):
     backup = archive_of(source, tmp_path / "archives", kind="kubernetes")
 
     with pytest.raises(EngineError, match=r'pods "api-9" not found'):
-        run_restore(request_for(backup, "prod/api-9:/var/data"), RecordingHooks())
+        restore_archive(request_for(backup, "prod/api-9:/var/data"), RecordingHooks())
 
 
 def test_a_missing_container_reports_kubectl_s_own_words(cluster, tmp_path):
@@ -121,7 +121,7 @@ def test_a_missing_container_reports_kubectl_s_own_words(cluster, tmp_path):
     backup = archive_of(source, tmp_path / "archives", kind="kubernetes")
 
     with pytest.raises(EngineError, match="container not found"):
-        run_restore(request_for(backup, "prod/api-0/nope:/var/data"), RecordingHooks())
+        restore_archive(request_for(backup, "prod/api-0/nope:/var/data"), RecordingHooks())
 
 
 def test_a_malformed_pod_location_is_refused_up_front(cluster, tmp_path):
@@ -136,7 +136,7 @@ def test_a_pod_backup_can_be_restored_to_a_local_folder(cluster, tmp_path):
     source = make_tree(tmp_path / "source")
     backup = archive_of(source, tmp_path / "archives", kind="kubernetes")
 
-    run_restore(request_for(backup, str(tmp_path / "local")), RecordingHooks())
+    restore_archive(request_for(backup, str(tmp_path / "local")), RecordingHooks())
 
     assert snapshot(tmp_path / "local") == snapshot(source)
 
@@ -153,7 +153,9 @@ def test_a_hung_kubectl_is_stopped_by_the_timeout(cluster, tmp_path, monkeypatch
     monkeypatch.setenv("PATH", f"{stuck}:{os.environ['PATH']}")
 
     with pytest.raises(Cancelled, match="timed out.*may hold part of the archive"):
-        run_restore(request_for(backup, "prod/api-0:/var/data", timeout_s=1.5), RecordingHooks())
+        restore_archive(
+            request_for(backup, "prod/api-0:/var/data", timeout_s=1.5), RecordingHooks()
+        )
 
 
 def test_a_cancel_while_sending_to_a_pod_says_the_pod_may_hold_part(cluster, tmp_path):
@@ -162,4 +164,4 @@ def test_a_cancel_while_sending_to_a_pod_says_the_pod_may_hold_part(cluster, tmp
     backup = archive_of(source, tmp_path / "archives", kind="kubernetes")
 
     with pytest.raises(Cancelled, match="stopped there: prod/api-0:/var/data may hold part"):
-        run_restore(request_for(backup, "prod/api-0:/var/data"), CancelWhilePublishing())
+        restore_archive(request_for(backup, "prod/api-0:/var/data"), CancelWhilePublishing())

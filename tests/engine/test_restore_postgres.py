@@ -13,7 +13,7 @@ import pytest
 from backups.engine.errors import ArchiveError, Cancelled, EngineError, TargetError
 from backups.engine.hooks import RecordingHooks
 from backups.engine.manifest import Entry
-from backups.engine.restore import RestoreRequest, check_target, run_restore
+from backups.engine.restore import RestoreRequest, check_target, restore_archive
 from tests.engine.fake_postgres import FakePostgres
 from tests.engine.restore_helpers import CancelWhilePublishing, compress, write_archive
 
@@ -120,7 +120,7 @@ def test_restore_in_place_replaces_the_database_contents(database, tmp_path):
     backup = dump_archive(database, tmp_path / "archives")
     psql(database, "DELETE FROM projects WHERE id > 10; UPDATE projects SET name = 'changed'")
 
-    result = run_restore(request_for(backup, database, in_place=True), RecordingHooks())
+    result = restore_archive(request_for(backup, database, in_place=True), RecordingHooks())
 
     assert psql(database, "SELECT COUNT(*) FROM projects") == "1000"
     assert psql(database, "SELECT name FROM projects WHERE id = 1") == "p1"
@@ -135,7 +135,7 @@ def test_restore_of_a_damaged_dump_leaves_the_database_alone(database, tmp_path)
     psql(database, "DELETE FROM projects WHERE id > 10")
 
     with pytest.raises(ArchiveError, match="damaged"):
-        run_restore(request_for(backup, database, in_place=True), RecordingHooks())
+        restore_archive(request_for(backup, database, in_place=True), RecordingHooks())
 
     assert psql(database, "SELECT COUNT(*) FROM projects") == "10"
 
@@ -155,7 +155,7 @@ def test_a_cancel_during_pg_restore_stops_it_and_leaves_the_database_as_it_was(d
     hooks = CancelWhilePublishing()
 
     with pytest.raises(Cancelled, match="^Cancelled by a user. It was stopped there: the target"):
-        run_restore(request_for(backup, database, in_place=True), hooks)
+        restore_archive(request_for(backup, database, in_place=True), hooks)
 
     assert psql(database, "SELECT COUNT(*) FROM projects") == "10"
 
@@ -167,7 +167,7 @@ def test_restore_of_a_dump_the_catalog_does_not_know_leaves_the_database_alone(d
     request.catalog_sha256 = "e" * 64
 
     with pytest.raises(ArchiveError, match="the files on disk are not the ones this backup"):
-        run_restore(request, RecordingHooks())
+        restore_archive(request, RecordingHooks())
 
     assert psql(database, "SELECT COUNT(*) FROM projects") == "10"
 
@@ -178,7 +178,7 @@ def test_a_new_location_that_holds_another_apps_tables_is_refused_and_untouched(
     backup = dump_archive(database, tmp_path / "archives")
 
     with pytest.raises(TargetError, match="exists and is not empty"):
-        run_restore(request_for(backup, another_app), RecordingHooks())
+        restore_archive(request_for(backup, another_app), RecordingHooks())
 
     assert psql(another_app, "SELECT string_agg(owner, ',' ORDER BY id) FROM accounts") == (
         "alice,bob"
@@ -190,7 +190,7 @@ def test_a_new_location_database_is_created_and_filled(database, tmp_path):
     backup = dump_archive(database, tmp_path / "archives")
     name = f"restore_test_{secrets.token_hex(4)}"
     try:
-        result = run_restore(request_for(backup, SERVER + name), RecordingHooks())
+        result = restore_archive(request_for(backup, SERVER + name), RecordingHooks())
 
         assert exists(name)
         assert psql(SERVER + name, "SELECT COUNT(*) FROM projects") == "1000"
@@ -203,7 +203,7 @@ def test_an_existing_empty_database_is_filled(database, another_app, tmp_path):
     backup = dump_archive(database, tmp_path / "archives")
     psql(another_app, "DROP TABLE accounts")
 
-    run_restore(request_for(backup, another_app), RecordingHooks())
+    restore_archive(request_for(backup, another_app), RecordingHooks())
 
     assert psql(another_app, "SELECT COUNT(*) FROM projects") == "1000"
 
@@ -217,7 +217,7 @@ def test_a_failed_load_drops_the_database_it_created(database, tmp_path):
     name = f"restore_test_{secrets.token_hex(4)}"
     try:
         with pytest.raises(EngineError, match="pg_restore failed"):
-            run_restore(request_for(backup, SERVER + name), RecordingHooks())
+            restore_archive(request_for(backup, SERVER + name), RecordingHooks())
         assert not exists(name)
     finally:
         drop(name)
@@ -248,7 +248,7 @@ def test_a_server_not_allowed_is_refused_before_any_connection(database, tmp_pat
     with FakePostgres() as server:
         target = f"postgresql://postgres@127.0.0.1:{server.port}/elsewhere"
         with pytest.raises(TargetError, match="not one a restore may write to"):
-            run_restore(request_for(backup, target), RecordingHooks())
+            restore_archive(request_for(backup, target), RecordingHooks())
 
     assert server.received == []
 
@@ -263,7 +263,7 @@ def test_an_allowed_other_server_never_receives_the_workers_password(
         target = f"postgresql://postgres@127.0.0.1:{server.port}/elsewhere"
         allowed = [f"127.0.0.1:{server.port}"]
         with pytest.raises(EngineError, match="no password"):
-            run_restore(request_for(backup, target, postgres_servers=allowed), RecordingHooks())
+            restore_archive(request_for(backup, target, postgres_servers=allowed), RecordingHooks())
 
     assert server.received, "the allowed server was never asked"
     assert b"user\0postgres" in server.received[0]

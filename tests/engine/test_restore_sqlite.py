@@ -11,7 +11,7 @@ import pytest
 
 from backups.engine.errors import ArchiveError, TargetError
 from backups.engine.hooks import RecordingHooks
-from backups.engine.restore import RestoreRequest, check_target, run_restore
+from backups.engine.restore import RestoreRequest, check_target, restore_archive
 from tests.engine.restore_helpers import (
     count_rows,
     database_archive,
@@ -51,7 +51,7 @@ def test_restore_to_a_new_file_gives_the_snapshot(live, tmp_path):
     backup = database_archive(live, tmp_path / "archives")
     target = tmp_path / "restored.db"
 
-    result = run_restore(request_for(backup, target), RecordingHooks())
+    result = restore_archive(request_for(backup, target), RecordingHooks())
 
     assert count_rows(target) == 500
     assert result.target == str(target)
@@ -95,7 +95,7 @@ def test_restore_in_place_while_a_reader_has_the_database_open(tmp_path, wal):
     thread = threading.Thread(target=keep_reading)
     thread.start()
     try:
-        run_restore(request_for(backup, live, in_place=True), RecordingHooks())
+        restore_archive(request_for(backup, live, in_place=True), RecordingHooks())
     finally:
         stop.set()
         thread.join()
@@ -122,7 +122,7 @@ def test_restore_refuses_a_snapshot_that_fails_the_integrity_check(live, tmp_pat
     shrink(live, 10)
 
     with pytest.raises(ArchiveError, match="integrity_check"):
-        run_restore(request_for(backup, live, in_place=True), RecordingHooks())
+        restore_archive(request_for(backup, live, in_place=True), RecordingHooks())
 
     assert count_rows(live) == 10
     assert leftovers(tmp_path / "live") == []
@@ -134,7 +134,7 @@ def test_a_live_file_that_is_not_a_database_is_refused_and_left_as_it_was(live, 
     live.write_bytes(damaged)
 
     with pytest.raises(TargetError, match="cannot be read.*move it and its -wal"):
-        run_restore(request_for(backup, live, in_place=True), RecordingHooks())
+        restore_archive(request_for(backup, live, in_place=True), RecordingHooks())
 
     assert live.read_bytes() == damaged
     assert leftovers(tmp_path / "live") == []

@@ -10,7 +10,7 @@ import pytest
 from backups.engine.errors import ArchiveError
 from backups.engine.hooks import RecordingHooks
 from backups.engine.manifest import Entry
-from backups.engine.restore import RestoreRequest, run_restore
+from backups.engine.restore import RestoreRequest, restore_archive
 from backups.engine.safety import MemberPolicy, Selection, normalise_request_path
 from tests.engine.restore_helpers import hostile_tar, leftovers, write_archive
 from tests.engine.restore_helpers import tar_member as member
@@ -18,7 +18,7 @@ from tests.engine.restore_helpers import tar_member as member
 
 def restore(archive, target, **options):
     hooks = RecordingHooks()
-    result = run_restore(
+    result = restore_archive(
         RestoreRequest(
             archive=archive.archive,
             manifest=archive.manifest,

@@ -9,7 +9,7 @@ import pytest
 
 from backups.engine.errors import Cancelled
 from backups.engine.hooks import RecordingHooks
-from backups.engine.verify import drill, verify_archive
+from backups.engine.verify import restore_drill, verify_archive
 from tests.engine.restore_helpers import (
     CancelAfter,
     archive_of,
@@ -279,7 +279,7 @@ def test_the_database_check_fails_clearly_when_the_archive_is_damaged(database_b
 def test_a_drill_restores_verifies_times_and_cleans_up(backup, tmp_path):
     scratch = tmp_path / "scratch"
 
-    result = drill(
+    result = restore_drill(
         archive=backup.archive,
         manifest=backup.manifest,
         kind="directory",
@@ -299,7 +299,7 @@ def test_a_drill_of_a_damaged_archive_fails_and_cleans_up(backup, tmp_path):
     backup.archive.write_bytes(bytes(data))
     scratch = tmp_path / "scratch"
 
-    result = drill(
+    result = restore_drill(
         archive=backup.archive,
         manifest=backup.manifest,
         kind="directory",
@@ -313,7 +313,7 @@ def test_a_drill_of_a_damaged_archive_fails_and_cleans_up(backup, tmp_path):
 
 
 def test_a_drill_of_a_sqlite_backup(database_backup, tmp_path):
-    result = drill(
+    result = restore_drill(
         archive=database_backup.archive,
         manifest=database_backup.manifest,
         kind="sqlite",
@@ -328,7 +328,7 @@ def test_a_drill_of_a_sqlite_backup(database_backup, tmp_path):
 def test_a_drill_of_an_awkward_tree(tree, tmp_path):
     backup = archive_of(tree, tmp_path / "archives")
 
-    result = drill(
+    result = restore_drill(
         archive=backup.archive,
         manifest=backup.manifest,
         kind="kubernetes",
@@ -359,7 +359,7 @@ def test_a_drill_refuses_an_archive_the_catalog_does_not_know(kind, source, tmp_
         backup = database_archive(make_database(tmp_path / "app.db"), tmp_path / "archives")
     else:
         backup = archive_of(source, tmp_path / "archives")
-    outcome = drill(
+    outcome = restore_drill(
         archive=backup.archive,
         manifest=backup.manifest,
         kind=kind,

@@ -20,7 +20,6 @@ import fcntl
 import io
 import json
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -33,6 +32,7 @@ import pyrage
 from pyrage import x25519
 
 from ..errors import ArchiveError, EngineError, KeyFileError, NoMatchingIdentityError
+from ..processes import kill_group
 from .failures import Seen, Subject, failure
 from .keys import Identity, no_identity_message, parse_recipients
 
@@ -53,17 +53,6 @@ def widen_pipe(fd: int) -> None:
     """Grow a pipe to CHUNK where the system allows it (a failure only costs speed)."""
     with contextlib.suppress(OSError):
         fcntl.fcntl(fd, _F_SETPIPE_SZ, CHUNK)
-
-
-def kill_group(child: subprocess.Popen) -> None:
-    """Kill a child started in its own session, with everything it started; never raises."""
-    if child.poll() is not None:
-        return
-    try:
-        os.killpg(child.pid, signal.SIGKILL)
-    except OSError:
-        with contextlib.suppress(OSError):
-            child.kill()
 
 
 _STOPPED_EARLY = "Encrypting the archive stopped before its end."

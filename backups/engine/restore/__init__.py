@@ -21,7 +21,7 @@ journal decides what is moved and deleted.
 
 The modules, in the order a restore meets them: `request` (what to restore, and the
 checks on a target), `places` (where a restore may write: restore roots, refused
-places, PostgreSQL servers and pod namespaces), `run` (the state one restore shares
+places, PostgreSQL servers and pod namespaces), `job` (the state one restore shares
 between its steps), `reader` (decompressing and hashing the archive), `member_filter`
 and `contents` (each member against the safety policy, the selection and the
 manifest), `extract`, `splitter`,
@@ -41,6 +41,7 @@ from ..locations import DIRECTORY, KUBERNETES, POSTGRES, SQLITE
 from .contents import ContentCheck, listed, member_key
 from .directory import restore_directory
 from .extract import tar_extract_argv
+from .job import RestoreJob
 from .kubernetes import kubectl_binary, kubectl_extract_argv, restore_pod
 from .postgres import decompress_verified, pg_restore_argv, restore_postgres
 from .progress import ProgressMeter
@@ -59,7 +60,6 @@ from .reader import (
 )
 from .recovery import recover_interrupted
 from .request import RestoreRequest, RestoreResult, check_target, target_kind
-from .run import RestoreRun
 from .sqlite import restore_sqlite
 from .sqlite_files import sqlite_integrity, sqlite_uri
 
@@ -85,7 +85,7 @@ __all__ = [
     "pg_restore_argv",
     "reading_mode",
     "recover_interrupted",
-    "run_restore",
+    "restore_archive",
     "scan_archive",
     "sidecar_path",
     "sqlite_integrity",
@@ -94,39 +94,39 @@ __all__ = [
 ]
 
 
-def run_restore(request: RestoreRequest, hooks: Hooks) -> RestoreResult:
+def restore_archive(request: RestoreRequest, hooks: Hooks) -> RestoreResult:
     """Restore `request.archive` to `request.target`, verifying every byte on the way.
 
     Raises ArchiveError (damaged or lying archive), UnsafeArchiveError, TargetError,
     NoSpaceError or Cancelled (also on timeout); on any failure the target is as before.
     """
     started = time.monotonic()
-    run = RestoreRun(request, hooks)
+    job = RestoreJob(request, hooks)
     try:
         kind = target_kind(request)
         if kind == DIRECTORY:
-            target = restore_directory(run)
+            target = restore_directory(job)
         elif kind == SQLITE:
-            target = restore_sqlite(run)
+            target = restore_sqlite(job)
         elif kind == KUBERNETES:
-            target = restore_pod(run)
+            target = restore_pod(job)
         elif kind == POSTGRES:
-            target = restore_postgres(run)
+            target = restore_postgres(job)
         else:
             raise TargetError(f"Unknown source kind {request.kind!r}.")
     except Cancelled:
         raise
     except BaseException as error:
-        if run.deadline.expired:
-            raise Cancelled(run.deadline.message()) from error
+        if job.deadline.expired:
+            raise Cancelled(job.deadline.message()) from error
         raise
     finally:
-        run.deadline.stop()
+        job.deadline.stop()
     return RestoreResult(
-        files=run.files,
-        bytes=run.bytes,
-        warnings=run.warnings,
+        files=job.files,
+        bytes=job.bytes,
+        warnings=job.warnings,
         target=target,
         duration_s=round(time.monotonic() - started, 3),
-        checks=run.checks,
+        checks=job.checks,
     )

@@ -10,17 +10,14 @@ import errno
 import fcntl
 import os
 import queue
-import signal
 import subprocess
 import tempfile
 import threading
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 from ..errors import EngineError, NoSpaceError
-
-if TYPE_CHECKING:
-    from .deadline import Deadline
+from ..processes import kill_group
+from .deadline import Deadline
 
 # As big as a chunk of the archive read at once (see reader.CHUNK).
 PIPE_SIZE = 1 << 20
@@ -31,17 +28,6 @@ def widen_pipe(fd: int) -> None:
     """Grow a pipe to PIPE_SIZE where the system allows it (a failure only costs speed)."""
     with contextlib.suppress(OSError):
         fcntl.fcntl(fd, _F_SETPIPE_SZ, PIPE_SIZE)
-
-
-def kill_group(child: subprocess.Popen) -> None:
-    """Kill a child started in its own session, with everything it started; never raises."""
-    if child.poll() is not None:
-        return
-    try:
-        os.killpg(child.pid, signal.SIGKILL)
-    except OSError:
-        with contextlib.suppress(OSError):
-            child.kill()
 
 
 def wait_ticking(child: subprocess.Popen, tick: Callable[[], None]) -> int:

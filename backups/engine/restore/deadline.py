@@ -6,7 +6,7 @@ import subprocess
 import threading
 
 from ..errors import Cancelled
-from .children import kill_group
+from ..processes import kill_group
 
 
 class Deadline:

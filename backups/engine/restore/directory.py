@@ -11,60 +11,60 @@ from ..errors import TargetError
 from ..safety import Selection
 from .files import remove_path
 from .hardlink_helpers import hardlink_helpers
+from .job import RestoreJob
 from .paths_in_place import restore_paths
 from .recovery import undone_on_failure
 from .request import check_space, check_target, selection_for
-from .run import RestoreRun
 from .staging import prepare_staging, sync_filesystem
 
 
-def restore_directory(run: RestoreRun) -> str:
+def restore_directory(job: RestoreJob) -> str:
     """Restore into a local folder; return the folder's real path."""
-    request = run.request
-    check_target(request, run.manifest)
+    request = job.request
+    check_target(request, job.manifest)
     target = Path(os.path.realpath(request.target))
-    run.recover(target)
-    selection = selection_for(request, run.manifest)
-    helpers = hardlink_helpers(run.manifest, selection)
+    job.recover(target)
+    selection = selection_for(request, job.manifest)
+    helpers = hardlink_helpers(job.manifest, selection)
     if not target.parent.exists():
         target.parent.mkdir(parents=True)
     existed = target.is_dir()
     mount = existed and request.in_place and os.path.ismount(target)
     if existed and request.in_place and (mount or not selection.everything):
-        restore_paths(run, target, selection, helpers, mount=mount)
+        restore_paths(job, target, selection, helpers, mount=mount)
     else:
-        _restore_tree(run, target, selection, helpers)
+        _restore_tree(job, target, selection, helpers)
     return str(target)
 
 
-def _restore_tree(run: RestoreRun, target: Path, selection: Selection, helpers) -> None:
+def _restore_tree(job: RestoreJob, target: Path, selection: Selection, helpers) -> None:
     """Extract into a staging folder next to `target`, then rename it into place."""
-    request = run.request
-    check_space(target.parent, run.manifest.total_bytes)
+    request = job.request
+    check_space(target.parent, job.manifest.total_bytes)
     before = None
     if target.is_dir():
         before = "dir" if request.in_place else "empty"
-    journal = run.journal(kind="tree", target=target, before=before)
+    journal = job.journal(kind="tree", target=target, before=before)
     staging = journal.staging
     aside = journal.aside if before == "dir" else None
     with undone_on_failure(journal):
         prepare_staging(staging, target if before else None)
-        run.extract(staging, selection, helpers)
+        job.extract(staging, selection, helpers)
         sync_filesystem(staging)
-        run.tick()
+        job.tick()
 
         def swap() -> None:
             journal.write(phase="swapping")
             if aside is not None:
                 os.rename(target, aside)
-                run.hooks.log(f"Moved the current data aside to {aside}.")
+                job.hooks.log(f"Moved the current data aside to {aside}.")
             os.rename(staging, target)
-            run.hooks.log(f"Moved the restored data into place at {target}.")
+            job.hooks.log(f"Moved the restored data into place at {target}.")
             fsync_dir(target.parent)
             journal.write(phase="done")
 
         try:
-            run.publish(swap)
+            job.publish(swap)
         except OSError as error:
             if error.errno in (errno.ENOTEMPTY, errno.EEXIST):
                 raise TargetError(

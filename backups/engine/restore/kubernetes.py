@@ -6,8 +6,8 @@ import os
 
 from ..locations import PodPath, parse_pod_path
 from .children import ProcessSink
+from .job import RestoreJob
 from .request import check_target, selection_for
-from .run import RestoreRun
 
 
 def kubectl_binary() -> str:
@@ -23,27 +23,27 @@ def kubectl_extract_argv(pod: PodPath) -> list[str]:
     return argv + ["--", "tar", "-xf", "-", "-C", pod.path]
 
 
-def restore_pod(run: RestoreRun) -> str:
+def restore_pod(job: RestoreJob) -> str:
     """Verify the archive, then send what passes to the pod; return the pod path."""
-    request = run.request
-    check_target(request, run.manifest)
+    request = job.request
+    check_target(request, job.manifest)
     pod = parse_pod_path(request.target)
-    selection = selection_for(request, run.manifest)
+    selection = selection_for(request, job.manifest)
     # A pod's files cannot be staged and swapped: the whole archive is verified first, so a
     # damaged or altered archive sends nothing.
-    expected = run.expected()
-    run.stream(run.member_filter(f"verifying {run.archive.name}", selection), expected)
-    run.passed_checksum(expected)
-    filter_ = run.member_filter(f"sending to {pod}", selection)
+    expected = job.expected()
+    job.stream(job.member_filter(f"verifying {job.archive.name}", selection), expected)
+    job.passed_checksum(expected)
+    filter_ = job.member_filter(f"sending to {pod}", selection)
 
     def send() -> None:
         # Unlike a local folder, a pod has no staging: what was sent before a failure stays.
-        run.deadline.outcome = f"{pod} may hold part of the archive; restore it again."
+        job.deadline.outcome = f"{pod} may hold part of the archive; restore it again."
         sink = ProcessSink(
-            kubectl_extract_argv(pod), what=f"kubectl exec into {pod}", deadline=run.deadline
+            kubectl_extract_argv(pod), what=f"kubectl exec into {pod}", deadline=job.deadline
         )
-        run.stream(filter_, expected, sink=sink)
+        job.stream(filter_, expected, sink=sink)
 
-    run.publish(send)
-    run.passed_contents(filter_)
+    job.publish(send)
+    job.passed_contents(filter_)
     return str(pod)

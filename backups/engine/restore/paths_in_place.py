@@ -9,14 +9,14 @@ from pathlib import Path
 
 from ..safety import Selection, shown
 from .files import open_dir, remove_path
+from .job import RestoreJob
 from .journal import BESIDE, INSIDE, Journal, journal_paths
 from .recovery import undone_on_failure
 from .request import check_space
-from .run import RestoreRun
 from .staging import prepare_staging, sync_filesystem
 
 
-def restore_paths(run: RestoreRun, target: Path, selection: Selection, helpers, *, mount: bool):
+def restore_paths(job: RestoreJob, target: Path, selection: Selection, helpers, *, mount: bool):
     """Restore some paths (or, on a mount point, every top-level entry) over live data.
 
     Each selected path is staged, then the live one is moved aside and the staged one moved
@@ -24,8 +24,8 @@ def restore_paths(run: RestoreRun, target: Path, selection: Selection, helpers, 
     mount point, since a rename cannot cross filesystems.
     """
     layout = INSIDE if mount else BESIDE
-    staging, aside = journal_paths(target, run.token, layout)
-    check_space(staging.parent, run.manifest.total_bytes)
+    staging, aside = journal_paths(target, job.token, layout)
+    check_space(staging.parent, job.manifest.total_bytes)
     live_fd = os.open(target, os.O_RDONLY | os.O_DIRECTORY)
     try:
         if not selection.everything:
@@ -34,12 +34,12 @@ def restore_paths(run: RestoreRun, target: Path, selection: Selection, helpers, 
                 # Fail before any work when a parent in the live tree is a symlink.
                 with contextlib.suppress(FileNotFoundError):
                     os.close(open_dir(live_fd, parent))
-        journal = run.journal(kind="paths", target=target, layout=layout, items=[], created=[])
+        journal = job.journal(kind="paths", target=target, layout=layout, items=[], created=[])
         with undone_on_failure(journal):
             prepare_staging(staging, target)
-            run.extract(staging, selection, helpers)
+            job.extract(staging, selection, helpers)
             sync_filesystem(staging)
-            run.tick()
+            job.tick()
             if selection.everything:
                 names = set(os.listdir(staging)) | set(os.listdir(target))
                 names -= {staging.name, aside.name}
@@ -48,9 +48,9 @@ def restore_paths(run: RestoreRun, target: Path, selection: Selection, helpers, 
                 paths = sorted(names)
             else:
                 paths = list(selection.paths)
-            run.publish(
+            job.publish(
                 lambda: _swap_paths(
-                    run, journal, target, paths, live_fd, replace=selection.everything
+                    job, journal, target, paths, live_fd, replace=selection.everything
                 )
             )
         if selection.everything:
@@ -63,7 +63,7 @@ def restore_paths(run: RestoreRun, target: Path, selection: Selection, helpers, 
 
 
 def _swap_paths(
-    run: RestoreRun,
+    job: RestoreJob,
     journal: Journal,
     target: Path,
     paths: list[str],
@@ -100,7 +100,7 @@ def _swap_paths(
                     journal.write(items=items)
                     os.rename(target / path, aside / path)
                 else:
-                    run.warn(
+                    job.warn(
                         f"Left {shown(path)} as it is: the archive held nothing safe to put there."
                     )
                 continue
@@ -126,7 +126,7 @@ def _swap_paths(
                     os.close(live_parent)
             finally:
                 os.close(source_fd)
-        run.hooks.log(f"Moved the restored paths into place in {target}.")
+        job.hooks.log(f"Moved the restored paths into place in {target}.")
         journal.write(phase="done")
     finally:
         os.close(stage_fd)

@@ -14,10 +14,10 @@ from ..errors import ArchiveError, EngineError, TargetError
 from ..manifest import Manifest
 from .children import kill_group, wait_ticking
 from .files import remove_path
+from .job import RestoreJob
 from .places import PostgresTarget, libpq_env, postgres_target, server_name
 from .reader import THREAD, ArchiveReader, expected_sha256, scan_archive
 from .request import check_space, check_target, source_location
-from .run import RestoreRun
 
 # Objects a database holds beyond what CREATE DATABASE gives it (schema public, plpgsql).
 _USER_OBJECTS = r"""
@@ -104,54 +104,54 @@ def pg_restore_argv(uri: str, dump: Path, *, clean: bool = True) -> list[str]:
     ]
 
 
-def restore_postgres(run: RestoreRun) -> str:
+def restore_postgres(job: RestoreJob) -> str:
     """Load the verified dump with pg_restore, in one transaction; return the URI.
 
     In place, the dump's objects replace the database's. A new location is a database
     that does not exist yet (it is created) or is empty: nothing there is dropped.
     """
-    request = run.request
-    check_target(request, run.manifest)
+    request = job.request
+    check_target(request, job.manifest)
     target = postgres_target(
         request.target,
-        source_location=source_location(request, run.manifest),
+        source_location=source_location(request, job.manifest),
         servers=request.postgres_servers,
         in_place=request.in_place,
     )
     env = libpq_env(target)
     scratch = Path(tempfile.mkdtemp(prefix="restore-pgdump-"))
     try:
-        exists = None if request.in_place else _new_database_exists(target, run, env, scratch)
-        check_space(scratch, run.manifest.total_bytes)
+        exists = None if request.in_place else _new_database_exists(target, job, env, scratch)
+        check_space(scratch, job.manifest.total_bytes)
         dump = scratch / "dump.pgdump"
-        meter = run.meter(f"verifying {run.archive.name}")
+        meter = job.meter(f"verifying {job.archive.name}")
         digest = decompress_verified(
-            run.archive,
-            run.manifest,
+            job.archive,
+            job.manifest,
             dump,
-            tick=run.tick,
+            tick=job.tick,
             meter=meter,
-            catalog_sha256=run.request.catalog_sha256,
+            catalog_sha256=job.request.catalog_sha256,
         )
-        run.passed_checksum(digest)
+        job.passed_checksum(digest)
         meter.progress.current = "pg_restore"
         meter.update(force=True)
 
         def load() -> None:
             created = exists is False
             if created:
-                _psql(_maintenance(target), _CREATE, run, env, scratch, name=target.dbname)
-                run.hooks.log(f"Created the database {target.dbname}.")
+                _psql(_maintenance(target), _CREATE, job, env, scratch, name=target.dbname)
+                job.hooks.log(f"Created the database {target.dbname}.")
             argv = pg_restore_argv(request.target, dump, clean=request.in_place)
             try:
-                _run_child(argv, run, what="pg_restore", env=env)
+                _run_child(argv, job, what="pg_restore", env=env)
             except BaseException:
                 if created:
-                    _drop_created(target, run, env, scratch)
+                    _drop_created(target, job, env, scratch)
                 raise
 
-        run.publish(load)
-        run.files, run.bytes = 1, run.manifest.total_bytes
+        job.publish(load)
+        job.files, job.bytes = 1, job.manifest.total_bytes
     finally:
         remove_path(scratch)
     return request.target
@@ -162,13 +162,13 @@ def _maintenance(target: PostgresTarget) -> str:
     return make_conninfo("", **{**target.params, "dbname": "postgres"})
 
 
-def _new_database_exists(target: PostgresTarget, run: RestoreRun, env: dict, scratch: Path):
+def _new_database_exists(target: PostgresTarget, job: RestoreJob, env: dict, scratch: Path):
     """Return whether a new location's database exists; refuse one that holds anything."""
     where = f"{target.dbname} on {', '.join(server_name(*server) for server in target.servers)}"
-    found = _psql(_maintenance(target), _EXISTS, run, env, scratch, name=target.dbname)
+    found = _psql(_maintenance(target), _EXISTS, job, env, scratch, name=target.dbname)
     if found.strip() == "0":
         return False
-    objects = _psql(make_conninfo("", **target.params), _USER_OBJECTS, run, env, scratch)
+    objects = _psql(make_conninfo("", **target.params), _USER_OBJECTS, job, env, scratch)
     if objects.strip() != "0":
         raise TargetError(
             f"The database {where} exists and is not empty; a restore to a new location "
@@ -178,15 +178,15 @@ def _new_database_exists(target: PostgresTarget, run: RestoreRun, env: dict, scr
     return True
 
 
-def _drop_created(target: PostgresTarget, run: RestoreRun, env: dict, scratch: Path) -> None:
+def _drop_created(target: PostgresTarget, job: RestoreJob, env: dict, scratch: Path) -> None:
     """Drop the database this restore created, after a failure; never raises."""
     try:
-        _psql(_maintenance(target), _DROP, run, env, scratch, name=target.dbname)
+        _psql(_maintenance(target), _DROP, job, env, scratch, name=target.dbname)
     except EngineError as error:
-        run.warn(f"The database {target.dbname} created for the restore was left: {error}")
+        job.warn(f"The database {target.dbname} created for the restore was left: {error}")
 
 
-def _psql(conninfo: str, sql: str, run: RestoreRun, env: dict, scratch: Path, **values) -> str:
+def _psql(conninfo: str, sql: str, job: RestoreJob, env: dict, scratch: Path, **values) -> str:
     """Run `sql` through psql (`:'name'` and `:"name"` quote `values`); return its output."""
     script = scratch / "query.sql"
     script.write_text(sql)
@@ -194,10 +194,10 @@ def _psql(conninfo: str, sql: str, run: RestoreRun, env: dict, scratch: Path, **
     argv += ["-v", "ON_ERROR_STOP=1"]
     for key, value in values.items():
         argv += ["-v", f"{key}={value}"]
-    return _run_child([*argv, "-d", conninfo, "-f", os.fspath(script)], run, what="psql", env=env)
+    return _run_child([*argv, "-d", conninfo, "-f", os.fspath(script)], job, what="psql", env=env)
 
 
-def _run_child(argv: list[str], run: RestoreRun, *, what: str, env: dict) -> str:
+def _run_child(argv: list[str], job: RestoreJob, *, what: str, env: dict) -> str:
     """Run a command to completion, checking for cancellation; return its output."""
     with tempfile.TemporaryFile() as output:
         try:
@@ -211,9 +211,9 @@ def _run_child(argv: list[str], run: RestoreRun, *, what: str, env: dict) -> str
             )
         except FileNotFoundError:
             raise EngineError(f"{argv[0]} is not installed or not on PATH.") from None
-        run.deadline.watch(proc)
+        job.deadline.watch(proc)
         try:
-            code = wait_ticking(proc, run.tick)
+            code = wait_ticking(proc, job.tick)
         except BaseException:
             kill_group(proc)
             proc.wait()

@@ -121,11 +121,6 @@ class ArchiveReader:
             ) from None
         self._hashing = _HashingReader(self._file)
 
-    @property
-    def raw_bytes(self) -> int:
-        """Return the stored bytes read so far."""
-        return self._hashing.count
-
     def _decompressed(self) -> Iterator[bytes]:
         reader = compression.decompressor(self.compression, self._hashing)
         while True:

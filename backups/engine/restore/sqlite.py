@@ -11,43 +11,43 @@ from ..atomic import fsync_dir
 from ..errors import ArchiveError, TargetError, UnsafeArchiveError
 from ..safety import Selection, clean_path, shown
 from .files import remove_path
+from .job import RestoreJob
 from .journal import Journal
 from .progress import ProgressMeter
 from .recovery import undone_on_failure
 from .request import check_space, check_target
-from .run import RestoreRun
 from .sqlite_files import page_count, sqlite_copy, sqlite_integrity
 from .staging import prepare_staging, sync_filesystem
 
 
-def _single_file(run: RestoreRun) -> str:
-    files = [entry for entry in run.manifest.entries if entry.type == "file"]
+def _single_file(job: RestoreJob) -> str:
+    files = [entry for entry in job.manifest.entries if entry.type == "file"]
     if len(files) != 1:
         raise ArchiveError(
-            f"The archive {run.archive.name} should hold one database file but its manifest "
+            f"The archive {job.archive.name} should hold one database file but its manifest "
             f"lists {len(files)} files."
         )
     path = clean_path(files[0].path)
     if not path:
         raise UnsafeArchiveError(
-            f"The database member {shown(files[0].path)} of {run.archive.name} has an unsafe name."
+            f"The database member {shown(files[0].path)} of {job.archive.name} has an unsafe name."
         )
     return path
 
 
-def restore_sqlite(run: RestoreRun) -> str:
+def restore_sqlite(job: RestoreJob) -> str:
     """Restore a database file, checked with PRAGMA integrity_check first; return its path."""
-    request = run.request
-    check_target(request, run.manifest)
+    request = job.request
+    check_target(request, job.manifest)
     # The place checked is the real one: a symlink is followed here as it was there.
     target = Path(os.path.realpath(request.target))
     if not target.parent.exists():
         target.parent.mkdir(parents=True)
-    run.recover(target)
-    member = _single_file(run)
+    job.recover(target)
+    member = _single_file(job)
     live = request.in_place and target.exists()
-    check_space(target.parent, run.manifest.total_bytes * (2 if live else 1))
-    journal = run.journal(
+    check_space(target.parent, job.manifest.total_bytes * (2 if live else 1))
+    journal = job.journal(
         kind="sqlite" if live else "file",
         target=target,
         before="file" if target.exists() else None,
@@ -55,19 +55,19 @@ def restore_sqlite(run: RestoreRun) -> str:
     staging, aside = journal.staging, journal.aside
     with undone_on_failure(journal):
         prepare_staging(staging, None)
-        run.extract(staging, Selection([]))
+        job.extract(staging, Selection([]))
         snapshot = staging / member
         verdict = sqlite_integrity(snapshot)
         if verdict != "ok":
             raise ArchiveError(
-                f"The database restored from {run.archive.name} fails PRAGMA integrity_check: "
+                f"The database restored from {job.archive.name} fails PRAGMA integrity_check: "
                 f"{verdict}. Nothing was changed."
             )
-        run.checks.append({"name": "database", "ok": True, "detail": "integrity_check: ok"})
+        job.checks.append({"name": "database", "ok": True, "detail": "integrity_check: ok"})
         sync_filesystem(staging)
-        run.tick()
+        job.tick()
         if live:
-            run.publish(lambda: _copy_into_live(run, journal, snapshot, target, aside))
+            job.publish(lambda: _copy_into_live(job, journal, snapshot, target, aside))
         else:
 
             def move_in() -> None:
@@ -76,16 +76,16 @@ def restore_sqlite(run: RestoreRun) -> str:
                 fsync_dir(target.parent)
                 journal.write(phase="done")
 
-            run.publish(move_in)
+            job.publish(move_in)
     remove_path(staging)
     remove_path(aside)
     journal.close()
     return str(target)
 
 
-def _copy_into_live(run: RestoreRun, journal: Journal, snapshot: Path, target: Path, aside: Path):
+def _copy_into_live(job: RestoreJob, journal: Journal, snapshot: Path, target: Path, aside: Path):
     """Copy the verified snapshot into the live database, keeping the original until it passes."""
-    timeout = 60.0 if run.request.timeout_s is None else max(1.0, run.request.timeout_s)
+    timeout = 60.0 if job.request.timeout_s is None else max(1.0, job.request.timeout_s)
     # A consistent copy of the current database, to put back on any failure.
     live, keep = sqlite3.connect(os.fspath(target), timeout=timeout), sqlite3.connect(aside)
     try:
@@ -93,12 +93,12 @@ def _copy_into_live(run: RestoreRun, journal: Journal, snapshot: Path, target: P
             live.backup(keep)
     except sqlite3.Error as error:
         raise _live_failed(target, "cannot be read to keep a copy of it", error) from None
-    run.hooks.log(f"Saved the current database to {aside}.")
-    meter = ProgressMeter(run.hooks, bytes_total=None, files_total=1, current="copying into place")
+    job.hooks.log(f"Saved the current database to {aside}.")
+    meter = ProgressMeter(job.hooks, bytes_total=None, files_total=1, current="copying into place")
     page = snapshot.stat().st_size // max(1, page_count(snapshot))
 
     def progress(done: int, total: int) -> None:
-        run.tick()
+        job.tick()
         meter.progress.bytes_done = done * page
         meter.progress.bytes_total = total * page
         meter.update()
@@ -118,13 +118,13 @@ def _copy_into_live(run: RestoreRun, journal: Journal, snapshot: Path, target: P
         # An unfinished copy was rolled back by SQLite itself; a finished one is undone.
         if committed:
             sqlite_copy(aside, target, timeout=timeout)
-            run.hooks.log(f"Put the original database back into {target}.")
+            job.hooks.log(f"Put the original database back into {target}.")
         journal.write(phase="staging")
         if isinstance(error, sqlite3.Error):
             raise _live_failed(target, "could not be written", error) from None
         raise
-    run.checks.append({"name": "database", "ok": True, "detail": "quick_check after copy: ok"})
-    run.hooks.log(f"Copied the restored database into {target}.")
+    job.checks.append({"name": "database", "ok": True, "detail": "quick_check after copy: ok"})
+    job.hooks.log(f"Copied the restored database into {target}.")
     journal.write(phase="done")
 
 

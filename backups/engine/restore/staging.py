@@ -17,11 +17,6 @@ def hidden_path(home: Path, stem: str, label: str, token: str) -> Path:
     return home / f"{prefix}{label}-{token}"
 
 
-def side_path(target: Path, label: str, token: str) -> Path:
-    """Return the hidden path next to `target` (same folder, so a rename can swap them)."""
-    return hidden_path(target.parent, target.name, label, token)
-
-
 @functools.cache
 def _libc_syncfs():
     with contextlib.suppress(OSError, AttributeError):

@@ -20,16 +20,16 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import BinaryIO
 
 from ..errors import ArchiveError, SourceError
+from ..locations import DIRECTORY
 from ..tarstream import TarScanner
-from . import (
-    DIRECTORY,
+from .base import (
     PLAN_LIST_LIMIT,
     WARNING_LIMIT,
     Command,
     Excludes,
     Output,
     Plan,
-    Source,
+    SourceDriver,
     checked,
     command_env,
     entry_for,
@@ -166,7 +166,7 @@ class Walk:
                     self._note(self.problems, f"{path}: cannot be read: {error.strerror}")
 
 
-class DirectorySource(Source):
+class DirectoryDriver(SourceDriver):
     """A local directory tree."""
 
     def __init__(

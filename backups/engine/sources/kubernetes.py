@@ -12,10 +12,18 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from ..errors import ArchiveError, SourceError
-from ..locations import parse_pod_path
+from ..locations import KUBERNETES, parse_pod_path
 from ..manifest import DIR, FILE, HARDLINK, SYMLINK
 from ..tarstream import Member, TarScanner
-from . import KUBERNETES, PLAN_LIST_LIMIT, Command, Excludes, Output, Plan, Source, entry_for
+from .base import (
+    PLAN_LIST_LIMIT,
+    Command,
+    Excludes,
+    Output,
+    Plan,
+    SourceDriver,
+    entry_for,
+)
 
 _KEPT_TYPES = (FILE, DIR, SYMLINK, HARDLINK)
 
@@ -41,7 +49,7 @@ def exec_argv(location: str, command: Sequence[str], *, stdin: bool = False) -> 
     return argv + ["--", *command]
 
 
-class KubernetesSource(Source):
+class KubernetesDriver(SourceDriver):
     """A folder inside a pod."""
 
     def __init__(self, location: str, *, excludes: Sequence[str] = ()) -> None:

@@ -14,12 +14,12 @@ import subprocess
 import time
 
 from ..errors import SourceError
-from ..locations import check_postgres_uri
+from ..locations import POSTGRES, check_postgres_uri
 from ..manifest import FILE, Entry
-from . import POSTGRES, Command, Output, Plan, Source, command_env
+from .base import Command, Output, Plan, SourceDriver, command_env
 
 
-class PostgresSource(Source):
+class PostgresDriver(SourceDriver):
     """A PostgreSQL database named by a libpq URI."""
 
     payload = "pgdump"

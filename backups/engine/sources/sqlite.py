@@ -24,9 +24,10 @@ from urllib.parse import quote
 
 from ..atomic import raise_if_no_space
 from ..errors import SourceError
+from ..locations import SQLITE
 from ..manifest import FILE, Entry, clamp_mtime
 from ..tarstream import BLOCK
-from . import CHUNK, SQLITE, Output, Plan, Source, checked
+from .base import CHUNK, Output, Plan, SourceDriver, checked
 
 _RECORD = tarfile.RECORDSIZE
 # How long the snapshot waits for a writer's lock before it gives up, in seconds.
@@ -40,7 +41,7 @@ def _name_of(ids: int, lookup) -> str:
         return ""
 
 
-class SqliteSource(Source):
+class SqliteDriver(SourceDriver):
     """A SQLite database file."""
 
     def __init__(self, location: str, *, snapshot: Path | None = None) -> None:

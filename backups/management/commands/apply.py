@@ -5,8 +5,13 @@ from __future__ import annotations
 import sys
 
 from backups.cli import CliCommand, usage_error
-from backups.engine.fleetfile import FleetFileError, load_fleet
-from backups.services.fleet import FleetRefused, fleet_apply, fleet_plan, fleet_sha256
+from backups.services.fleet import (
+    FleetRefused,
+    fleet_apply,
+    fleet_load,
+    fleet_plan,
+    fleet_sha256,
+)
 
 
 class Command(CliCommand):
@@ -44,7 +49,7 @@ class Command(CliCommand):
         except OSError as error:
             raise usage_error(f"Cannot read {name}: {error.strerror}.") from None
         try:
-            fleet = load_fleet(data, name)
+            fleet = fleet_load(data, name)
             plan = fleet_plan(
                 fleet,
                 sha256=fleet_sha256(data),
@@ -53,7 +58,7 @@ class Command(CliCommand):
             )
             if plan.changes and not options["dry_run"]:
                 fleet_apply(plan)
-        except (FleetFileError, FleetRefused) as error:
+        except FleetRefused as error:
             raise usage_error(str(error)) from None
         self.report(plan, name, options)
 

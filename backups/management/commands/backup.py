@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 from backups.cli import CliCommand, busy_error, usage_error
-from backups.engine.atomic import format_bytes
-from backups.engine.durations import format_duration
-from backups.engine.errors import EngineError
 from backups.management.runner import add_mode_arguments, execute_and_report
 from backups.models import Run, Source
-from backups.services.backup import SourceBusy, backup_plan, backup_request
+from backups.services.backup import PlanRefused, backup_plan, backup_request
+from backups.services.formats import format_bytes, format_duration
+from backups.services.runs import SourceBusy
 
 
 def get_source(name: str) -> Source:
@@ -43,7 +42,7 @@ class Command(CliCommand):
     def dry_run(self, source: Source, as_json: bool) -> None:
         try:
             plan = backup_plan(source)
-        except EngineError as error:
+        except PlanRefused as error:
             raise usage_error(str(error)) from None
         if as_json:
             self.print_json(plan)

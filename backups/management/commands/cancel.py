@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from backups.cli import CliCommand, usage_error
 from backups.models import Run
-from backups.services.execution import run_cancel
+from backups.services.runs import run_cancel
 
 
 class Command(CliCommand):

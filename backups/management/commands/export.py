@@ -5,9 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from backups.cli import CliCommand, usage_error
-from backups.engine.atomic import write_atomic
-from backups.engine.errors import EngineError
-from backups.services.fleet import fleet_export
+from backups.services.fleet import FleetRefused, fleet_export, fleet_write
 
 
 class Command(CliCommand):
@@ -26,14 +24,7 @@ class Command(CliCommand):
             return
         path = Path(options["file"])
         try:
-            write_atomic(path, text.encode())
-        except FileExistsError as error:
-            raise usage_error(
-                f"Cannot write {path}: {error.filename} exists (left by an export that was "
-                "interrupted, or one running now); remove it and export again."
-            ) from None
-        except (OSError, EngineError) as error:
-            raise usage_error(
-                f"Cannot write {path}: {getattr(error, 'strerror', error)}."
-            ) from None
+            fleet_write(path, text)
+        except FleetRefused as error:
+            raise usage_error(str(error)) from None
         self.stdout.write(f"Wrote {path}.")

@@ -7,8 +7,7 @@ from pathlib import Path
 from django.conf import settings
 
 from backups.cli import CliCommand, usage_error
-from backups.engine.errors import EngineError
-from backups.services.importer import import_archives
+from backups.services.importer import ImportRefused, import_archives
 
 
 class Command(CliCommand):
@@ -22,7 +21,7 @@ class Command(CliCommand):
         root = options["root"] or settings.ARCHIVE_ROOT
         try:
             report = import_archives(root)
-        except EngineError as error:
+        except ImportRefused as error:
             raise usage_error(str(error)) from None
         if options["json"]:
             self.print_json(

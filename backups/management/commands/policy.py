@@ -6,9 +6,9 @@ import argparse
 
 from backups.audit import audit_record, field_changes, field_values
 from backups.cli import CliCommand, usage_error
-from backups.engine.durations import parse_duration
-from backups.models import Compression, Policy
+from backups.models import DEFAULT_RUN_TIMEOUT_S, Compression, Policy
 from backups.services.catalog import policy_create
+from backups.services.formats import parse_duration
 
 KEEP_RULES = ("last", "hourly", "daily", "weekly", "monthly", "yearly")
 
@@ -47,7 +47,7 @@ class Command(CliCommand):
         for rule in KEEP_RULES:
             add.add_argument(f"--keep-{rule}", type=count, default=0, metavar="N")
         add.add_argument("--drill-every", type=duration, help="restore drill interval, e.g. 7d")
-        add.add_argument("--run-timeout", type=duration, default=3600)
+        add.add_argument("--run-timeout", type=duration, default=DEFAULT_RUN_TIMEOUT_S)
         add.add_argument(
             "--no-verify", action="store_true", help="do not verify after every backup"
         )

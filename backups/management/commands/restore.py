@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 from backups.cli import CliCommand, busy_error, usage_error
-from backups.engine.names import name_to_catalog
 from backups.management.runner import add_mode_arguments, execute_and_report
 from backups.models import Run
-from backups.services.backup import SourceBusy
-from backups.services.restore import RestoreRefused, restore_request
+from backups.services.restore import RestoreRefused, catalog_paths, restore_request
+from backups.services.runs import SourceBusy
 
 
 class Command(CliCommand):
@@ -44,9 +43,7 @@ class Command(CliCommand):
                 backup=backup,
                 target=options["to"],
                 in_place=options["in_place"],
-                # The shell gives bytes; Python, a str with surrogate escapes for the bytes
-                # that are not UTF-8: the catalog's text names the same bytes.
-                paths=[name_to_catalog(path) for path in options["path"]],
+                paths=catalog_paths(options["path"]),
                 trigger=Run.Trigger.CLI,
                 enqueue=not options["inline"],
             )

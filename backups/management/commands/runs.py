@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from backups.cli import CliCommand, usage_error
-from backups.engine.atomic import format_bytes
 from backups.management.runner import report
 from backups.models import Run
+from backups.services.formats import format_bytes
 from backups.services.reporting import run_to_dict
 
 

@@ -7,7 +7,6 @@ import json
 from django.utils import timezone
 
 from backups.cli import CliCommand
-from backups.engine.durations import format_duration
 from backups.services.compliance import (
     Integrity,
     RpoStatus,
@@ -15,6 +14,7 @@ from backups.services.compliance import (
     fleet_standing,
     standing_to_dict,
 )
+from backups.services.formats import format_duration
 
 GOOD = {RpoStatus.OK, Integrity.OK}
 BAD = {RpoStatus.BREACHED, Integrity.FAILED}

@@ -24,7 +24,7 @@ from .recovery import recover_interrupted
 from .request import RestoreRequest
 
 
-class RestoreRun:
+class RestoreJob:
     """The state one restore shares between its steps."""
 
     def __init__(self, request: RestoreRequest, hooks: Hooks) -> None:
