@@ -213,11 +213,11 @@ def run_backup(request: BackupRequest, hooks: Hooks) -> BackupResult:
         raise_if_no_space(error, scratch)
         raise EngineError(f"Cannot create the folder {scratch}: {error.strerror}.") from None
     if local_folder is not None:
-        _check_reserve(local_folder if local_folder.is_dir() else scratch, request.reserve_bytes)
+        _check_reserve(_nearest_folder(local_folder), request.reserve_bytes)
 
-    encrypted = AGE_SUFFIX if recipients else ""
-    archive = join_key(folder, stem + archive_suffix(source.payload, request.compression))
-    archive += encrypted
+    suffix = archive_suffix(source.payload, request.compression)
+    suffix += AGE_SUFFIX if recipients else ""
+    archive = join_key(folder, stem + suffix)
     keys = _Keys(
         archive=archive,
         sidecar=archive + ".sha256",
@@ -229,7 +229,7 @@ def run_backup(request: BackupRequest, hooks: Hooks) -> BackupResult:
                 f"{storage.locator(key)} already exists; a backup never overwrites an archive."
             )
     hooks.check()
-    hooks.log(f"writing {storage.locator(keys.archive)}")
+    hooks.log(f"writing {stem + suffix}")
     # The spool is an unnamed temporary file in the scratch folder: it needs about the
     # manifest's size, and a crash leaves nothing behind.
     spool = EntrySpool(scratch)
@@ -364,6 +364,13 @@ def _unpublish(storage: Storage, keys: _Keys) -> None:
     for key in (keys.sidecar, keys.manifest):
         with contextlib.suppress(EngineError, OSError):
             storage.delete(key)
+
+
+def _nearest_folder(path: Path) -> Path:
+    """Return `path`, or its nearest ancestor that exists (where it will be created)."""
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
 
 
 def _check_reserve(dest: Path, reserve: int) -> None:

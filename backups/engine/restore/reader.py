@@ -27,6 +27,7 @@ import zstandard
 
 from .. import compression
 from ..atomic import format_bytes
+from ..crypto import SUFFIX as AGE_SUFFIX
 from ..crypto import DecryptingReader, check_identities, stream_mode
 from ..crypto.keys import Identity
 from ..errors import ArchiveError, EngineError, MissingObjectError, UnsafeArchiveError
@@ -68,7 +69,7 @@ def read_checksum_file(archive: StoredFile) -> str:
 
 def archive_compression(name: str) -> str:
     """Return the compression of an archive from its name, `.age` or not."""
-    return compression.compression_of(name.removesuffix(".age"))
+    return compression.compression_of(name.removesuffix(AGE_SUFFIX))
 
 
 class _HashingReader(io.RawIOBase):

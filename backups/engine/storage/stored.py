@@ -66,8 +66,8 @@ class StoredFile:
     def read_all(self, *, limit: int) -> bytearray:
         """Return the whole file in one buffer sized up front (a big manifest), up to `limit`.
 
-        Read in 1 MiB pieces into a buffer of the announced size, so a file of hundreds
-        of MB is neither copied nor grown chunk by chunk.
+        Read into a buffer of the announced size, so a file of hundreds of MB is neither
+        copied nor grown chunk by chunk.
         """
         expected = self.size()
         if expected is not None and expected > limit:
@@ -77,16 +77,20 @@ class StoredFile:
         with self.open_read() as stream:
             while True:
                 if filled == len(data):
-                    if len(data) > limit:
+                    # Past the announced size: only a file that grew meanwhile has more.
+                    more = stream.read(_READ_PIECE)
+                    if not more:
+                        break
+                    data += more
+                    filled = len(data)
+                    if filled > limit:
                         raise self._too_big(limit)
-                    data.extend(bytes(_READ_PIECE))
+                    continue
                 count = stream.readinto(memoryview(data)[filled : filled + _READ_PIECE])
                 if not count:
                     break
                 filled += count
         del data[filled:]
-        if filled > limit:
-            raise self._too_big(limit)
         return data
 
     def _too_big(self, limit: int) -> StorageError:
