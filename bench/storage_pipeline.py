@@ -295,10 +295,11 @@ def print_table(runs, cli, payload: int, repeat: int) -> None:
             plain, age = f"{kind}-plain", f"{kind}-age"
             if plain in best and age in best:
                 cost = 1 - best[plain][side].wall / best[age][side].wall
+                cpu = min(m.cpu for m in runs[age][side]) / min(m.cpu for m in runs[plain][side])
                 verdict = "ok" if cost <= AGE_TARGET else "ABOVE"
                 print(
                     f"{side} {kind}: age costs {cost * 100:.0f} % of the plain throughput "
-                    f"(target <= {AGE_TARGET * 100:.0f} %) {verdict}"
+                    f"(target <= {AGE_TARGET * 100:.0f} %) {verdict}; CPU x{cpu:.2f}"
                 )
     print(
         "bk/cli, rs/cli: our throughput over the command-line pipeline's (tar | zstd -T0 -3 | "

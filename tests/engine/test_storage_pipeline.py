@@ -28,12 +28,14 @@ from backups.engine.errors import (
     AlteredArchiveError,
     ArchiveError,
     Cancelled,
+    EngineError,
     KeyFileError,
     NoMatchingIdentityError,
     StorageError,
     TruncatedArchiveError,
 )
 from backups.engine.hooks import RecordingHooks
+from backups.engine.manifest import iter_manifest, load_manifest
 from backups.engine.restore import RestoreRequest, run_restore
 from backups.engine.storage import LocalStorage, S3Storage, Storage
 from backups.engine.verify import drill, verify_archive
@@ -683,3 +685,32 @@ def test_a_database_snapshot_of_an_encrypted_backup_leaves_no_plaintext_behind(
     for name in os.listdir(folder):
         assert b"a secret project name" not in (folder / name).read_bytes(), name
     assert os.listdir(place.scratch) == []
+
+
+def test_an_encrypted_manifest_is_read_whole_or_line_by_line_with_the_identity(place, keys, tree):
+    result = backup(place, Sealing([keys[0].recipient]), "directory", str(tree))
+    stored = result.stored(result.manifest_key)
+    identities = load_identities([keys[1].path, keys[0].path])
+
+    whole = load_manifest(stored, identities=identities, recipients=result.recipients)
+    header, entries = iter_manifest(stored, identities=identities, recipients=result.recipients)
+
+    assert [entry.path for entry in entries] == [entry.path for entry in whole.entries]
+    assert header["encryption"] == {"format": "age", "recipients": [keys[0].recipient]}
+    assert header["archive"]["sha256"] == whole.archive_sha256 == result.sha256
+    assert whole.total_files == result.files
+    for read in (load_manifest, iter_manifest):
+        with pytest.raises(NoMatchingIdentityError, match=fingerprint(keys[0].recipient)):
+            read(stored, recipients=result.recipients)
+
+
+def test_a_backup_to_s3_without_a_scratch_folder_is_refused_with_a_sentence(
+    s3_server, s3_env, tree
+):
+    storage = s3_storage(s3_server, s3_env)
+    request = BackupRequest(
+        kind="directory", location=str(tree), stem=STEM, storage=storage, folder=SLUG
+    )
+    with pytest.raises(EngineError, match=r"needs a local scratch folder"):
+        run_backup(request, RecordingHooks())
+    assert list(storage.list(SLUG)) == []
