@@ -413,19 +413,18 @@ def load_manifest_bytes(raw: bytes | bytearray, origin: Path | str) -> Manifest:
     are not UTF-8, written as surrogate escapes) is read by the standard library and then
     checked against the same schema.
     """
-    path = origin
-    _check_nul(raw, path)
+    _check_nul(raw, origin)
     try:
         document = _decode_strict(raw)
     except msgspec.ValidationError:
-        return _load_lenient(raw, path)
+        return _load_lenient(raw, origin)
     except msgspec.DecodeError:
-        return _load_standard(raw, path)
-    _check_format(document.format, path)
+        return _load_standard(raw, origin)
+    _check_format(document.format, origin)
     return Manifest(header=_header_of(document), entries=document.entries)
 
 
-def _load_lenient(raw: bytes, path: Path) -> Manifest:
+def _load_lenient(raw: bytes | bytearray, path: Path | str) -> Manifest:
     """Load a manifest the strict decoding refused: a newer format, extra fields, or a fault."""
     try:
         fields = _decode_fields(raw)
@@ -446,7 +445,7 @@ def _load_lenient(raw: bytes, path: Path) -> Manifest:
     return Manifest(header=_header_of(document, extra), entries=document.entries)
 
 
-def _load_standard(raw: bytes, path: Path) -> Manifest:
+def _load_standard(raw: bytes | bytearray, path: Path | str) -> Manifest:
     try:
         data = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as error:
