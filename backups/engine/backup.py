@@ -1,11 +1,13 @@
-"""Back up a source into an archive, its `.sha256` sidecar and its manifest.
+"""Back up a source into an archive, its `.sha256` sidecar and its manifest, in a storage.
 
 The payload (a PAX tar stream, or a pg_dump) flows from the source driver through the
-compressor; the compressed bytes are hashed on their way into `<archive>.tmp`, and each
-file is hashed for the manifest in the same pass, so every byte of the source is read
-once. The sidecar and the manifest are made durable first; renaming the archive into
-place is the commit point, and it happens inside `hooks.publish`, which the caller fences.
-A cancel, an error, a full disk or a kill leaves at most `.tmp` files, never a final name.
+compressor, then (for a policy with age recipients) the encryption; the stored bytes are
+hashed on their way into the storage's upload (`<archive>.tmp` in a local folder, a
+multipart upload on S3), and each file is hashed for the manifest in the same pass, so
+every byte of the source is read once. The sidecar and the manifest are made durable
+first; publishing the archive is the commit point, and it happens inside
+`hooks.publish`, which the caller fences. A cancel, an error, a full disk or a kill leaves
+at most incomplete writes (which `Storage.pending` lists), never a final name.
 """
 
 from __future__ import annotations
@@ -19,15 +21,21 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from .atomic import AtomicFile, format_bytes, free_bytes, raise_if_no_space
+from .atomic import format_bytes, free_bytes, raise_if_no_space
 from .compression import KINDS as COMPRESSIONS
 from .compression import archive_suffix, compressor
+from .crypto import SUFFIX as AGE_SUFFIX
+from .crypto import THREAD, EncryptingWriter, stream_mode
+from .crypto.stream import canonical_recipients
 from .errors import EngineError, NoSpaceError
 from .hooks import Hooks
+from .locations import DIRECTORY
 from .manifest import FORMAT as MANIFEST_FORMAT
-from .manifest import EntrySpool, sidecar_text
+from .manifest import EntrySpool, manifest_name, sidecar_text
 from .sources import Output, Plan, open_source
 from .sources.kubernetes import parse_kubernetes_location
+from .storage import LocalStorage, Storage, StoredFile, Upload, check_key
+from .storage.base import join_key
 
 __all__ = [
     "BackupRequest",
@@ -41,34 +49,112 @@ __all__ = [
 SUCCEEDED, WARNING = "succeeded", "warning"
 
 
-@dataclass
+@dataclass(kw_only=True)
 class BackupRequest:
-    """What to back up and where: the service layer fills it from a source and a run."""
+    """What to back up and where: the service layer fills it from a source and a run.
+
+    The archive goes to `storage`, under the folder `folder` (the source's slug):
+    `<folder>/<stem>.tar.zst` with its `.sha256` and `<stem>.manifest.json` beside it.
+    `scratch_dir` is a local folder for what the run keeps while it works (the manifest's
+    spool, a database snapshot); for a local storage it defaults to the archive folder,
+    any other storage needs one. `dest_dir` alone is the same as a local storage of that
+    folder with no `folder`.
+
+    With `recipients` (age public keys) the archive and the manifest are encrypted:
+    `….tar.zst.age` and `<stem>.manifest.json.age`; the sidecar holds the sha256 of the
+    encrypted archive. `size_hint` (the last archive's size) picks where the encryption
+    runs (see crypto.stream_mode). `reserve_bytes` is the free space a local folder must
+    have before anything is written.
+    """
 
     kind: str
     location: str
-    dest_dir: Path
     stem: str
+    storage: Storage | None = None
+    folder: str = ""
+    scratch_dir: Path | None = None
+    dest_dir: Path | None = None
     compression: str = "zstd"
     level: int | None = None
     excludes: Sequence[str] = ()
     manifest_header: dict[str, Any] = field(default_factory=dict)
     reserve_bytes: int = 0
+    recipients: Sequence[str] = ()
+    size_hint: int | None = None
+
+    def target(self) -> tuple[Storage, str, Path]:
+        """Return the storage, the folder in it, and the local scratch folder."""
+        if self.storage is None:
+            if self.dest_dir is None:
+                raise EngineError("A backup needs a storage (or a destination folder).")
+            storage, folder = LocalStorage(self.dest_dir), ""
+        else:
+            storage, folder = self.storage, self.folder
+        if folder:
+            check_key(folder, folder=True)
+        if self.scratch_dir is not None:
+            scratch = Path(self.scratch_dir)
+        elif isinstance(storage, LocalStorage):
+            scratch = storage.path(folder, folder=True)
+        else:
+            raise EngineError(
+                f"A backup to {storage.describe()} needs a local scratch folder for its "
+                "manifest spool and snapshots."
+            )
+        return storage, folder, scratch
 
 
 @dataclass
 class BackupResult:
-    """The published archive, its checksum and what it holds."""
+    """The published archive, its checksum and what it holds.
 
-    archive: Path
-    sidecar: Path
-    manifest: Path
+    `archive_key`, `sidecar_key` and `manifest_key` are keys in `storage`; `locator` is
+    where plain tools find the archive (a path, `s3://…`). For a local storage `archive`,
+    `sidecar` and `manifest` are the files' paths. `recipients` is empty for an archive
+    that is not encrypted.
+    """
+
+    storage: Storage
+    archive_key: str
+    sidecar_key: str
+    manifest_key: str
+    locator: str
     sha256: str
     size: int
     files: int
     bytes: int
     warnings: list[str]
     status: str
+    recipients: list[str] = field(default_factory=list)
+
+    @property
+    def encrypted(self) -> bool:
+        """Return whether the archive and its manifest are age-encrypted."""
+        return bool(self.recipients)
+
+    def stored(self, key: str) -> StoredFile:
+        """Return one of the backup's files (`archive_key`, ...) as a file in the storage."""
+        return StoredFile(self.storage, key)
+
+    def _local(self, key: str) -> Path:
+        if not isinstance(self.storage, LocalStorage):
+            raise EngineError(f"{self.storage.locator(key)} is not in a local folder.")
+        return self.storage.path(key)
+
+    @property
+    def archive(self) -> Path:
+        """Return the archive's path (local storage only)."""
+        return self._local(self.archive_key)
+
+    @property
+    def sidecar(self) -> Path:
+        """Return the checksum file's path (local storage only)."""
+        return self._local(self.sidecar_key)
+
+    @property
+    def manifest(self) -> Path:
+        """Return the manifest's path (local storage only)."""
+        return self._local(self.manifest_key)
 
 
 class _HashingWriter:
@@ -97,10 +183,11 @@ def plan_backup(*, kind: str, location: str, excludes: Sequence[str] = ()) -> Pl
 
 
 def run_backup(request: BackupRequest, hooks: Hooks) -> BackupResult:
-    """Back up `request`'s source into `request.dest_dir` and publish the archive.
+    """Back up `request`'s source into its storage and publish the archive.
 
-    Raise an `EngineError` (SourceError, NoSpaceError, Cancelled, FencedError...) when
-    the run fails; nothing with a final name is left behind then.
+    Raise an `EngineError` (SourceError, StorageError, NoSpaceError, KeyFileError,
+    Cancelled, FencedError...) when the run fails; nothing with a final name is left
+    behind then.
     """
     if request.compression not in COMPRESSIONS:
         raise EngineError(
@@ -109,49 +196,89 @@ def run_backup(request: BackupRequest, hooks: Hooks) -> BackupResult:
     stem = request.stem
     if not stem or "/" in stem or stem.startswith("."):
         raise EngineError(f"Invalid archive stem {stem!r}.")
-    dest = Path(request.dest_dir)
+    recipients = canonical_recipients(request.recipients) if request.recipients else []
+    storage, folder, scratch = request.target()
+    local_folder = storage.path(folder, folder=True) if isinstance(storage, LocalStorage) else None
     source = open_source(
-        request.kind, request.location, excludes=request.excludes, dest_dir=dest, stem=stem
+        request.kind,
+        request.location,
+        excludes=request.excludes,
+        # A tree that holds the archive folder must not archive the archive.
+        dest_dir=local_folder if request.kind == DIRECTORY and local_folder else scratch,
+        stem=stem,
     )
     try:
-        dest.mkdir(parents=True, exist_ok=True)
+        scratch.mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        raise_if_no_space(error, dest)
-        raise EngineError(f"Cannot create the archive folder {dest}: {error.strerror}.") from None
-    _check_reserve(dest, request.reserve_bytes)
+        raise_if_no_space(error, scratch)
+        raise EngineError(f"Cannot create the folder {scratch}: {error.strerror}.") from None
+    if local_folder is not None:
+        _check_reserve(_nearest_folder(local_folder), request.reserve_bytes)
 
-    archive = dest / (stem + archive_suffix(source.payload, request.compression))
-    sidecar = archive.with_name(archive.name + ".sha256")
-    manifest = dest / f"{stem}.manifest.json"
-    for path in (archive, sidecar, manifest):
-        if os.path.lexists(path):
-            raise EngineError(f"{path} already exists; a backup never overwrites an archive.")
+    suffix = archive_suffix(source.payload, request.compression)
+    suffix += AGE_SUFFIX if recipients else ""
+    archive = join_key(folder, stem + suffix)
+    keys = _Keys(
+        archive=archive,
+        sidecar=archive + ".sha256",
+        manifest=join_key(folder, manifest_name(stem, encrypted=bool(recipients))),
+    )
+    for key in keys:
+        if _taken(storage, key):
+            raise EngineError(
+                f"{storage.locator(key)} already exists; a backup never overwrites an archive."
+            )
     hooks.check()
-    hooks.log(f"writing {archive.name}")
-    # The spool is an unnamed temporary file on the archive's volume: it needs about the
+    hooks.log(f"writing {stem + suffix}")
+    # The spool is an unnamed temporary file in the scratch folder: it needs about the
     # manifest's size, and a crash leaves nothing behind.
-    spool = EntrySpool(dest)
+    spool = EntrySpool(scratch)
     try:
-        return _write(request, source, hooks, spool, archive, sidecar, manifest)
+        return _write(request, source, hooks, spool, storage, keys, recipients)
     finally:
         spool.close()
         source.cleanup()
 
 
-def _write(request, source, hooks, spool, archive, sidecar, manifest) -> BackupResult:
+@dataclass(frozen=True)
+class _Keys:
+    """Where the three files of one backup go in the storage."""
+
+    archive: str
+    sidecar: str
+    manifest: str
+
+    def __iter__(self):
+        return iter((self.archive, self.sidecar, self.manifest))
+
+
+def _taken(storage: Storage, key: str) -> bool:
+    """Return whether anything at all is at `key` (in a folder: even a link or a folder)."""
+    if isinstance(storage, LocalStorage):
+        return os.path.lexists(storage.path(key))
+    return storage.size(key) is not None
+
+
+def _write(request, source, hooks, spool, storage, keys, recipients) -> BackupResult:
     with contextlib.ExitStack() as stack:
         try:
-            archive_file = stack.enter_context(AtomicFile(archive))
-            hashed = _HashingWriter(archive_file.file)
-            stream = compressor(request.compression, hashed, request.level)
+            upload = stack.enter_context(storage.open_write(keys.archive))
+            hashed = _HashingWriter(upload)
+            sink = hashed
+            if recipients:
+                # Compress, then encrypt, then hash: the sidecar is checkable without a key.
+                mode = stream_mode(request.size_hint)
+                sink = stack.enter_context(EncryptingWriter(hashed, recipients, mode=mode))
+            stream = compressor(request.compression, sink, request.level)
             out = Output(stream, spool, hooks)
             source.stream(out)
             hooks.check()
             stream.close()
-            archive_file.finish()
+            if sink is not hashed:
+                sink.close()
+            upload.finish()
         except OSError as error:
-            raise_if_no_space(error, archive)
-            raise EngineError(f"Writing {archive} failed: {error}") from error
+            raise _write_failed(storage, keys.archive, error) from error
         out.flush_progress()
         out.finish_warnings()
         digest, size = hashed.hexdigest(), hashed.size
@@ -159,50 +286,91 @@ def _write(request, source, hooks, spool, archive, sidecar, manifest) -> BackupR
         header = {"format": MANIFEST_FORMAT, **request.manifest_header}
         header["finished_at"] = datetime.now(UTC).isoformat()
         header["archive"] = {
-            "name": archive.name,
+            "name": keys.archive.rsplit("/", 1)[-1],
             "size": size,
             "sha256": digest,
             "compression": request.compression,
         }
+        if recipients:
+            header["encryption"] = {"format": "age", "recipients": list(recipients)}
         try:
-            sidecar_file = stack.enter_context(AtomicFile(sidecar, buffering=-1))
-            manifest_file = stack.enter_context(AtomicFile(manifest))
-            sidecar_file.file.write(sidecar_text(digest, archive.name))
-            sidecar_file.finish()
-            spool.write(manifest_file.file, header)
-            manifest_file.finish()
+            sidecar = stack.enter_context(storage.open_write(keys.sidecar))
+            sidecar.write(sidecar_text(digest, header["archive"]["name"]))
+            sidecar.finish()
+            manifest = stack.enter_context(storage.open_write(keys.manifest))
+            _write_manifest(manifest, spool, header, recipients)
+            manifest.finish()
         except OSError as error:
-            raise_if_no_space(error, manifest)
-            raise EngineError(f"Writing {manifest} failed: {error}") from error
+            raise _write_failed(storage, keys.manifest, error) from error
         hooks.check()
 
         def commit() -> None:
             # The sidecar and manifest reach their names (and the disk) first, so an
             # archive under its final name always has both beside it.
-            sidecar_file.publish()
-            manifest_file.publish()
             try:
-                archive_file.publish()
+                sidecar.publish()
+                manifest.publish()
+                upload.publish()
             except BaseException:
-                if not os.path.lexists(archive):
-                    for path in (sidecar, manifest):
-                        with contextlib.suppress(OSError):
-                            os.unlink(path)
+                _unpublish(storage, keys)
                 raise
 
         hooks.publish(commit)
 
     return BackupResult(
-        archive=archive,
-        sidecar=sidecar,
-        manifest=manifest,
+        storage=storage,
+        archive_key=keys.archive,
+        sidecar_key=keys.sidecar,
+        manifest_key=keys.manifest,
+        locator=storage.locator(keys.archive),
         sha256=digest,
         size=size,
         files=spool.files,
         bytes=spool.bytes,
         warnings=list(out.warnings),
         status=WARNING if out.warnings else SUCCEEDED,
+        recipients=list(recipients),
     )
+
+
+def _write_manifest(upload: Upload, spool: EntrySpool, header: dict, recipients) -> None:
+    """Stream the manifest into `upload`, encrypted to `recipients` when there are any."""
+    if not recipients:
+        spool.write(upload, header)
+        return
+    # A thread: the manifest is a small fraction of the archive, not worth a process.
+    with EncryptingWriter(upload, recipients, mode=THREAD) as encrypted:
+        spool.write(encrypted, header)
+
+
+def _write_failed(storage: Storage, key: str, error: OSError) -> EngineError:
+    """Return the error for a write that failed with an OSError the storage did not name."""
+    if isinstance(storage, LocalStorage):
+        raise_if_no_space(error, storage.path(key))
+    return EngineError(f"Writing {storage.locator(key)} failed: {error}")
+
+
+def _unpublish(storage: Storage, keys: _Keys) -> None:
+    """Remove the sidecar and manifest of an archive whose publish failed; never raise.
+
+    When the storage cannot say whether the archive got its name, both are left: an
+    archive must never lose its checksum file and manifest.
+    """
+    try:
+        if _taken(storage, keys.archive):
+            return
+    except (EngineError, OSError):
+        return
+    for key in (keys.sidecar, keys.manifest):
+        with contextlib.suppress(EngineError, OSError):
+            storage.delete(key)
+
+
+def _nearest_folder(path: Path) -> Path:
+    """Return `path`, or its nearest ancestor that exists (where it will be created)."""
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
 
 
 def _check_reserve(dest: Path, reserve: int) -> None:

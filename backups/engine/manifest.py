@@ -8,11 +8,13 @@ round-trips exactly.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import re
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from json.encoder import encode_basestring_ascii as _json_str
@@ -23,11 +25,30 @@ import msgspec
 from msgspec import Meta
 
 from .atomic import AtomicFile, raise_if_no_space
-from .errors import ArchiveError, UnsupportedFormatError
+from .crypto import SUFFIX as AGE_SUFFIX
+from .crypto import THREAD, DecryptingReader, check_identities, decrypt_bytes
+from .crypto.keys import Identity
+from .errors import ArchiveError, MissingObjectError, UnsupportedFormatError
 from .locations import KINDS
+from .storage.stored import StoredFile
 
 FORMAT = 1
 FILE, DIR, SYMLINK, HARDLINK = "file", "dir", "symlink", "hardlink"
+SUFFIX = ".manifest.json"
+# A manifest is read whole by load_manifest: a million entries take about 200 MB.
+MAX_MANIFEST_BYTES = 4 << 30
+# A checksum file holds one line: 64 hex digits, two spaces and the archive's name.
+MAX_SIDECAR_BYTES = 4096
+
+
+def manifest_name(stem: str, *, encrypted: bool = False) -> str:
+    """Return the manifest's file name for an archive stem: `<stem>.manifest.json[.age]`."""
+    return f"{stem}{SUFFIX}{AGE_SUFFIX if encrypted else ''}"
+
+
+def is_encrypted(name: str) -> bool:
+    """Return whether a file name (an archive's or a manifest's) says it is age-encrypted."""
+    return name.endswith(AGE_SUFFIX)
 
 
 # Bounds that keep every value usable downstream: a size and a count fit a 64-bit
@@ -96,6 +117,13 @@ class Totals(msgspec.Struct):
 
     files: _Count
     bytes: _Count
+
+
+class Encryption(msgspec.Struct):
+    """The header's `encryption`: the archive and manifest are age files for `recipients`."""
+
+    format: Literal["age"]
+    recipients: list[_Text]
 
 
 @dataclass
@@ -227,6 +255,7 @@ class _Header(msgspec.Struct):
     started_at: Annotated[datetime, Meta(tz=True)] | msgspec.UnsetType = msgspec.UNSET
     finished_at: Annotated[datetime, Meta(tz=True)] | msgspec.UnsetType = msgspec.UNSET
     trigger: _Text | msgspec.UnsetType = msgspec.UNSET
+    encryption: Encryption | msgspec.UnsetType = msgspec.UNSET
 
 
 class _Document(_Header):
@@ -310,8 +339,56 @@ def _entry_from(data: Any, index: int, origin: Path | str) -> Entry:
         raise _invalid(origin, error, f"entries[{index}]") from None
 
 
-def load_manifest(path: Path) -> Manifest:
+def load_manifest(
+    where: Path | StoredFile,
+    *,
+    identities: Sequence[Identity] = (),
+    recipients: Sequence[str] = (),
+) -> Manifest:
     """Read and validate a manifest; refuse a newer format or a damaged or invalid file.
+
+    `where` is a local path or a file in a storage. A manifest named `….age` is decrypted
+    with `identities` (`recipients`, those recorded for it, name the keys it needs when
+    none of them fits); see `load_manifest_bytes` for the checks.
+    """
+    origin = str(where)
+    if is_encrypted(_name_of(where)):
+        check_identities(f"The manifest {origin}", recipients, identities)
+    if isinstance(where, StoredFile):
+        try:
+            raw = where.read_all(limit=MAX_MANIFEST_BYTES)
+        except MissingObjectError:
+            raise ArchiveError(_missing_manifest(origin)) from None
+    else:
+        try:
+            with open(where, "rb") as handle:
+                raw = handle.read()
+        except FileNotFoundError:
+            raise ArchiveError(_missing_manifest(origin)) from None
+        except OSError as error:
+            raise ArchiveError(_unreadable_manifest(origin, error)) from None
+    if is_encrypted(_name_of(where)):
+        raw = decrypt_bytes(raw, identities, what=f"The manifest {origin}", recipients=recipients)
+    return load_manifest_bytes(raw, origin)
+
+
+def _name_of(where: Path | StoredFile) -> str:
+    return where.name if isinstance(where, StoredFile) else Path(where).name
+
+
+def _missing_manifest(origin: str) -> str:
+    return f"The manifest {origin} is missing; run import_archives or verify the archive."
+
+
+def _unreadable_manifest(origin: str, error: OSError) -> str:
+    return (
+        f"The manifest {origin} cannot be read: {error.strerror or error}. Check that this "
+        "user may read the archive folder."
+    )
+
+
+def load_manifest_bytes(raw: bytes | bytearray, origin: Path | str) -> Manifest:
+    """Validate the plaintext of a manifest; `origin` names it in messages.
 
     Decoding is validation: every field is checked against the schema (`Entry`,
     `_Header`) by msgspec, about five times faster than json plus Python checks, which
@@ -319,30 +396,18 @@ def load_manifest(path: Path) -> Manifest:
     are not UTF-8, written as surrogate escapes) is read by the standard library and then
     checked against the same schema.
     """
-    try:
-        with open(path, "rb") as handle:
-            raw = handle.read()
-    except FileNotFoundError:
-        raise ArchiveError(
-            f"The manifest {path} is missing; run import_archives or verify the archive."
-        ) from None
-    except OSError as error:
-        raise ArchiveError(
-            f"The manifest {path} cannot be read: {error.strerror or error}. Check that this "
-            "user may read the archive folder."
-        ) from None
-    _check_nul(raw, path)
+    _check_nul(raw, origin)
     try:
         document = _decode_strict(raw)
     except msgspec.ValidationError:
-        return _load_lenient(raw, path)
+        return _load_lenient(raw, origin)
     except msgspec.DecodeError:
-        return _load_standard(raw, path)
-    _check_format(document.format, path)
+        return _load_standard(raw, origin)
+    _check_format(document.format, origin)
     return Manifest(header=_header_of(document), entries=document.entries)
 
 
-def _load_lenient(raw: bytes, path: Path) -> Manifest:
+def _load_lenient(raw: bytes | bytearray, path: Path | str) -> Manifest:
     """Load a manifest the strict decoding refused: a newer format, extra fields, or a fault."""
     try:
         fields = _decode_fields(raw)
@@ -363,7 +428,7 @@ def _load_lenient(raw: bytes, path: Path) -> Manifest:
     return Manifest(header=_header_of(document, extra), entries=document.entries)
 
 
-def _load_standard(raw: bytes, path: Path) -> Manifest:
+def _load_standard(raw: bytes | bytearray, path: Path | str) -> Manifest:
     try:
         data = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as error:
@@ -393,54 +458,61 @@ def sidecar_text(sha256: str, archive_name: str) -> bytes:
 def read_sidecar(path: Path) -> str:
     """Return the hex digest recorded in a `.sha256` sidecar."""
     try:
-        text = path.read_text(errors="replace").strip()
+        raw = path.read_bytes()
     except FileNotFoundError:
         raise ArchiveError(f"The checksum file {path} is missing.") from None
+    return parse_sidecar(raw, path)
+
+
+def parse_sidecar(raw: bytes, origin: Path | str) -> str:
+    """Return the hex digest at the start of a checksum file's bytes; `origin` names it."""
+    text = raw.decode("utf-8", "replace").strip()
     digest = text.split()[0] if text else ""
-    if len(digest) != 64:
-        raise ArchiveError(f"The checksum file {path} is damaged: {text[:80]!r}.")
+    if len(digest) != 64 or any(char not in "0123456789abcdefABCDEF" for char in digest):
+        raise ArchiveError(f"The checksum file {origin} is damaged: {text[:80]!r}.")
     return digest.lower()
 
 
-def iter_manifest(path: Path) -> tuple[dict[str, Any], Iterator[Entry]]:
+def iter_manifest(
+    where: Path | StoredFile,
+    *,
+    identities: Sequence[Identity] = (),
+    recipients: Sequence[str] = (),
+) -> tuple[dict[str, Any], Iterator[Entry]]:
     """Return a manifest's validated header and an iterator over its entries, in flat memory.
 
     Manifests written by EntrySpool keep one entry per line after `"entries": [`, which is
     read line by line, each line checked against the schema as it is decoded (a bad one
     raises ArchiveError when reached); any other valid layout falls back to a full load.
+    `where`, `identities` and `recipients` are as for `load_manifest`: an encrypted
+    manifest is decrypted as it is read.
     """
-    try:
-        handle = open(path, "rb")  # noqa: SIM115 - closed by the generator below
-    except FileNotFoundError:
-        raise ArchiveError(f"The manifest {path} is missing.") from None
-    except OSError as error:
-        raise ArchiveError(
-            f"The manifest {path} cannot be read: {error.strerror or error}. Check that this "
-            "user may read the archive folder."
-        ) from None
+    path = str(where)
+    handle, stack = _open_lines(where, identities, recipients)
     head = bytearray()
-    for line in handle:
-        if line.strip() == b'"entries": [':
-            break
-        head += line
-    else:
-        handle.close()
-        manifest = load_manifest(path)
-        return manifest.header, iter(manifest.entries)
-    _check_nul(bytes(head), path)
     try:
-        data = json.loads(bytes(head).rstrip().rstrip(b",") + b"}")
-    except ValueError as error:
-        handle.close()
-        raise ArchiveError(f"The manifest {path} is damaged and cannot be read: {error}") from None
-    try:
+        for line in handle:
+            if line.strip() == b'"entries": [':
+                break
+            head += line
+        else:
+            stack.close()
+            manifest = load_manifest(where, identities=identities, recipients=recipients)
+            return manifest.header, iter(manifest.entries)
+        _check_nul(bytes(head), path)
+        try:
+            data = json.loads(bytes(head).rstrip().rstrip(b",") + b"}")
+        except ValueError as error:
+            raise ArchiveError(
+                f"The manifest {path} is damaged and cannot be read: {error}"
+            ) from None
         header = parse_manifest(data, path).header
-    except Exception:
-        handle.close()
+    except BaseException:
+        stack.close()
         raise
 
     def entries() -> Iterator[Entry]:
-        with handle:
+        with stack:
             index = 0
             for line in handle:
                 line = line.strip()
@@ -454,7 +526,44 @@ def iter_manifest(path: Path) -> tuple[dict[str, Any], Iterator[Entry]]:
     return header, entries()
 
 
-def _read_entry(line: bytes, index: int, origin: Path) -> Entry:
+def _open_lines(
+    where: Path | StoredFile, identities: Sequence[Identity], recipients: Sequence[str]
+) -> tuple[io.BufferedReader, contextlib.ExitStack]:
+    """Open a manifest for reading line by line, decrypting it on the way if it is `.age`."""
+    origin = str(where)
+    encrypted = is_encrypted(_name_of(where))
+    if encrypted:
+        check_identities(f"The manifest {origin}", recipients, identities)
+    stack = contextlib.ExitStack()
+    try:
+        if isinstance(where, StoredFile):
+            try:
+                raw = stack.enter_context(where.open_read())
+            except MissingObjectError:
+                raise ArchiveError(f"The manifest {origin} is missing.") from None
+        else:
+            try:
+                raw = stack.enter_context(open(where, "rb", buffering=0))  # noqa: SIM115
+            except FileNotFoundError:
+                raise ArchiveError(f"The manifest {origin} is missing.") from None
+            except OSError as error:
+                raise ArchiveError(_unreadable_manifest(origin, error)) from None
+        if encrypted:
+            raw = DecryptingReader(
+                raw,
+                identities,
+                what=f"The manifest {origin}",
+                recipients=recipients,
+                mode=THREAD,
+            )
+            stack.callback(raw.close)
+        return io.BufferedReader(raw, 1 << 20), stack
+    except BaseException:
+        stack.close()
+        raise
+
+
+def _read_entry(line: bytes, index: int, origin: Path | str) -> Entry:
     """Decode one entry's line of a manifest, checked against the schema."""
     _check_nul(line, origin)
     try:

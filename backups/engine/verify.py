@@ -8,6 +8,11 @@ wrong. Only cancellation (errors.Cancelled) propagates.
 - `contents`: every member against the manifest (paths, types, sizes, per-file sha256).
 - `database` (SQLite): the snapshot restored to scratch passes `PRAGMA integrity_check`
   and the configured check queries.
+
+The archive and its manifest are files in a storage (a local folder, an S3 bucket). An
+encrypted backup (`….age`) is checksummed without any key: its sidecar holds the sha256
+of the encrypted file. Every other check reads the plaintext, so it needs an identity;
+without one those checks come back not run (`"ok": False, "skipped": True`), saying so.
 """
 
 from __future__ import annotations
@@ -22,13 +27,22 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 from .atomic import format_bytes
-from .errors import ArchiveError, Cancelled, EngineError
+from .crypto import fingerprint
+from .crypto.keys import Identity
+from .errors import (
+    ArchiveError,
+    Cancelled,
+    EngineError,
+    MissingObjectError,
+    NoMatchingIdentityError,
+)
 from .hooks import Hooks, Progress
 from .locations import DIRECTORY, KUBERNETES, POSTGRES, SQLITE
-from .manifest import Manifest, load_manifest, read_sidecar
+from .manifest import Manifest, load_manifest
 from .restore import (
     CHUNK,
     THREAD,
@@ -41,12 +55,13 @@ from .restore import (
     listed,
     member_key,
     payload_limit,
+    read_checksum_file,
     reading_mode,
     restore_archive,
     scan_archive,
-    sidecar_path,
 )
 from .restore.sqlite_files import QueryRefused, sqlite_read_query
+from .storage import Storage, StoredFile, stored_file
 from .tarstream import Member, TarScanner
 
 CHECKSUM, CONTENTS, DATABASE, DRILL = "checksum", "contents", "database", "drill"
@@ -72,50 +87,101 @@ def _result(name: str, ok: bool, detail: str, **extra) -> dict:
 
 def verify_archive(
     *,
-    archive: Path,
-    manifest: Path,
+    archive: StoredFile | Path | str,
+    manifest: StoredFile | Path | str,
     kind: str,
     checks: Sequence[str] = (CHECKSUM, CONTENTS),
     sqlite_queries: Sequence[dict] = (),
     query_time_s: float = QUERY_TIME_S,
     hooks: Hooks,
     catalog_sha256: str | None = None,
+    storage: Storage | None = None,
+    identities: Sequence[Identity] = (),
+    recipients: Sequence[str] = (),
 ) -> list[dict]:
     """Run the named checks on an archive; return one result per check, failures included.
 
+    `archive` and `manifest` are keys in `storage`, or local paths without one.
     `sqlite_queries` are `{"sql": ..., "expect": "> 0"}` items for the `database` check;
     each may only read, and is stopped after `query_time_s`. `catalog_sha256`, when set,
     is the sha256 recorded apart from the files (the catalog): the checksum check fails
     when the archive, its manifest and its checksum file agree with each other but not
-    with it.
+    with it. An encrypted backup is read with `identities`; `recipients` are those the
+    catalog recorded for it. Without a fitting identity the checksum check compares the
+    stored bytes with the checksum file (and the catalog) alone, and the other checks
+    come back not run, with `"skipped": True` and a detail saying the key is needed.
     """
-    archive, manifest = Path(archive), Path(manifest)
+    archive_file = stored_file(archive, storage)
+    manifest_file = stored_file(manifest, storage)
+    locked = None
     try:
-        loaded = load_manifest(manifest)
+        loaded = load_manifest(manifest_file, identities=identities, recipients=recipients)
+    except NoMatchingIdentityError as error:
+        loaded, locked = None, _needs_key(archive_file, recipients, identities, error)
     except EngineError as error:
         return [_result(name, False, f"Cannot check: {error}") for name in checks]
+    reading = _reading(loaded, identities, recipients)
     results = []
     for name in checks:
         try:
-            if name == CHECKSUM:
-                results.append(_checksum(archive, loaded, hooks, catalog_sha256))
-            elif name == CONTENTS:
-                results.append(_contents(archive, loaded, kind, hooks))
-            elif name == DATABASE:
-                results.append(
-                    _database(
-                        archive, manifest, kind, sqlite_queries, query_time_s, hooks, catalog_sha256
-                    )
-                )
-            else:
+            if name not in CHECKS:
                 results.append(
                     _result(name, False, f"Unknown check {name!r}; use {', '.join(CHECKS)}.")
+                )
+            elif name == CHECKSUM:
+                results.append(_checksum(archive_file, loaded, hooks, catalog_sha256))
+            elif loaded is None:
+                results.append(_result(name, False, locked, skipped=True))
+            elif name == CONTENTS:
+                results.append(_contents(archive_file, loaded, kind, hooks, reading))
+            else:
+                results.append(
+                    _database(
+                        archive_file,
+                        manifest_file,
+                        kind,
+                        sqlite_queries,
+                        query_time_s,
+                        hooks,
+                        catalog_sha256,
+                        reading,
+                    )
                 )
         except Cancelled:
             raise
         except (EngineError, OSError, sqlite3.Error) as error:
             results.append(_result(name, False, _describe(error)))
     return results
+
+
+def _reading(
+    manifest: Manifest | None, identities: Sequence[Identity], recipients: Sequence[str]
+) -> dict:
+    """Return what an ArchiveReader needs to open the archive this manifest describes."""
+    header = manifest.header if manifest is not None else {}
+    recorded = (header.get("encryption") or {}).get("recipients", ())
+    size = (header.get("archive") or {}).get("size")
+    return {
+        "identities": tuple(identities),
+        "recipients": tuple(recipients or recorded),
+        "stored_size": size if isinstance(size, int) else None,
+    }
+
+
+def _needs_key(
+    archive: StoredFile,
+    recipients: Sequence[str],
+    identities: Sequence[Identity],
+    error: EngineError,
+) -> str:
+    """Return why the checks that read the plaintext did not run on an encrypted backup."""
+    if identities:
+        return f"Not run: {error}"
+    whose = f" of one of its recipients ({', '.join(map(fingerprint, recipients))})"
+    return (
+        f"Not run: {archive.name} is encrypted, and the content checks need the private key "
+        f"(AGE_IDENTITY_FILE){whose if recipients else ''}; the checksum check needs none."
+    )
 
 
 def _describe(error: BaseException) -> str:
@@ -125,34 +191,40 @@ def _describe(error: BaseException) -> str:
     return str(error)
 
 
-def _archive_problem(archive: Path, manifest: Manifest) -> str | None:
+def _archive_problem(archive: StoredFile, manifest: Manifest | None) -> str | None:
     """Return why the archive file cannot match at all (missing, empty, wrong size)."""
-    try:
-        size = archive.stat().st_size
-    except FileNotFoundError:
+    size = archive.size()
+    if size is None:
         return f"The archive {archive} is missing."
     if size == 0:
         return f"The archive {archive} is empty (0 bytes)."
-    recorded = manifest.header.get("archive", {}).get("size")
+    recorded = manifest.header.get("archive", {}).get("size") if manifest is not None else None
     if isinstance(recorded, int) and recorded != size:
         state = "truncated" if size < recorded else "larger than written"
         return f"The archive {archive.name} is {state}: {size} bytes, the manifest says {recorded}."
     return None
 
 
-def _checksum(archive: Path, manifest: Manifest, hooks: Hooks, catalog: str | None) -> dict:
+def _checksum(
+    archive: StoredFile, manifest: Manifest | None, hooks: Hooks, catalog: str | None
+) -> dict:
+    """Hash the stored bytes; compare with the manifest (when it was read) and the sidecar."""
     problem = _archive_problem(archive, manifest)
     if problem:
         return _result(CHECKSUM, False, problem)
-    recorded = str(manifest.archive_sha256).lower()
+    recorded = str(manifest.archive_sha256).lower() if manifest is not None else None
     try:
-        side = read_sidecar(sidecar_path(archive))
+        side = read_checksum_file(archive)
         side_problem = None
     except ArchiveError as error:
         side, side_problem = None, str(error)
-    progress = Progress(bytes_total=archive.stat().st_size, current=f"hashing {archive.name}")
+    progress = Progress(bytes_total=archive.size(), current=f"hashing {archive.name}")
     digest = hashlib.sha256()
-    with open(archive, "rb", buffering=0) as handle:
+    try:
+        handle = archive.open_read()
+    except MissingObjectError:
+        return _result(CHECKSUM, False, f"The archive {archive} is missing.")
+    with handle:
         while True:
             hooks.check()
             chunk = handle.read(CHUNK)
@@ -163,7 +235,7 @@ def _checksum(archive: Path, manifest: Manifest, hooks: Hooks, catalog: str | No
             hooks.progress(progress)
     actual = digest.hexdigest()
     wrong = []
-    if actual != recorded:
+    if recorded is not None and actual != recorded:
         wrong.append(f"the manifest says {recorded}")
     if side is not None and actual != side:
         wrong.append(f"the checksum file says {side}")
@@ -176,11 +248,22 @@ def _checksum(archive: Path, manifest: Manifest, hooks: Hooks, catalog: str | No
             + ".",
         )
     if side_problem:
+        if recorded is None:
+            return _result(CHECKSUM, False, f"Nothing to compare the archive with: {side_problem}")
         return _result(
             CHECKSUM, False, f"The archive matches its manifest's sha256, but {side_problem}"
         )
     if catalog and catalog.lower() != actual:
         return _result(CHECKSUM, False, catalog_mismatch(archive.name, actual, catalog))
+    if recorded is None:
+        also = " and the catalog" if catalog else ""
+        return _result(
+            CHECKSUM,
+            True,
+            f"sha256 {actual} matches the checksum file{also} "
+            f"({format_bytes(progress.bytes_done)}); the manifest is encrypted and was not "
+            "read without the private key.",
+        )
     return _result(
         CHECKSUM,
         True,
@@ -247,12 +330,14 @@ class _Collector:
         )
 
 
-def _contents(archive: Path, manifest: Manifest, kind: str, hooks: Hooks) -> dict:
+def _contents(
+    archive: StoredFile, manifest: Manifest, kind: str, hooks: Hooks, reading: dict
+) -> dict:
     problem = _archive_problem(archive, manifest)
     if problem:
         return _result(CONTENTS, False, problem)
     if kind == POSTGRES:
-        return _dump_contents(archive, manifest, hooks)
+        return _dump_contents(archive, manifest, hooks, reading)
     collector = _Collector(manifest)
     progress = Progress(bytes_total=manifest.total_bytes, files_total=manifest.total_files)
     reader = ArchiveReader(
@@ -260,6 +345,7 @@ def _contents(archive: Path, manifest: Manifest, kind: str, hooks: Hooks) -> dic
         limit=payload_limit(manifest),
         tick=hooks.check,
         mode=reading_mode(manifest),
+        **reading,
     )
     scanner = TarScanner(decide=collector.decide, on_member=collector.on_member)
 
@@ -284,10 +370,12 @@ def _contents(archive: Path, manifest: Manifest, kind: str, hooks: Hooks) -> dic
     return _result(CONTENTS, ok, detail)
 
 
-def _dump_contents(archive: Path, manifest: Manifest, hooks: Hooks) -> dict:
+def _dump_contents(archive: StoredFile, manifest: Manifest, hooks: Hooks, reading: dict) -> dict:
     """Decompress a pg_dump archive fully: size, sha256 and the custom-format signature."""
     progress = Progress(bytes_total=manifest.total_bytes)
-    reader = ArchiveReader(archive, limit=manifest.total_bytes, tick=hooks.check, mode=THREAD)
+    reader = ArchiveReader(
+        archive, limit=manifest.total_bytes, tick=hooks.check, mode=THREAD, **reading
+    )
     payload = hashlib.sha256()
     head = b""
     try:
@@ -321,13 +409,14 @@ def _dump_contents(archive: Path, manifest: Manifest, hooks: Hooks) -> dict:
 
 
 def _database(
-    archive: Path,
-    manifest: Path,
+    archive: StoredFile,
+    manifest: StoredFile,
     kind: str,
     queries: Sequence[dict],
     time_limit_s: float,
     hooks: Hooks,
-    catalog: str | None = None,
+    catalog: str | None,
+    reading: dict,
 ) -> dict:
     if kind != SQLITE:
         return _result(
@@ -344,6 +433,8 @@ def _database(
                     kind=SQLITE,
                     target=str(target),
                     catalog_sha256=catalog,
+                    identities=reading["identities"],
+                    recipients=reading["recipients"],
                 ),
                 hooks,
             )
@@ -393,19 +484,23 @@ def _run_query(database: Path, query: dict, time_limit_s: float) -> dict:
 
 def restore_drill(
     *,
-    archive: Path,
-    manifest: Path,
+    archive: StoredFile | Path | str,
+    manifest: StoredFile | Path | str,
     kind: str,
     scratch_dir: Path,
     hooks: Hooks,
     catalog_sha256: str | None = None,
+    storage: Storage | None = None,
+    identities: Sequence[Identity] = (),
+    recipients: Sequence[str] = (),
 ) -> dict:
     """Restore the archive in full into scratch, verified, timed end to end, then removed.
 
     Return `{"name": "drill", "ok", "detail", "duration_s"}`. A PostgreSQL dump is
     restored to an SQL script with pg_restore (every table's data is read), since a drill
     must not need a database server of its own. `catalog_sha256` is checked as a
-    restore checks it.
+    restore checks it. `archive` and `manifest` are keys in `storage`, or local paths
+    without one; an encrypted backup needs one of `identities`, as a restore does.
     """
     started = time.monotonic()
     scratch_dir = Path(scratch_dir)
@@ -419,10 +514,17 @@ def restore_drill(
             "detail": f"Cannot create scratch space: {_describe(error)}",
             "duration_s": 0.0,
         }
+    request = RestoreRequest(
+        archive=stored_file(archive, storage),
+        manifest=stored_file(manifest, storage),
+        kind=kind,
+        target="",
+        catalog_sha256=catalog_sha256,
+        identities=identities,
+        recipients=recipients,
+    )
     try:
-        ok, detail = _drill_into(
-            Path(archive), Path(manifest), kind, scratch, hooks, catalog_sha256
-        )
+        ok, detail = _drill_into(request, scratch, hooks)
     except Cancelled:
         raise
     except (EngineError, OSError) as error:
@@ -434,27 +536,17 @@ def restore_drill(
     return {"name": DRILL, "ok": ok, "detail": detail, "duration_s": duration}
 
 
-def _drill_into(
-    archive: Path, manifest: Path, kind: str, scratch: Path, hooks: Hooks, catalog: str | None
-) -> tuple[bool, str]:
+def _drill_into(request: RestoreRequest, scratch: Path, hooks: Hooks) -> tuple[bool, str]:
+    kind = request.kind
     if kind == POSTGRES:
-        return _drill_postgres(archive, manifest, scratch, hooks, catalog)
+        return _drill_postgres(request, scratch, hooks)
     if kind == SQLITE:
         target, restore_kind = scratch / "restored.db", SQLITE
     elif kind in (DIRECTORY, KUBERNETES):
         target, restore_kind = scratch / "restored", DIRECTORY
     else:
         return False, f"Unknown source kind {kind!r}."
-    result = restore_archive(
-        RestoreRequest(
-            archive=archive,
-            manifest=manifest,
-            kind=restore_kind,
-            target=str(target),
-            catalog_sha256=catalog,
-        ),
-        hooks,
-    )
+    result = restore_archive(replace(request, kind=restore_kind, target=str(target)), hooks)
     for line in result.warnings:
         hooks.warn(line)
     note = f" ({len(result.warnings)} unsafe members skipped)" if result.warnings else ""
@@ -464,16 +556,20 @@ def _drill_into(
     )
 
 
-def _drill_postgres(
-    archive: Path, manifest: Path, scratch: Path, hooks: Hooks, catalog: str | None
-) -> tuple[bool, str]:
-    loaded = load_manifest(manifest)
+def _drill_postgres(request: RestoreRequest, scratch: Path, hooks: Hooks) -> tuple[bool, str]:
+    loaded = request.load_manifest()
     dump = scratch / "dump.pgdump"
     meter = ProgressMeter(
         hooks, bytes_total=loaded.total_bytes, files_total=1, current="verifying the dump"
     )
     decompress_verified(
-        archive, loaded, dump, tick=hooks.check, meter=meter, catalog_sha256=catalog
+        request.archive_file(),
+        loaded,
+        dump,
+        tick=hooks.check,
+        meter=meter,
+        catalog_sha256=request.catalog_sha256,
+        **_reading(loaded, request.identities, request.recipients),
     )
     script = scratch / "restore.sql"
     command = [os.environ.get("PG_RESTORE") or "pg_restore", "--no-owner", "-f", str(script)]

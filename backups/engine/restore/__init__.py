@@ -54,8 +54,10 @@ from .reader import (
     catalog_mismatch,
     expected_sha256,
     payload_limit,
+    read_checksum_file,
     reading_mode,
     scan_archive,
+    sidecar_of,
     sidecar_path,
 )
 from .recovery import recover_interrupted
@@ -83,10 +85,12 @@ __all__ = [
     "member_key",
     "payload_limit",
     "pg_restore_argv",
+    "read_checksum_file",
     "reading_mode",
     "recover_interrupted",
     "restore_archive",
     "scan_archive",
+    "sidecar_of",
     "sidecar_path",
     "sqlite_integrity",
     "sqlite_uri",

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from ..crypto.keys import Identity
 from ..manifest import Manifest
+from ..storage import StoredFile
 from ..tarstream import TarScanner
 from .children import ProcessSink
 from .member_filter import MemberFilter
@@ -48,7 +50,7 @@ def tar_extract_argv(dest: Path, *, keep_owners: bool = True) -> list[str]:
 
 def stream_into(
     *,
-    archive: Path,
+    archive: StoredFile | Path,
     manifest: Manifest,
     expected: str,
     filter_: MemberFilter,
@@ -57,14 +59,24 @@ def stream_into(
     tick: Callable[[], None],
     staging: Path | None = None,
     keep_owners: bool = True,
+    identities: Sequence[Identity] = (),
+    recipients: Sequence[str] = (),
+    stored_size: int | None = None,
 ) -> str:
     """Read, check and forward a whole archive; return its sha256.
 
     With `staging`, big files are written there directly and the rest goes to `sink`.
-    Without `keep_owners`, no member reaches the sink with a set-id bit.
+    Without `keep_owners`, no member reaches the sink with a set-id bit. `identities`,
+    `recipients` and `stored_size` open an encrypted archive (see ArchiveReader).
     """
     reader = ArchiveReader(
-        archive, limit=payload_limit(manifest), tick=tick, mode=reading_mode(manifest)
+        archive,
+        limit=payload_limit(manifest),
+        tick=tick,
+        mode=reading_mode(manifest),
+        identities=identities,
+        recipients=recipients,
+        stored_size=stored_size,
     )
     splitter = None
     if sink is not None:

@@ -9,7 +9,6 @@ from pathlib import Path
 from ..atomic import format_bytes
 from ..errors import ArchiveError, Cancelled
 from ..hooks import Hooks
-from ..manifest import load_manifest
 from ..safety import Selection
 from .children import ProcessSink
 from .contents import member_key
@@ -30,8 +29,8 @@ class RestoreJob:
     def __init__(self, request: RestoreRequest, hooks: Hooks) -> None:
         self.request = request
         self.hooks = hooks
-        self.archive = Path(request.archive)
-        self.manifest = load_manifest(Path(request.manifest))
+        self.archive = request.archive_file()
+        self.manifest = request.load_manifest()
         self.deadline = Deadline(request.timeout_s)
         self.warnings: list[str] = []
         self.checks: list[dict] = []
@@ -88,18 +87,37 @@ class RestoreJob:
 
     def expected(self) -> str:
         """Return the archive's recorded sha256 once its presence and size check out."""
-        if not self.archive.exists():
+        size = self.archive.size()
+        if size is None:
             raise ArchiveError(f"The archive {self.archive} is missing.")
-        recorded = self.manifest.header.get("archive", {}).get("size")
-        size = self.archive.stat().st_size
+        recorded = self.recorded_size()
         if size == 0:
             raise ArchiveError(f"The archive {self.archive} is empty (0 bytes).")
-        if isinstance(recorded, int) and recorded != size:
+        if recorded is not None and recorded != size:
             raise ArchiveError(
                 f"The archive {self.archive} is {size} bytes but its manifest says {recorded}: "
                 f"it is {'truncated' if size < recorded else 'not the file that was written'}."
             )
         return expected_sha256(self.archive, self.manifest, self.request.catalog_sha256)
+
+    def recorded_size(self) -> int | None:
+        """Return the archive's size as its manifest records it, if it does."""
+        recorded = self.manifest.header.get("archive", {}).get("size")
+        return recorded if isinstance(recorded, int) else None
+
+    def reading_keys(self) -> dict:
+        """Return what an ArchiveReader of this archive needs to decrypt it, if encrypted."""
+        return {
+            "identities": self.request.identities,
+            "recipients": self.recipients(),
+            "stored_size": self.recorded_size(),
+        }
+
+    def recipients(self) -> list[str]:
+        """Return the recipients recorded for the archive: the catalog's, else the manifest's."""
+        if self.request.recipients:
+            return list(self.request.recipients)
+        return list((self.manifest.header.get("encryption") or {}).get("recipients", ()))
 
     def meter(self, current: str, selection: Selection | None = None) -> ProgressMeter:
         """Start reporting progress on `current`, over the files `selection` keeps."""
@@ -151,6 +169,7 @@ class RestoreJob:
                 tick=self.tick,
                 staging=staging,
                 keep_owners=self.request.keeps_owners,
+                **self.reading_keys(),
             )
         except BaseException:
             if sink is not None:

@@ -6,12 +6,15 @@ import hashlib
 import os
 import subprocess
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 from psycopg.conninfo import make_conninfo
 
+from ..crypto.keys import Identity
 from ..errors import ArchiveError, EngineError, TargetError
 from ..manifest import Manifest
+from ..storage import StoredFile, stored_file
 from .children import kill_group, wait_ticking
 from .files import remove_path
 from .job import RestoreJob
@@ -51,16 +54,35 @@ class _DumpWriter:
 
 
 def decompress_verified(
-    archive: Path, manifest: Manifest, dest: Path, *, tick, meter, catalog_sha256=None
+    archive: StoredFile | Path,
+    manifest: Manifest,
+    dest: Path,
+    *,
+    tick,
+    meter,
+    catalog_sha256=None,
+    identities: Sequence[Identity] = (),
+    recipients: Sequence[str] = (),
+    stored_size: int | None = None,
 ) -> str:
     """Decompress a single-payload archive (a pg_dump) into `dest`, verifying as it goes.
 
     Return the archive's sha256; raise ArchiveError when the archive, its size or (when
     the manifest lists one file) the payload's sha256 does not match, or when the
     archive is not the one whose sha256 the catalog recorded (`catalog_sha256`).
+    `identities`, `recipients` and `stored_size` open an encrypted archive.
     """
+    archive = stored_file(archive)
     expected = expected_sha256(archive, manifest, catalog_sha256)
-    reader = ArchiveReader(archive, limit=manifest.total_bytes, tick=tick, mode=THREAD)
+    reader = ArchiveReader(
+        archive,
+        limit=manifest.total_bytes,
+        tick=tick,
+        mode=THREAD,
+        identities=identities,
+        recipients=recipients,
+        stored_size=stored_size,
+    )
     try:
         with open(dest, "wb") as out:
             payload = _DumpWriter(out)
@@ -132,6 +154,7 @@ def restore_postgres(job: RestoreJob) -> str:
             tick=job.tick,
             meter=meter,
             catalog_sha256=job.request.catalog_sha256,
+            **job.reading_keys(),
         )
         job.passed_checksum(digest)
         meter.progress.current = "pg_restore"

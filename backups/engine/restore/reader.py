@@ -2,7 +2,9 @@
 
 `ArchiveReader` yields the decompressed payload, inline, from a thread or from the `zstd`
 program (see `reading_mode`); `scan_archive` feeds it through a tar scanner and checks
-the archive's sha256 at the end.
+the archive's sha256 at the end. The archive is a file in a storage (a local folder, an
+S3 bucket); one named `….age` is decrypted between the hashing of the stored bytes and
+the decompression, so its sha256 is that of the encrypted file, checkable without a key.
 """
 
 from __future__ import annotations
@@ -18,15 +20,19 @@ import subprocess
 import tempfile
 import threading
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import zstandard
 
 from .. import compression
 from ..atomic import format_bytes
-from ..errors import ArchiveError, UnsafeArchiveError
-from ..manifest import Manifest, read_sidecar
+from ..crypto import SUFFIX as AGE_SUFFIX
+from ..crypto import DecryptingReader, check_identities, stream_mode
+from ..crypto.keys import Identity
+from ..errors import ArchiveError, EngineError, MissingObjectError, UnsafeArchiveError
+from ..manifest import MAX_SIDECAR_BYTES, Manifest, is_encrypted, parse_sidecar
+from ..storage.stored import StoredFile, stored_file
 from ..tarstream import TarScanner
 from .children import kill_group, widen_pipe
 
@@ -44,6 +50,26 @@ def sidecar_path(archive: Path) -> Path:
     """Return the `.sha256` checksum file that belongs to `archive`."""
     archive = Path(archive)
     return archive.with_name(archive.name + ".sha256")
+
+
+def sidecar_of(archive: StoredFile) -> StoredFile:
+    """Return the `.sha256` checksum file beside `archive` in its storage."""
+    return archive.sibling(archive.name + ".sha256")
+
+
+def read_checksum_file(archive: StoredFile) -> str:
+    """Return the sha256 recorded in the checksum file beside `archive`."""
+    sidecar = sidecar_of(archive)
+    try:
+        raw = sidecar.read_bytes(limit=MAX_SIDECAR_BYTES)
+    except MissingObjectError:
+        raise ArchiveError(f"The checksum file {sidecar} is missing.") from None
+    return parse_sidecar(raw, sidecar)
+
+
+def archive_compression(name: str) -> str:
+    """Return the compression of an archive from its name, `.age` or not."""
+    return compression.compression_of(name.removesuffix(AGE_SUFFIX))
 
 
 class _HashingReader(io.RawIOBase):
@@ -85,18 +111,27 @@ class ArchiveReader:
     side overlaps the other's work); "process", in the `zstd` program, fed by a thread
     that reads and hashes the stored bytes, so decompression runs on another core while
     the caller parses (falls back to "inline" without the program, or for gzip).
+
+    `archive` is a file in a storage (or a local path). One named `….age` is decrypted
+    with `identities` as it is read (see crypto.DecryptingReader); `recipients` (recorded
+    for it) and `stored_size` (its recorded size) make the messages precise when no key
+    fits or the file is damaged. Only authenticated plaintext reaches the decompressor.
     """
 
     def __init__(
         self,
-        archive: Path,
+        archive: StoredFile | Path,
         *,
         limit: int | None = None,
         tick: Callable[[], None] | None = None,
         mode: str = INLINE,
+        identities: Sequence[Identity] = (),
+        recipients: Sequence[str] = (),
+        stored_size: int | None = None,
     ) -> None:
-        self.archive = Path(archive)
-        self.compression = compression.compression_of(self.archive.name)
+        self.archive = stored_file(archive)
+        self.encrypted = is_encrypted(self.archive.name)
+        self.compression = archive_compression(self.archive.name)
         self.limit = limit
         self.payload_bytes = 0
         self._tick = tick
@@ -107,13 +142,20 @@ class ArchiveReader:
         self._mode = mode
         self._child: subprocess.Popen | None = None
         self._feeder: threading.Thread | None = None
-        self._feed_error: OSError | None = None
+        self._feed_error: BaseException | None = None
         self._producer: threading.Thread | None = None
         self._stop = threading.Event()
         self._queue: queue.Queue | None = None
+        self._identities = tuple(identities)
+        self._recipients = tuple(recipients)
+        self._stored_size = stored_size
+        self._plain: DecryptingReader | None = None
+        if self.encrypted:
+            # Before a byte is read: a host without the key fails at once, saying which.
+            check_identities(f"The archive {self.archive.name}", recipients, identities)
         try:
-            self._file = open(self.archive, "rb", buffering=0)  # noqa: SIM115 - closed in close()
-        except FileNotFoundError:
+            self._file = self.archive.open_read()
+        except MissingObjectError:
             raise ArchiveError(f"The archive {self.archive} is missing.") from None
         except OSError as error:
             raise ArchiveError(
@@ -121,8 +163,23 @@ class ArchiveReader:
             ) from None
         self._hashing = _HashingReader(self._file)
 
+    def _stored_stream(self):
+        """Return what decompression reads: the hashed stored bytes, decrypted if need be."""
+        if not self.encrypted:
+            return self._hashing
+        if self._plain is None:
+            self._plain = DecryptingReader(
+                self._hashing,
+                self._identities,
+                what=f"The archive {self.archive.name}",
+                recipients=self._recipients,
+                size=self._stored_size,
+                mode=stream_mode(self._stored_size),
+            )
+        return self._plain
+
     def _decompressed(self) -> Iterator[bytes]:
-        reader = compression.decompressor(self.compression, self._hashing)
+        reader = compression.decompressor(self.compression, self._stored_stream())
         while True:
             try:
                 data = reader.read(CHUNK)
@@ -153,10 +210,13 @@ class ArchiveReader:
                 self._tick()
             yield data
 
-    def _read_failed(self, error: OSError) -> ArchiveError:
-        return ArchiveError(
-            f"Reading the archive {self.archive} failed: {error.strerror or error}."
-        )
+    def _read_failed(self, error: BaseException) -> ArchiveError:
+        if isinstance(error, ArchiveError):
+            return error
+        if isinstance(error, EngineError):
+            return ArchiveError(str(error))
+        reason = getattr(error, "strerror", None) or error
+        return ArchiveError(f"Reading the archive {self.archive} failed: {reason}.")
 
     def _too_big(self) -> str:
         return (
@@ -196,7 +256,11 @@ class ArchiveReader:
                 if self.limit is not None and self.payload_bytes > self.limit:
                     raise UnsafeArchiveError(self._too_big())
                 yield data if size == CHUNK else view[:size]
-            if self._child.wait() != 0:
+            status = self._child.wait()
+            # zstd saw its input end early because reading (or decrypting) it failed.
+            if self._feed_error is not None:
+                raise self._read_failed(self._feed_error)
+            if status != 0:
                 errors.seek(0)
                 text = errors.read().decode("utf-8", "replace").strip() or "no message"
                 raise ArchiveError(
@@ -206,12 +270,17 @@ class ArchiveReader:
             errors.close()
 
     def _feed(self) -> None:
-        """Hash the stored bytes and hand them to zstd; keep hashing if zstd stops."""
+        """Hash the stored bytes and hand them to zstd; keep hashing if zstd stops.
+
+        An encrypted archive is decrypted on the way; its reader raises when the stored
+        bytes fail authentication, which `finish` reports.
+        """
         target = self._child.stdin.fileno()
         sending = True
         try:
+            source = self._stored_stream()
             while not self._stop.is_set():
-                data = self._hashing.read(CHUNK)
+                data = source.read(CHUNK)
                 if not data:
                     break
                 view = memoryview(data)
@@ -220,7 +289,7 @@ class ArchiveReader:
                         view = view[os.write(target, view) :]
                     except OSError:
                         sending = False
-        except OSError as error:
+        except Exception as error:  # raised by the caller's thread, in finish
             self._feed_error = error
         finally:
             with contextlib.suppress(OSError):
@@ -285,9 +354,15 @@ class ArchiveReader:
     def finish(self) -> str:
         """Read whatever is left of the stored file and return its sha256 (hex)."""
         self._halt()
-        self._end_external(stop=False)
-        if self._feed_error is not None:
-            raise self._read_failed(self._feed_error)
+        if self.encrypted:
+            # Decryption may have stopped anywhere (damage, an early end): once it is shut
+            # down the stored file is this thread's again, and the rest is hashed below.
+            self._end_external(stop=True)
+            self._close_plain()
+        else:
+            self._end_external(stop=False)
+            if self._feed_error is not None:
+                raise self._read_failed(self._feed_error)
         while True:
             if self._tick is not None:
                 self._tick()
@@ -299,29 +374,37 @@ class ArchiveReader:
                 break
         return self._hashing.sha.hexdigest()
 
+    def _close_plain(self) -> None:
+        if self._plain is not None:
+            self._plain.close()
+
     def close(self) -> None:
-        """Stop reading ahead and close the archive file."""
+        """Stop reading ahead and decrypting, and close the archive file."""
         self._halt()
         self._end_external(stop=True)
+        self._close_plain()
         self._file.close()
 
 
-def expected_sha256(archive: Path, manifest: Manifest, catalog: str | None = None) -> str:
+def expected_sha256(
+    archive: StoredFile | Path, manifest: Manifest, catalog: str | None = None
+) -> str:
     """Return the archive's recorded sha256 once the manifest and checksum file agree.
 
     `catalog` is the sha256 the catalog recorded when the backup was written, when the
     caller has one: files beside each other can be swapped together, the catalog cannot.
     """
+    archive = stored_file(archive)
     recorded = str(manifest.archive_sha256).lower()
-    side = read_sidecar(sidecar_path(archive))
+    side = read_checksum_file(archive)
     if side != recorded:
         raise ArchiveError(
-            f"The checksum file of {Path(archive).name} says {side} but its manifest says "
+            f"The checksum file of {archive.name} says {side} but its manifest says "
             f"{recorded}: one of them was altered. Restore from another backup, or verify "
             "the archive to find out which one is right."
         )
     if catalog and catalog.lower() != recorded:
-        raise ArchiveError(catalog_mismatch(Path(archive).name, recorded, catalog))
+        raise ArchiveError(catalog_mismatch(archive.name, recorded, catalog))
     return recorded
 
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..atomic import format_bytes, free_bytes
+from ..crypto.keys import Identity
 from ..errors import NoSpaceError, TargetError
 from ..locations import (
     DIRECTORY,
@@ -20,6 +21,7 @@ from ..locations import (
 )
 from ..manifest import Manifest, load_manifest
 from ..safety import Selection, normalise_request_path
+from ..storage import Storage, StoredFile, stored_file
 from .contents import listed, member_key
 from .places import check_local_place, check_pod_namespace, free_ancestor, postgres_target
 
@@ -43,10 +45,15 @@ class RestoreRequest:
     `HOST:PORT`) and `pod_namespaces` are where a new location may be besides the source's
     own server or namespace; `source_location` is where the backup was taken (by default
     the manifest's).
+
+    `archive` and `manifest` are keys in `storage`, or local paths when it is None. An
+    encrypted backup (`….age`) is opened with `identities` (the private keys this host
+    has, see crypto.load_identities); `recipients` are the public keys the catalog
+    recorded for it, which a refusal names when none of the identities fits.
     """
 
-    archive: Path
-    manifest: Path
+    archive: Path | str
+    manifest: Path | str
     kind: str
     target: str
     in_place: bool = False
@@ -60,6 +67,23 @@ class RestoreRequest:
     postgres_servers: Sequence[str] = ()
     pod_namespaces: Sequence[str] = ()
     source_location: str | None = None
+    storage: Storage | None = None
+    identities: Sequence[Identity] = ()
+    recipients: Sequence[str] = ()
+
+    def archive_file(self) -> StoredFile:
+        """Return the archive as a file in its storage."""
+        return stored_file(self.archive, self.storage)
+
+    def manifest_file(self) -> StoredFile:
+        """Return the manifest as a file in its storage."""
+        return stored_file(self.manifest, self.storage)
+
+    def load_manifest(self) -> Manifest:
+        """Read and validate the manifest, decrypting it when it is encrypted."""
+        return load_manifest(
+            self.manifest_file(), identities=self.identities, recipients=self.recipients
+        )
 
     @property
     def keeps_owners(self) -> bool:
@@ -167,7 +191,7 @@ def check_target(request: RestoreRequest, manifest: Manifest | None = None) -> N
                 "this user may read it, or choose another target."
             ) from None
     if request.paths:
-        selection_for(request, load_manifest(request.manifest) if manifest is None else manifest)
+        selection_for(request, request.load_manifest() if manifest is None else manifest)
 
 
 def source_location(request: RestoreRequest, manifest: Manifest | None = None) -> str | None:
@@ -175,7 +199,7 @@ def source_location(request: RestoreRequest, manifest: Manifest | None = None) -
     if request.source_location is not None:
         return request.source_location
     if manifest is None:
-        manifest = load_manifest(request.manifest)
+        manifest = request.load_manifest()
     return (manifest.header.get("source") or {}).get("location")
 
 

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import MissingObjectError, StorageError
 from .base import Entry, Pending, Storage, Upload, check_key
 from .local import LocalStorage
+from .stored import StoredFile, stored_file
 
 if TYPE_CHECKING:
     from .s3 import S3Storage
@@ -38,9 +39,11 @@ __all__ = [
     "S3Storage",
     "Storage",
     "StorageError",
+    "StoredFile",
     "Upload",
     "check_key",
     "open_storage",
+    "stored_file",
 ]
 
 KINDS = ("local", "s3")
