@@ -240,6 +240,7 @@ def test_housekeeping_hands_a_run_whose_task_was_lost_to_the_workers_again(
     assert Run.objects.get(pk=lost.pk).resends == 2
 
 
+@pytest.mark.django_db(transaction=True)  # the worker's connection commits, as in production
 def test_a_lost_task_sent_twice_still_runs_once(source, settings, run_tasks_in_process):
     lost = Run.objects.create(
         source=source,
