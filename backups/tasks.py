@@ -57,3 +57,10 @@ def housekeeping() -> dict:
     from backups.services.schedules import housekeeping_run
 
     return housekeeping_run()
+
+
+def deliver_notifications() -> dict:
+    """Send the alert notifications that are due (each claimed first, so never twice)."""
+    from backups.services.notify import notifications_deliver
+
+    return notifications_deliver()

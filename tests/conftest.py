@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-pytest_plugins = ["tests.suite_rules", "tests.s3server"]
+pytest_plugins = ["tests.suite_rules", "tests.s3server", "tests.notify_helpers"]
 
 FAKE_KUBECTL = Path(__file__).resolve().parent / "engine" / "fake_kubectl"
 

@@ -40,6 +40,8 @@ from backups.engine.hooks import Hooks, Progress
 from backups.engine.names import printable
 from backups.engine.processes import this_process
 from backups.models import Run
+from backups.services.alerts import alerts_after_run
+from backups.services.runbook import runbook_after_run
 from backups.services.standing import standing_refresh
 
 logger = logging.getLogger(__name__)
@@ -361,6 +363,8 @@ def run_execute(
     run = _reread(run)
     if ended:
         _follow_up(run, "refreshing its source's standing", standing_refresh, run.source_id)
+        _follow_up(run, "judging its source's alerts", alerts_after_run, run, inline=inline)
+        _follow_up(run, "writing its source's runbook", runbook_after_run, run)
         _follow_up(run, "recording its outcome", after_finish, run)
     return run
 

@@ -325,6 +325,7 @@ def housekeeping_run(*, now: datetime | None = None) -> dict:
     """Do the periodic chores: reap dead runs, finish interrupted prunes, queue due drills,
     reconcile the schedules with the catalog, and heal the stored standings a little.
     Return what was done."""
+    from backups.services.alerts import alerts_housekeeping
     from backups.services.execution import reap_abandoned, worker_identity
     from backups.services.prune import prune_recover
     from backups.services.standing import standing_housekeeping
@@ -340,4 +341,5 @@ def housekeeping_run(*, now: datetime | None = None) -> dict:
         "prunes_finished": recovered,
         "drills": [drill.pk for drill in drills],
         "standing": standing_housekeeping(),
+        "alerts": alerts_housekeeping(now=now),
     }

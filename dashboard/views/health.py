@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+import logging
 import os
 import tempfile
 from datetime import timedelta
@@ -18,8 +19,7 @@ from django.views.decorators.http import require_GET
 from backups.models import WorkerBeat
 from backups.services.schedules import HOUSEKEEPING_NAME
 
-# Housekeeping runs every minute; three missed runs mean no worker takes tasks.
-WORKERS_SILENT_AFTER = timedelta(minutes=3)
+logger = logging.getLogger(__name__)
 
 
 def _storage() -> dict:
@@ -32,6 +32,16 @@ def _storage() -> dict:
         # The reason without the path: this answer needs no login.
         return {"storage": "error", "storage_detail": error.strerror or type(error).__name__}
     return {"storage": "ok"}
+
+
+def _watch_workers() -> None:
+    """Judge the "workers down" alert: with every worker gone, only this process can."""
+    from backups.services.alerts import alerts_watch_workers
+
+    try:
+        alerts_watch_workers()
+    except Exception:  # the answer must not depend on the alerts
+        logger.exception("judging the workers-down alert failed")
 
 
 @login_not_required
@@ -56,7 +66,10 @@ def healthz(request):
             {"status": "error", "database": "unavailable", "detail": type(error).__name__},
             status=503,
         )
-    alive = seen is not None and timezone.now() - seen <= WORKERS_SILENT_AFTER
+    alive = seen is not None and timezone.now() - seen <= timedelta(
+        seconds=settings.WORKERS_SILENT_S
+    )
+    _watch_workers()
     return JsonResponse(
         {
             "status": "ok",
@@ -90,6 +103,8 @@ def metrics(request):
             content_type="text/plain",
         )
     from dashboard.metrics import render_metrics
+
+    _watch_workers()
 
     body, content_type = render_metrics()
     return HttpResponse(body, content_type=content_type)
