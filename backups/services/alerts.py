@@ -38,7 +38,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import QuerySet
 from django.utils import timezone
 
-from backups.audit import audit_record
+from backups.audit import audit_record, current_actor
 from backups.engine.durations import format_duration
 from backups.models import Alert, AlertEvent, Run, Silence, Source, WorkerBeat
 from backups.services.compliance import (
@@ -656,6 +656,7 @@ def alerts_watch_workers(*, force: bool = False) -> dict | None:
 
 
 def _actor_name(actor) -> str:
+    actor = actor if actor is not None else current_actor()
     if getattr(actor, "is_authenticated", False):
         return actor.get_username()
     return getattr(actor, "name", "") or "system"
@@ -670,6 +671,7 @@ def alert_acknowledge(*, alert: Alert, actor, note: str = "") -> Alert:
     if len(note) > 500:
         raise AlertRefused("The note is longer than 500 characters; shorten it.")
     now = timezone.now()
+    actor = actor if actor is not None else current_actor()
     user = actor if getattr(actor, "is_authenticated", False) else None
     updated = Alert.objects.filter(pk=alert.pk, state=Alert.State.FIRING).update(
         acknowledged_by=user,
@@ -718,6 +720,7 @@ def silence_create(
     if len(note) > 500:
         raise AlertRefused("The note is longer than 500 characters; shorten it.")
     now = timezone.now()
+    actor = actor if actor is not None else current_actor()
     user = actor if getattr(actor, "is_authenticated", False) else None
     silence = Silence.objects.create(
         source=source,
