@@ -14,6 +14,7 @@ from django.views.decorators.http import require_GET
 from backups.models import Run, Source
 from backups.services.compliance import HEALTH_ORDER, Standing, fleet_standing
 from dashboard.forms import OverviewFilterForm
+from dashboard.views.alerts import overview_alerts
 from dashboard.views.common import paginate, permission_required_audited
 
 PER_PAGE = 50
@@ -118,6 +119,7 @@ def overview(request):
         "refresh_s": REFRESH_S,
         "kinds": dict(Source.Kind.choices),
         "section": "overview",
+        **overview_alerts(now),
     }
     template = "dashboard/overview.html"
     if request.htmx and not request.htmx.boosted:
