@@ -611,8 +611,15 @@ def alerts_after_run(run: Run, *, inline: bool = False) -> None:
 
 
 def alerts_housekeeping(*, now: datetime | None = None) -> dict:
-    """Judge every alert of the fleet, and have the messages that are due sent."""
-    report = alerts_evaluate(now=now)
+    """Judge every alert of the fleet, and have the messages that are due sent.
+
+    A failure is logged and reported, and leaves the other chores of housekeeping alone.
+    """
+    try:
+        report = alerts_evaluate(now=now)
+    except Exception as error:
+        logger.exception("judging the alerts failed")
+        return {"error": f"{type(error).__name__}: {error}"[:300]}
     if not report["queued"] and notifications_due():
         # Retries whose time came, and rows a dead sender left claimed.
         notifications_kick()
