@@ -290,3 +290,21 @@ def test_the_web_process_notifies_when_no_worker_has_beaten(
     notifications_deliver()
     assert webhook.titles()[-1] == "[RESOLVED] Workers down: all workers"
     connection.close()
+
+
+def test_rto_unproven_waits_for_a_backup_and_a_drill_interval_then_fires(
+    watched, webhook, settings
+):
+    policy = watched.policy
+    policy.rto_s, policy.drill_every_s = 1800, 7 * 86400
+    policy.save()
+    now = timezone.now()
+    alerts_evaluate(source_ids=[watched.pk], now=now)
+    make_run(watched, ago_s=60)
+    alerts_evaluate(source_ids=[watched.pk], now=now + timedelta(days=6))
+    assert not Alert.objects.filter(condition="rto_unproven").exists()
+    alerts_evaluate(source_ids=[watched.pk], now=now + timedelta(days=8))
+    notifications_deliver()
+    assert "[FIRING] RTO unproven: files" in webhook.titles()
+    body = webhook.messages[-1]["message"]
+    assert "No restore drill has timed a restore yet; RTO target 30m; drills every 7d" in body

@@ -124,6 +124,10 @@ def test_a_silence_naming_nothing_or_too_long_is_refused_with_a_sentence(client,
         reverse("silence-add"), {"source": "files", "duration": "x"}, follow=True
     )
     assert "Nothing was silenced" in response.text
+    response = client.post(
+        reverse("silence-add"), {"source": "nosuch", "duration": "1h"}, follow=True
+    )
+    assert "there is no source named" in response.text
     assert not Silence.objects.exists()
 
 

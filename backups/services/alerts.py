@@ -68,6 +68,9 @@ logger = logging.getLogger(__name__)
 MISSED_GRACE = timedelta(minutes=2)
 # Missed slots are looked for this far back at most: the count only has to say "several".
 MISSED_LOOKBACK = timedelta(days=2)
+# Without a drill interval, a source with an RTO target gets this long after its first
+# backup before "RTO unproven" fires (with one, that interval).
+UNPROVEN_GRACE_S = 86400
 # The web process judges "workers down" at most this often.
 WATCH_EVERY_S = 30
 # Longest silence: it ends by itself, and a forgotten one must not hide a source forever.
@@ -154,8 +157,15 @@ def _rto_breached(standing: Standing, now: datetime) -> bool | None:
 
 
 def _rto_unproven(standing: Standing, now: datetime) -> bool | None:
-    # Without a target there is nothing to prove: such a source never alerts.
-    return standing.rto_s is not None and standing.rto_status == RtoStatus.UNPROVEN
+    # Without a target there is nothing to prove: such a source never alerts. A drill
+    # needs a backup and its interval (a day without one) to come: a new source waits.
+    if standing.rto_s is None or standing.rto_status != RtoStatus.UNPROVEN:
+        return False
+    stored = getattr(standing.source, "standing", None)
+    first = stored.first_covered_at if stored is not None else None
+    policy = standing.source.policy
+    grace = timedelta(seconds=(policy.drill_every_s if policy else None) or UNPROVEN_GRACE_S)
+    return first is not None and now - first > grace
 
 
 def _describe_rto(standing: Standing, now: datetime) -> str:

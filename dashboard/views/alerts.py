@@ -41,9 +41,8 @@ class AckForm(forms.Form):
 class SilenceForm(forms.Form):
     """Silence a source, a condition, or both, for a while."""
 
-    source = forms.ModelChoiceField(
-        Source.objects.order_by("name"), required=False, to_field_name="slug", empty_label="any"
-    )
+    # A name typed, not a list: a fleet of a thousand sources is no drop-down.
+    source = forms.CharField(max_length=100, required=False, help_text="its name; empty: any")
     condition = forms.ChoiceField(required=False)
     duration = DurationTextField(label="For", initial="2h", help_text="e.g. 30m, 2h, 1d")
     note = forms.CharField(max_length=500, required=False)
@@ -51,6 +50,17 @@ class SilenceForm(forms.Form):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.fields["condition"].choices = [("", "any"), *sorted(LABELS.items())]
+
+    def clean_source(self) -> Source | None:
+        name = self.cleaned_data["source"].strip()
+        if not name:
+            return None
+        source = (
+            Source.objects.filter(name=name).first() or Source.objects.filter(slug=name).first()
+        )
+        if source is None:
+            raise forms.ValidationError(f"there is no source named {name!r}")
+        return source
 
 
 def overview_alerts(now) -> dict:
@@ -109,7 +119,7 @@ def alert_detail(request, pk):
     silences = silences_active(now=now)
     initial = {"condition": alert.condition}
     if alert.source_id:
-        initial["source"] = alert.source.slug
+        initial["source"] = alert.source.name
     context = {
         "now": now,
         "alert": alert,
