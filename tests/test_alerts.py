@@ -31,7 +31,8 @@ from backups.services.schedules import housekeeping_run
 from tests.notify_helpers import Webhook, write_config
 from tests.pages_helpers import make_run
 
-pytestmark = pytest.mark.django_db
+# Runs are executed as a worker does, which opens its own database connection.
+pytestmark = pytest.mark.django_db(transaction=True)
 
 FIRING = "[FIRING] Backup failed: files"
 RESOLVED = "[RESOLVED] Backup failed: files"

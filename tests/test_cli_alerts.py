@@ -14,7 +14,8 @@ from backups.services.catalog import policy_create, source_create
 from backups.services.execution import run_execute
 from tests.notify_helpers import free_port, write_config
 
-pytestmark = pytest.mark.django_db
+# Runs are executed as a worker does, which opens its own database connection.
+pytestmark = pytest.mark.django_db(transaction=True)
 
 
 @pytest.fixture

@@ -16,7 +16,8 @@ from backups.services.notify import notifications_deliver
 from tests.notify_helpers import write_config
 from tests.pages_helpers import make_policy, make_source
 
-pytestmark = pytest.mark.django_db
+# Runs are executed as a worker does, which opens its own database connection.
+pytestmark = pytest.mark.django_db(transaction=True)
 
 
 @pytest.fixture

@@ -18,7 +18,8 @@ from backups.services.execution import run_execute
 from backups.services.runbook import RUNBOOK_NAME, runbook_write
 from tests.pages_helpers import make_policy, make_run, make_source
 
-pytestmark = pytest.mark.django_db
+# Runs are executed as a worker does, which opens its own database connection.
+pytestmark = pytest.mark.django_db(transaction=True)
 
 
 def backup(source, **options) -> Run:
