@@ -195,8 +195,8 @@ def target_send(target: Target, *, title: str, body: str, kind: str = "info") ->
     return _sentence(lines[-1] if lines else "") or "The target did not accept the message."
 
 
-def notifications_queue(event: AlertEvent, targets: list[Target], tags: list[str]) -> int:
-    """Write the outbox rows of `event`, one per target; return how many are new.
+def notifications_queue(event: AlertEvent, targets: list[Target], tags: list[str]) -> None:
+    """Write the outbox rows of `event`, one per target.
 
     Call it inside the transaction that records the event. A row already written (by
     another evaluation of the same event) is left as it is.
@@ -213,8 +213,7 @@ def notifications_queue(event: AlertEvent, targets: list[Target], tags: list[str
         )
         for target in targets
     ]
-    created = Notification.objects.bulk_create(rows, ignore_conflicts=True)
-    return len(created)
+    Notification.objects.bulk_create(rows, ignore_conflicts=True)
 
 
 def message_of(event: AlertEvent) -> tuple[str, str]:
