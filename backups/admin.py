@@ -57,7 +57,7 @@ class PolicyAdmin(AuditedAdmin):
     list_filter = ["compression", "verify_after_backup"]
     search_fields = ["name", "schedule"]
     fieldsets = [
-        (None, {"fields": ["name", "schedule", "rpo_s", "rto_s"]}),
+        (None, {"fields": ["name", "schedule", "rpo_s", "rto_s", "notify"]}),
         (
             "Retention",
             {
@@ -104,7 +104,18 @@ class SourceAdmin(AuditedAdmin):
     search_fields = ["name", "location", "owner", "notes"]
     list_select_related = ["policy"]
     prepopulated_fields = {"slug": ["name"]}
-    fields = ["name", "slug", "kind", "location", "excludes", "policy", "owner", "enabled", "notes"]
+    fields = [
+        "name",
+        "slug",
+        "kind",
+        "location",
+        "excludes",
+        "policy",
+        "owner",
+        "notify",
+        "enabled",
+        "notes",
+    ]
 
     def save_model(self, request, obj, form, change):
         super().save_model(request, obj, form, change)

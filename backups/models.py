@@ -25,7 +25,7 @@ from backups.engine.locations import KINDS, check_location
 from backups.engine.names import printable
 from backups.engine.processes import ProcessName, process_gone, this_process
 from backups.fields import SecondsField
-from backups.validators import validate_cron, validate_excludes
+from backups.validators import parse_tags, validate_cron, validate_excludes, validate_tags
 
 # A run's log keeps its newest lines: the worker's and every note added after its end.
 LOG_LINES = 400
@@ -41,6 +41,17 @@ class Compression(models.TextChoices):
 
 
 COMPRESSION_LEVELS = {Compression.ZSTD: (1, 22), Compression.GZIP: (1, 9), Compression.NONE: (0, 0)}
+
+
+def normalized_tags(value: str) -> str:
+    """Return a tag list as stored: comma-separated, without spaces or repeats.
+
+    A value that is no tag list is returned as it is, for its validator to refuse.
+    """
+    try:
+        return ",".join(parse_tags(value))
+    except ValueError:
+        return value
 
 
 class Policy(models.Model):
@@ -90,6 +101,13 @@ class Policy(models.Model):
         help_text='SQLite checks run on verify: [{"sql": "SELECT COUNT(*) FROM t", '
         '"expect": "> 0"}].',
     )
+    notify = models.CharField(
+        max_length=200,
+        blank=True,
+        validators=[validate_tags],
+        help_text="Notification tags (comma-separated) of APPRISE_CONFIG targets that get "
+        "its sources's alerts.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -101,6 +119,7 @@ class Policy(models.Model):
         return self.name
 
     def clean(self) -> None:
+        self.notify = normalized_tags(self.notify)
         low, high = COMPRESSION_LEVELS[self.compression]
         if self.compression_level is not None and not low <= self.compression_level <= high:
             message = (
@@ -165,6 +184,13 @@ class Source(models.Model):
     )
     enabled = models.BooleanField(default=True)
     owner = models.CharField(max_length=100, blank=True, help_text="Who is paged for it.")
+    notify = models.CharField(
+        max_length=200,
+        blank=True,
+        validators=[validate_tags],
+        help_text="Notification tags (comma-separated) of APPRISE_CONFIG targets that get "
+        "this source's alerts.",
+    )
     notes = models.TextField(blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
@@ -176,6 +202,7 @@ class Source(models.Model):
         return self.name
 
     def clean(self) -> None:
+        self.notify = normalized_tags(self.notify)
         if not self.slug and self.name:
             self.slug = slugify(self.name)[:100]
             if not self.slug:
@@ -915,3 +942,177 @@ class ScheduleMiss(models.Model):
 
     def __str__(self) -> str:
         return f"{self.source_id} missed at {self.at:%Y-%m-%d %H:%M}: {self.reason}"
+
+
+class Alert(models.Model):
+    """A condition on a source (or on the whole fleet) that is firing, or was and resolved.
+
+    One row per source and condition, kept across episodes: `state` says whether it holds
+    now, `since` when that last changed. `backups.services.alerts` owns every write: it
+    evaluates the conditions from each source's stored standing, records each transition
+    as an `AlertEvent` and queues its notifications. `notified_state` is the state the
+    targets were last told of, so a transition is notified once, whoever evaluates it.
+    """
+
+    class State(models.TextChoices):
+        FIRING = "firing"
+        RESOLVED = "resolved"
+
+    source = models.ForeignKey(
+        Source, null=True, blank=True, on_delete=models.CASCADE, related_name="alerts"
+    )
+    condition = models.CharField(max_length=40)
+    state = models.CharField(max_length=8, choices=State.choices)
+    # When the state last changed; and when the current (or last) firing began.
+    since = models.DateTimeField()
+    fired_at = models.DateTimeField()
+    # What the newest transition said: what broke (one line), then the numbers.
+    summary = models.CharField(max_length=300)
+    detail = models.TextField(blank=True)
+    notified_state = models.CharField(max_length=8, blank=True)
+    notified_at = models.DateTimeField(null=True, blank=True)
+    # An acknowledgement holds for the current firing and ends when it resolves.
+    acknowledged_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    acknowledged_by_name = models.CharField(max_length=150, blank=True)
+    acknowledged_at = models.DateTimeField(null=True, blank=True)
+    ack_note = models.CharField(max_length=500, blank=True)
+
+    class Meta:
+        ordering = ["-since", "-id"]
+        permissions = [("acknowledge_alert", "Can acknowledge and silence alerts")]
+        constraints = [
+            models.UniqueConstraint(fields=["source", "condition"], name="one_alert_per_condition"),
+            models.UniqueConstraint(
+                fields=["condition"],
+                condition=Q(source__isnull=True),
+                name="one_fleet_alert_per_condition",
+            ),
+        ]
+        indexes = [models.Index(fields=["state", "-since"], name="alert_state_since")]
+
+    def __str__(self) -> str:
+        return f"{self.condition} of {self.source.name if self.source_id else 'the fleet'}"
+
+    @property
+    def is_firing(self) -> bool:
+        return self.state == self.State.FIRING
+
+
+class AlertEvent(models.Model):
+    """One transition of an alert (firing or resolved), or a reminder of a firing one.
+
+    Its id travels in every message about it, so a receiver can drop a repeat.
+    """
+
+    class Kind(models.TextChoices):
+        TRANSITION = "transition"
+        REMINDER = "reminder"
+
+    class Notify(models.TextChoices):
+        PENDING = "", "not yet"
+        QUEUED = "queued", "queued"
+        SILENCED = "silenced", "silenced"
+        SUPERSEDED = "superseded", "said by a graver alert"
+        UNSENT = "unsent", "firing was never sent"
+        OFF = "off", "notifications off"
+        NO_TARGET = "no_target", "no target"
+
+    alert = models.ForeignKey(Alert, on_delete=models.CASCADE, related_name="events")
+    at = models.DateTimeField()
+    kind = models.CharField(max_length=10, choices=Kind.choices, default=Kind.TRANSITION)
+    state = models.CharField(max_length=8, choices=Alert.State.choices)
+    title = models.CharField(max_length=300)
+    body = models.TextField()
+    notify = models.CharField(max_length=10, choices=Notify.choices, blank=True)
+    notify_note = models.CharField(max_length=500, blank=True)
+
+    class Meta:
+        ordering = ["-at", "-id"]
+        indexes = [models.Index(fields=["alert", "-at", "-id"], name="alertevent_alert_at")]
+
+    def __str__(self) -> str:
+        return f"{self.alert} {self.state} at {self.at:%Y-%m-%d %H:%M}"
+
+
+class Silence(models.Model):
+    """Alerts of a source, of a condition, or of both, notify nobody until `until`.
+
+    They still show on the pages. A silence ends by itself; one that ended is kept for
+    the record.
+    """
+
+    source = models.ForeignKey(
+        Source, null=True, blank=True, on_delete=models.CASCADE, related_name="silences"
+    )
+    condition = models.CharField(max_length=40, blank=True)
+    until = models.DateTimeField(db_index=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_by_name = models.CharField(max_length=150, blank=True)
+    note = models.CharField(max_length=500, blank=True)
+
+    class Meta:
+        ordering = ["-until", "-id"]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(source__isnull=False) | ~Q(condition=""),
+                name="silence_names_a_source_or_a_condition",
+            )
+        ]
+
+    def __str__(self) -> str:
+        what = " ".join(filter(None, [self.source.name if self.source_id else "", self.condition]))
+        return f"silence of {what} until {self.until:%Y-%m-%d %H:%M}"
+
+    def covers(self, alert: Alert) -> bool:
+        """Return whether this silence applies to `alert`."""
+        return (self.source_id is None or self.source_id == alert.source_id) and (
+            not self.condition or self.condition == alert.condition
+        )
+
+
+class Notification(models.Model):
+    """The outbox: one message about one alert event to one target of APPRISE_CONFIG.
+
+    Created in the transaction that records the event, so none is lost; claimed with a
+    conditional UPDATE before it is sent, so two senders never send it both. The target is
+    named by a keyed hash of its URL and shown with its secrets masked: the URLs hold
+    tokens, which stay out of this database.
+    """
+
+    class Status(models.TextChoices):
+        PENDING = "pending"
+        SENDING = "sending"
+        DELIVERED = "delivered"
+        FAILED = "failed"
+
+    event = models.ForeignKey(AlertEvent, on_delete=models.CASCADE, related_name="notifications")
+    target_key = models.CharField(max_length=64)
+    target = models.CharField(max_length=300, help_text="The target's URL, secrets masked.")
+    tags = models.CharField(max_length=200, blank=True)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING)
+    attempts = models.PositiveIntegerField(default=0)
+    created_at = models.DateTimeField(default=timezone.now)
+    next_attempt_at = models.DateTimeField(default=timezone.now)
+    claimed_at = models.DateTimeField(null=True, blank=True)
+    worker = models.CharField(max_length=200, blank=True)
+    last_attempt_at = models.DateTimeField(null=True, blank=True)
+    last_error = models.CharField(max_length=1000, blank=True)
+    delivered_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            models.UniqueConstraint(fields=["event", "target_key"], name="one_message_per_target")
+        ]
+        indexes = [
+            models.Index(fields=["status", "next_attempt_at"], name="notification_due"),
+            models.Index(fields=["target_key", "-id"], name="notification_target"),
+        ]
+
+    def __str__(self) -> str:
+        return f"notification #{self.pk} of event #{self.event_id} to {self.target}"

@@ -6,6 +6,7 @@ Only ids travel through the queue; what happened is written to our Run table.
 from __future__ import annotations
 
 from backups.services.execution import run_execute
+from backups.services.notify import notifications_deliver
 from backups.services.prune import prune_after_backup
 from backups.services.schedules import backup_scheduled, housekeeping_run
 from backups.workers import SHUTDOWN_REASON, sigterm_interrupts
@@ -38,3 +39,8 @@ def prune_task(run_id: int) -> str:
 def housekeeping() -> dict:
     """Reap dead runs, finish interrupted prunes, queue due drills, reconcile schedules."""
     return housekeeping_run()
+
+
+def deliver_notifications() -> dict:
+    """Send the alert notifications that are due (each claimed first, so never twice)."""
+    return notifications_deliver()

@@ -71,3 +71,36 @@ def env_list_matching(name: str, pattern: str, what: str) -> list[str]:
         if not re.fullmatch(pattern, item):
             raise ImproperlyConfigured(f"{name} holds {item!r}, which is not {what}.")
     return items
+
+
+def env_file(name: str, *, base: Path) -> Path | None:
+    """Return the path of an existing file (a relative one taken from `base`), or None."""
+    value = env_str(name)
+    if not value:
+        return None
+    path = Path(value) if Path(value).is_absolute() else base / value
+    if not path.is_file():
+        raise ImproperlyConfigured(f"{name}={value!r}: there is no such file ({path}).")
+    return path
+
+
+def env_url(name: str, default: str) -> str:
+    """Return an http(s) address without a trailing slash (empty when unset and no default)."""
+    value = env_str(name, default) or ""
+    if value and not re.fullmatch(r"https?://[^\s/?#]+(/[^\s?#]*)?", value):
+        raise ImproperlyConfigured(
+            f"{name}={value!r} is not an http:// or https:// address such as "
+            "https://backups.example.com."
+        )
+    return value.rstrip("/")
+
+
+def env_pairs(name: str, pattern: str, what: str) -> dict[str, str]:
+    """Return comma-separated KEY=VALUE pairs, each VALUE matching `pattern`."""
+    pairs = {}
+    for item in env_list(name, []):
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip() or not re.fullmatch(pattern, value.strip()):
+            raise ImproperlyConfigured(f"{name} holds {item!r}, which is not {what}.")
+        pairs[key.strip()] = value.strip()
+    return pairs

@@ -14,7 +14,8 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from backups.models import Run, Source
+from backups.models import Alert, Run, Source, WorkerBeat
+from backups.services.alerts import LABELS
 from backups.services.compliance import (
     Health,
     Integrity,
@@ -23,6 +24,7 @@ from backups.services.compliance import (
     Standing,
     fleet_standing,
 )
+from backups.services.schedules import HOUSEKEEPING_NAME
 
 
 class _Scrape:
@@ -81,7 +83,28 @@ def render_metrics() -> tuple[bytes, str]:
     for kind in Run.Kind.values:
         active.labels(kind=kind).set(running.get(kind, 0))
     _per_source(scrape, standings)
+    _fleet(scrape)
     return generate_latest(registry), CONTENT_TYPE_LATEST
+
+
+def _fleet(scrape: _Scrape) -> None:
+    """Export when a worker last ran housekeeping, and the firing alerts by condition."""
+    seen = WorkerBeat.objects.filter(name=HOUSEKEEPING_NAME).values_list("at", flat=True).first()
+    if seen is not None:
+        scrape.gauge(
+            "backup_workers_last_seen_timestamp_seconds",
+            "When a worker last ran housekeeping (every minute while workers live)",
+            [],
+        ).labels().set(seen.timestamp())
+    firing = dict(
+        Alert.objects.filter(state=Alert.State.FIRING)
+        .values("condition")
+        .annotate(n=Count("pk"))
+        .values_list("condition", "n")
+    )
+    alerts = scrape.gauge("backup_alerts_firing", "Alerts firing now", ["condition"])
+    for condition in LABELS:
+        alerts.labels(condition=condition).set(firing.get(condition, 0))
 
 
 def _gauge(scrape: _Scrape, name: str, documentation: str, *labels: str) -> _Gauge:
@@ -121,6 +144,9 @@ def _per_source(registry: _Scrape, standings: list[Standing]) -> None:
     health = _gauge(
         registry, "backup_health", "The overview's verdict (1 for the current one)", "status"
     )
+    failed = _gauge(
+        registry, "backup_last_failed", "1 when the newest finished backup attempt failed"
+    )
 
     for standing in standings:
         name = standing.source.name
@@ -157,3 +183,7 @@ def _per_source(registry: _Scrape, standings: list[Standing]) -> None:
         if standing.next_run_at is not None:
             next_run.labels(source=name).set(standing.next_run_at.timestamp())
         running.labels(source=name).set(int(standing.running is not None))
+        stored = getattr(standing.source, "standing", None)
+        attempt = stored.last_backup if stored is not None else None
+        if attempt is not None and attempt.status not in Run.ACTIVE:
+            failed.labels(source=name).set(int(attempt.status in Run.BAD))

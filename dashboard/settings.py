@@ -11,7 +11,18 @@ from pathlib import Path
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
-from dashboard.env import env_bool, env_int, env_list, env_list_matching, env_paths, env_str
+from backups.validators import TAG_PATTERN
+from dashboard.env import (
+    env_bool,
+    env_file,
+    env_int,
+    env_list,
+    env_list_matching,
+    env_pairs,
+    env_paths,
+    env_str,
+    env_url,
+)
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = BASE_DIR / "var"
@@ -195,6 +206,21 @@ ABANDON_AFTER_S = env_int("ABANDON_AFTER_S", 120, minimum=10)
 CHECK_QUERY_TIMEOUT_S = env_int("CHECK_QUERY_TIMEOUT_S", 60, minimum=1)
 # Free space kept in reserve beyond the last archive's size before a backup starts.
 DISK_RESERVE_BYTES = env_int("DISK_RESERVE_BYTES", 64 * 1024 * 1024, minimum=0)
+
+# Alerts and their notifications. APPRISE_CONFIG is an apprise configuration file (text
+# or YAML) whose URLs hold the targets' tokens: they stay in that file, never in the
+# database. Unset: alerts are evaluated and shown, and nobody is notified.
+APPRISE_CONFIG = env_file("APPRISE_CONFIG", base=BASE_DIR)
+# The dashboard's address as people reach it: messages link to the source's page.
+DASHBOARD_URL = env_url("DASHBOARD_URL", "http://127.0.0.1:8000" if DEBUG else "")
+# Where an alert goes when neither its source, nor the source's policy, nor its owner
+# (OWNER=TAG pairs) names a tag; also where fleet-wide alerts go. `all`: every target.
+NOTIFY_DEFAULT_TAGS = env_list_matching("NOTIFY_DEFAULT_TAGS", TAG_PATTERN, "a tag") or ["all"]
+NOTIFY_OWNER_TAGS = env_pairs("NOTIFY_OWNER_TAGS", TAG_PATTERN, "OWNER=TAG")
+# No worker has run housekeeping for this long: the workers are down.
+WORKERS_SILENT_S = env_int("WORKERS_SILENT_S", 180, minimum=60)
+# A firing alert nobody acknowledged is sent again after this long; 0: never.
+ALERT_REMIND_S = env_int("ALERT_REMIND_S", 0, minimum=0)
 
 # django-q2. Our Run table is the truth about work; the queue only carries run ids.
 # `timeout` bounds one task (the longest backup we accept); `retry` must exceed it or the

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-pytest_plugins = ["tests.suite_rules", "tests.s3server"]
+pytest_plugins = ["tests.suite_rules", "tests.s3server", "tests.notify_helpers"]
 
 FAKE_KUBECTL = Path(__file__).resolve().parent / "engine" / "fake_kubectl"
 
@@ -25,6 +25,13 @@ def _fast_and_isolated(request, tmp_path):
     settings.ARCHIVE_ROOT.mkdir()
     settings.STATE_DIR = tmp_path / "state"
     settings.RESTORE_ROOTS = [tmp_path]
+    # The web process judges "workers down" at most every 30 s; a test that wants it
+    # resets the clock itself, so the others' query counts do not depend on their order.
+    import time
+
+    from backups.services import alerts
+
+    request.getfixturevalue("monkeypatch").setattr(alerts, "_watched_at", time.monotonic())
 
 
 def _user(django_user_model, username, *, staff=False, superuser=False, perms=()):

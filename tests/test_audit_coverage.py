@@ -77,7 +77,12 @@ def test_adding_a_user_to_a_group_and_making_them_superuser_in_the_admin_is_audi
     # The viewer's own permissions were left out of the form: the admin removed them.
     removed = AuditEvent.objects.filter(action="user.permissions").latest("pk")
     assert removed.detail == {
-        "removed": ["backups.view_policy", "backups.view_run", "backups.view_source"]
+        "removed": [
+            "backups.view_alert",
+            "backups.view_policy",
+            "backups.view_run",
+            "backups.view_source",
+        ]
     }
     change = AuditEvent.objects.get(action="user.change")
     assert change.actor == admin_user

@@ -115,6 +115,7 @@ def test_source_list_json_lists_every_source(source):
                 "excludes": [],
                 "enabled": True,
                 "owner": "",
+                "notify": [],
             }
         ]
     }

@@ -1,9 +1,12 @@
 """The overview: the fleet's standing at a glance, worst first, refreshing itself."""
 
+from datetime import timedelta
+
 import pytest
 from django.urls import reverse
+from django.utils import timezone
 
-from backups.models import Run
+from backups.models import Alert, Run, Silence
 from tests.pages_helpers import make_policy, make_run, make_source
 
 pytestmark = pytest.mark.django_db
@@ -118,12 +121,20 @@ def test_query_count_does_not_grow_with_the_fleet(client, viewer, count, django_
     make_run(sources[0], kind="verify", ago_s=60, backup=backup, exclusive=False, drill=True,
              restore_seconds=12.0)  # fmt: skip
     make_run(sources[0], status="running", ago_s=5)
+    # As many firing alerts as sources, one acknowledged and one silenced source.
+    now = timezone.now()
+    for source in sources:
+        Alert.objects.create(source=source, condition="rpo_breached", state="firing", since=now,
+                             fired_at=now, summary=f"[FIRING] RPO breached: {source.name}",
+                             acknowledged_by_name="olivia", acknowledged_at=now)  # fmt: skip
+    Silence.objects.create(source=sources[1], until=now + timedelta(hours=1))
     client.force_login(viewer)
     # 2 (session, user) + 2 (the viewer's permissions: the page needs view_source) + 3
     # (compliance: the sources joined to their stored standing and its two runs, the runs
     # in progress, the schedules; the 30-day figures are not shown here) + 1 (runs in
-    # progress and failures of the last 24 h).
-    with django_assert_num_queries(8):
+    # progress and failures of the last 24 h) + 2 (the firing alerts shown first, with
+    # their sources, and the silences in force).
+    with django_assert_num_queries(10):
         response = client.get(reverse("overview"))
     assert len(response.context["pager"].items) == count
 

@@ -7,10 +7,13 @@ the restore pages `backups.run_restore`, the activity log `backups.view_auditeve
 (operators have it, viewers do not), and each refusal is a 403 and an audit record.
 """
 
+from datetime import timedelta
+
 import pytest
 from django.urls import reverse
+from django.utils import timezone
 
-from backups.models import AuditEvent
+from backups.models import Alert, AuditEvent, Silence
 from tests.pages_helpers import make_manifest, make_policy, make_run, make_source
 
 pytestmark = pytest.mark.django_db
@@ -37,6 +40,13 @@ MATRIX = [
     ("compliance-report", "get", LOGIN, 403, 200, 200, 200),
     ("compliance-report-csv", "get", LOGIN, 403, 200, 200, 200),
     ("activity", "get", LOGIN, 403, 403, 200, 200),
+    ("alert-list", "get", LOGIN, 403, 200, 200, 200),
+    ("alert-detail", "get", LOGIN, 403, 200, 200, 200),
+    ("alert-ack", "post", LOGIN, 403, 403, 302, 302),
+    ("alert-ack", "get", LOGIN, 403, 403, 405, 405),
+    ("silence-add", "post", LOGIN, 403, 403, 302, 302),
+    ("silence-end", "post", LOGIN, 403, 403, 302, 302),
+    ("source-runbook", "get", LOGIN, 403, 200, 200, 200),
     ("healthz", "get", 200, 200, 200, 200, 200),
     ("metrics", "get", 200, 200, 200, 200, 200),
     ("admin:index", "get", LOGIN, LOGIN, 200, 200, 200),
@@ -58,7 +68,19 @@ def world(tmp_path, settings):
     backup.save(update_fields=["archive"])
     make_manifest(old, {"a.txt": "1"})
     make_manifest(backup, {"a.txt": "2"})
-    return {"source": source, "backup": backup, "target": str(tmp_path / "restored")}
+    now = timezone.now()
+    alert = Alert.objects.create(
+        source=source, condition="backup_failed", state="firing", since=now, fired_at=now,
+        summary="[FIRING] Backup failed: web",
+    )  # fmt: skip
+    silence = Silence.objects.create(source=source, until=now + timedelta(hours=1))
+    return {
+        "source": source,
+        "backup": backup,
+        "target": str(tmp_path / "restored"),
+        "alert": alert,
+        "silence": silence,
+    }
 
 
 def send(client, world, name, method):
@@ -73,11 +95,17 @@ def send(client, world, name, method):
         "run-cancel": [backup.pk],
         "manifest-browse": [backup.pk],
         "manifest-diff": [backup.pk],
+        "source-runbook": [source.slug],
+        "alert-detail": [world["alert"].pk],
+        "alert-ack": [world["alert"].pk],
+        "silence-end": [world["silence"].pk],
     }.get(name, [])
     url = reverse(name, args=args)
     if name == "restore-start":
         url += f"?backup={backup.pk}"
     data = {}
+    if name == "silence-add":
+        data = {"source": source.slug, "duration": "1h"}
     if name == "restore-confirm" and method == "post":
         data = {
             "source": source.slug,

@@ -19,6 +19,7 @@ silently. Values come back in the catalog's units: durations as whole seconds.
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -72,6 +73,27 @@ def _texts(value: Any) -> list[str]:
     return list(value)
 
 
+_TAG = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+
+def _tags(value: Any) -> str:
+    items = value if isinstance(value, list) else [value]
+    if not all(isinstance(item, str) for item in items):
+        raise ValueError("give a tag or a list of tags, e.g. [ops, dba]")
+    tags: list[str] = []
+    for item in items:
+        for tag in item.replace(" ", ",").split(","):
+            if not tag:
+                continue
+            if not _TAG.fullmatch(tag):
+                raise ValueError(
+                    f"{tag!r} is not a notification tag: use letters, digits, '_', '.' or '-'"
+                )
+            if tag not in tags:
+                tags.append(tag)
+    return ",".join(tags)
+
+
 _QUERY_KEYS = ("sql", "expect")
 
 
@@ -120,6 +142,7 @@ POLICY_FIELDS = {
         Field("verify_after_backup", "verify_after_backup", _flag),
         Field("run_timeout", "run_timeout_s", _duration),
         Field("check_queries", "check_queries", _queries),
+        Field("notify", "notify", _tags),
     )
 }
 
@@ -134,6 +157,7 @@ SOURCE_FIELDS = {
         Field("notes", "notes", _text),
         Field("enabled", "enabled", _flag),
         Field("slug", "slug", _text),
+        Field("notify", "notify", _tags),
     )
 }
 

@@ -56,4 +56,5 @@ def source_to_dict(source: Source) -> dict:
         "excludes": source.excludes,
         "enabled": source.enabled,
         "owner": source.owner,
+        "notify": source.notify.split(",") if source.notify else [],
     }

@@ -20,9 +20,11 @@ from django.db import DatabaseError, close_old_connections
 from backups.engine.errors import Cancelled, EngineError, FencedError
 from backups.engine.hooks import Progress
 from backups.models import Run
+from backups.services.alerts import alerts_after_run
 from backups.services.backup import backup_execute, backup_hand_over
 from backups.services.queue import prune_enqueue
 from backups.services.restore import restore_audit_outcome, restore_execute
+from backups.services.runbook import runbook_after_run
 from backups.services.runs import (
     RunHooks,
     one_sentence,
@@ -113,6 +115,8 @@ def run_execute(
     run = run_reread(run)
     if ended:
         _follow_up(run, "refreshing its source's standing", standing_refresh, run.source_id)
+        _follow_up(run, "judging its source's alerts", alerts_after_run, run, inline=inline)
+        _follow_up(run, "writing its source's runbook", runbook_after_run, run)
         for follow_up in AFTER_END.get(run.kind, ()):
             _follow_up(run, "recording its outcome", follow_up, run)
         if hooks.interrupt.is_set():

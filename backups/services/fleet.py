@@ -159,6 +159,8 @@ def file_value(attr: str, value: Any) -> Any:
     """Return a catalog value in the file's form (durations as text such as `2h`)."""
     if attr in DURATION_ATTRS and value is not None:
         return exact_duration(value)
+    if attr == "notify" and isinstance(value, str):
+        return value.split(",") if value else []
     return value
 
 
@@ -515,7 +517,7 @@ def fleet_export() -> str:
             attr: policy if attr == "policy" else getattr(source, attr) for attr in SOURCE_ATTRS
         }
         fields = {
-            KEYS["source"][attr]: value
+            KEYS["source"][attr]: file_value(attr, value)
             for attr, value in values.items()
             if attr in ("kind", "location") or value != _source_default(attr)
         }

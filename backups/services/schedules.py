@@ -24,6 +24,7 @@ from django_q.models import Schedule
 
 from backups.engine.durations import next_run
 from backups.models import Run, ScheduleMiss, Source, WorkerBeat
+from backups.services.alerts import alerts_housekeeping
 from backups.services.backup import backup_hand_over, backup_request
 from backups.services.prune import prune_recover
 from backups.services.queue import runs_resend_lost
@@ -329,4 +330,5 @@ def housekeeping_run(*, now: datetime | None = None) -> dict:
         "prunes_finished": recovered,
         "drills": [drill.pk for drill in drills],
         "standing": standing_housekeeping(),
+        "alerts": alerts_housekeeping(now=now),
     }

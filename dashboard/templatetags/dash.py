@@ -38,6 +38,12 @@ BADGES = {
     "pruned": ("pruned", "–"),
     "denied": ("denied", "✗"),
     "requested": ("requested", "…"),
+    "firing": ("firing", "✗"),
+    "resolved": ("resolved", "✓"),
+    "silenced": ("silenced", "–"),
+    "delivered": ("delivered", "✓"),
+    "pending": ("pending", "…"),
+    "sending": ("sending", "…"),
 }
 # The standing's words are labelled as the compliance service's vocabulary says.
 for _choices in (Health, RpoStatus, RtoStatus, Integrity):
@@ -57,6 +63,11 @@ TONES = {
     "queued": "live",
     "pruning": "live",
     "requested": "live",
+    "firing": "bad",
+    "resolved": "ok",
+    "delivered": "ok",
+    "pending": "live",
+    "sending": "live",
 }
 
 

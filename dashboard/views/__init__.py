@@ -1,6 +1,14 @@
 """Pages of the dashboard, one module per area, and the health and metrics endpoints."""
 
 from dashboard.views.activity import activity
+from dashboard.views.alerts import (
+    alert_ack,
+    alert_detail,
+    alert_list,
+    silence_add,
+    silence_stop,
+    source_runbook,
+)
 from dashboard.views.health import healthz, metrics
 from dashboard.views.manifests import manifest_browse, manifest_diff
 from dashboard.views.overview import overview
@@ -11,6 +19,12 @@ from dashboard.views.sources import source_backup, source_detail, source_drill, 
 
 __all__ = [
     "activity",
+    "alert_ack",
+    "alert_detail",
+    "alert_list",
+    "silence_add",
+    "silence_stop",
+    "source_runbook",
     "compliance_report",
     "compliance_report_csv",
     "healthz",

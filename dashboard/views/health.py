@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+import logging
 import os
 import tempfile
 from datetime import timedelta
@@ -14,11 +15,11 @@ from django.utils import timezone
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 
+from backups.services.alerts import alerts_watch_workers
 from backups.services.probes import workers_seen_at
 from dashboard.metrics import render_metrics
 
-# Housekeeping runs every minute; three missed runs mean no worker takes tasks.
-WORKERS_SILENT_AFTER = timedelta(minutes=3)
+logger = logging.getLogger(__name__)
 
 
 def _storage() -> dict:
@@ -31,6 +32,14 @@ def _storage() -> dict:
         # The reason without the path: this answer needs no login.
         return {"storage": "error", "storage_detail": error.strerror or type(error).__name__}
     return {"storage": "ok"}
+
+
+def _watch_workers() -> None:
+    """Judge the "workers down" alert: with every worker gone, only this process can."""
+    try:
+        alerts_watch_workers()
+    except Exception:  # the answer must not depend on the alerts
+        logger.exception("judging the workers-down alert failed")
 
 
 @login_not_required
@@ -50,7 +59,10 @@ def healthz(request):
             {"status": "error", "database": "unavailable", "detail": type(error).__name__},
             status=503,
         )
-    alive = seen is not None and timezone.now() - seen <= WORKERS_SILENT_AFTER
+    alive = seen is not None and timezone.now() - seen <= timedelta(
+        seconds=settings.WORKERS_SILENT_S
+    )
+    _watch_workers()
     return JsonResponse(
         {
             "status": "ok",
@@ -83,5 +95,6 @@ def metrics(request):
             status=403,
             content_type="text/plain",
         )
+    _watch_workers()
     body, content_type = render_metrics()
     return HttpResponse(body, content_type=content_type)

@@ -24,6 +24,7 @@ from backups.services.compliance import HEALTH_ORDER, Standing, fleet_standing
 from backups.services.formats import format_bytes
 from dashboard.forms import OverviewFilterForm
 from dashboard.templatetags.dash import age, badge, duration
+from dashboard.views.alerts import overview_alerts
 from dashboard.views.common import paginate, permission_required_audited
 
 PER_PAGE = 50
@@ -248,6 +249,7 @@ def overview(request):
         "refresh_s": REFRESH_S,
         "kinds": dict(Source.Kind.choices),
         "section": "overview",
+        **overview_alerts(now),
     }
     template = "dashboard/overview.html"
     if request.htmx and not request.htmx.boosted:

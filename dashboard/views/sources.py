@@ -19,6 +19,7 @@ from backups.services.verify import verify_request
 from dashboard import charts
 from dashboard.forms import RunFilterForm
 from dashboard.templatetags.dash import duration
+from dashboard.views.alerts import source_alerts
 from dashboard.views.common import paginate, permission_required_audited
 
 RUNS_PER_PAGE = 25
@@ -143,6 +144,7 @@ def source_detail(request, slug):
         "retention_shown": RETENTION_SHOWN,
         "latest": restore_points[0] if restore_points else None,
         "misses": list(source.misses.order_by("-at")[:MISSES_SHOWN]),
+        "alerts": source_alerts(source, now),
     }
     return render(request, "dashboard/source_detail.html", context)
 

@@ -13,8 +13,9 @@ from backups.demo import seed_demo
 from backups.models import Run, Source
 from backups.services.backup import backup_request
 
-# Viewers see the sources, their runs, their files and the compliance report, and change
-# nothing. Operators also back up, verify, drill, cancel and restore, and read the audit
+# Viewers see the sources, their runs, their files, alerts and the compliance report, and
+# change nothing. Operators also back up, verify, drill, cancel and restore, acknowledge and
+# silence alerts, and read the audit
 # log: it names people, the addresses of failed logins and every refusal, which is for
 # those who answer for the fleet, not for everyone who may look at it.
 ROLES = {
@@ -25,8 +26,10 @@ ROLES = {
         "view_source",
         "view_policy",
         "view_auditevent",
+        "view_alert",
+        "acknowledge_alert",
     ],
-    "viewers": ["view_run", "view_source", "view_policy"],
+    "viewers": ["view_run", "view_source", "view_policy", "view_alert"],
 }
 
 

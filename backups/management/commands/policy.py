@@ -51,6 +51,13 @@ class Command(CliCommand):
         add.add_argument(
             "--no-verify", action="store_true", help="do not verify after every backup"
         )
+        add.add_argument(
+            "--notify",
+            action="append",
+            default=[],
+            metavar="TAG",
+            help="tag of the APPRISE_CONFIG targets its sources' alerts go to (repeatable)",
+        )
         add.add_argument("--json", action="store_true")
 
     def handle(self, *args, **options):
@@ -67,6 +74,7 @@ class Command(CliCommand):
             drill_every_s=options["drill_every"],
             run_timeout_s=options["run_timeout"],
             verify_after_backup=not options["no_verify"],
+            notify=",".join(options["notify"]),
             **{f"keep_{rule}": options[f"keep_{rule}"] for rule in KEEP_RULES},
         )
         # As the admin does for its changes: who created it, with every value it started with.

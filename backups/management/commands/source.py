@@ -22,6 +22,13 @@ class Command(CliCommand):
         add.add_argument("--owner", default="")
         add.add_argument("--notes", default="")
         add.add_argument("--disabled", action="store_true")
+        add.add_argument(
+            "--notify",
+            action="append",
+            default=[],
+            metavar="TAG",
+            help="tag of the APPRISE_CONFIG targets its alerts go to (repeatable)",
+        )
         add.add_argument("--json", action="store_true")
         listing = actions.add_parser("list", help="List sources.")
         listing.add_argument("--json", action="store_true")
@@ -54,6 +61,7 @@ class Command(CliCommand):
             owner=options["owner"],
             notes=options["notes"],
             enabled=not options["disabled"],
+            notify=",".join(options["notify"]),
         )
         # As the admin does for its changes: who created it, with every value it started with.
         audit_record(
