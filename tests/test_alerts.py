@@ -94,6 +94,26 @@ def test_a_broken_source_notifies_once_on_firing_and_once_on_resolving(watched, 
     assert Notification.objects.filter(status="delivered").count() == 2
 
 
+def test_a_source_folder_removed_between_backups_notifies_once_within_a_housekeeping_pass(
+    watched, data_dir, webhook
+):
+    assert backup(watched).status == "succeeded"
+    break_folder(data_dir)
+    for _ in range(2):  # no backup runs: housekeeping alone notices, and says it once
+        housekeeping_run()
+        notifications_deliver()
+    assert webhook.titles() == ["[FIRING] Source unreachable: files"]
+    assert f"The directory {data_dir} does not exist." in webhook.messages[0]["message"]
+
+    mend_folder(data_dir)
+    housekeeping_run()
+    notifications_deliver()
+    assert webhook.titles() == [
+        "[FIRING] Source unreachable: files",
+        "[RESOLVED] Source unreachable: files",
+    ]
+
+
 def test_an_smtp_target_receives_the_mail(watched, data_dir, mailbox, settings, tmp_path):
     settings.APPRISE_CONFIG = write_config(tmp_path / "mail.yml", [(mailbox.url, "ops")])
     break_folder(data_dir)

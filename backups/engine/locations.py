@@ -12,6 +12,8 @@ from psycopg.conninfo import conninfo_to_dict
 
 DIRECTORY, SQLITE, KUBERNETES, POSTGRES = "directory", "sqlite", "kubernetes", "postgres"
 KINDS = (DIRECTORY, SQLITE, KUBERNETES, POSTGRES)
+# The kinds whose location is a path on the worker host.
+LOCAL_KINDS = (DIRECTORY, SQLITE)
 
 # Kubernetes names are DNS-1123 labels (namespaces, containers) or subdomains (pods).
 _LABEL = r"[a-z0-9](?:[-a-z0-9]{0,61}[a-z0-9])?"

@@ -39,6 +39,7 @@ from django.db.models import QuerySet
 from django.utils import timezone
 
 from backups.audit import audit_record, current_actor
+from backups.engine.locations import LOCAL_KINDS, check_location
 from backups.models import Alert, AlertEvent, Run, Silence, Source, WorkerBeat
 from backups.services.compliance import (
     Integrity,
@@ -237,6 +238,37 @@ def _describe_missed(standing: Standing, now: datetime) -> str:
     )
 
 
+def _location_problem(standing: Standing) -> str | None:
+    """Say what is wrong with a local source's location on this worker host, or None.
+
+    Folders and SQLite files are looked at every minute, so a source whose data went
+    missing is known before its next backup fails. Pods and databases are only reached
+    by a backup: the `backup_failed` alert covers them.
+    """
+    source = standing.source
+    if source.kind not in LOCAL_KINDS:
+        return None
+    try:
+        check_location(source.kind, source.location)
+    except ValueError as problem:
+        return str(problem)
+    return None
+
+
+def _source_unreachable(standing: Standing, now: datetime) -> bool | None:
+    # An early warning between backups: once a backup failed, `backup_failed` says it.
+    if _backup_failed(standing, now):
+        return False
+    return _location_problem(standing) is not None
+
+
+def _describe_location(standing: Standing, now: datetime) -> str:
+    problem = _location_problem(standing)
+    if problem is None:
+        return f"{standing.source.location} is there again."
+    return f"{problem} Its next backup will fail: put the data back or fix the source's location."
+
+
 def _enabled(check):
     def guarded(standing: Standing, now: datetime) -> bool | None:
         # A disabled (retired) source is expected to age: it alerts about nothing.
@@ -250,7 +282,14 @@ def _enabled(check):
 # What can break on a source. Offsite copies join as one entry once storages exist
 # (`offsite_stale`: the newest copy on another storage missing or older than the RPO).
 SOURCE_CONDITIONS: tuple[Condition, ...] = (
-    Condition("backup_failed", "Backup failed", _enabled(_backup_failed), _describe_backup),
+    Condition(
+        "backup_failed",
+        "Backup failed",
+        _enabled(_backup_failed),
+        _describe_backup,
+        # The failed backup's error names what is missing: it says it all from then on.
+        supersedes="source_unreachable",
+    ),
     Condition("rpo_at_risk", "RPO at risk", _enabled(_rpo(RpoStatus.AT_RISK)), _describe_rpo),
     Condition(
         "rpo_breached",
@@ -271,6 +310,12 @@ SOURCE_CONDITIONS: tuple[Condition, ...] = (
         "integrity_failed", "Integrity failed", _enabled(_integrity_failed), _describe_integrity
     ),
     Condition("missed_schedule", "Missed schedule", _enabled(_missed_schedule), _describe_missed),
+    Condition(
+        "source_unreachable",
+        "Source unreachable",
+        _enabled(_source_unreachable),
+        _describe_location,
+    ),
 )
 WORKERS_DOWN = "workers_down"
 LABELS = {condition.name: condition.label for condition in SOURCE_CONDITIONS}
