@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from backups.models import Run
+from backups.models import DEFAULT_STORAGE_NAME, Run
 
 
 def run_to_dict(run: Run) -> dict:
@@ -25,6 +25,7 @@ def run_to_dict(run: Run) -> dict:
         "warnings": run.warnings,
     }
     if run.kind == Run.Kind.BACKUP:
+        data["storage"] = run.storage.name if run.storage_id else DEFAULT_STORAGE_NAME
         data["verified"] = run.verified
         data["keep"] = run.keep
     if run.kind in (Run.Kind.RESTORE, Run.Kind.VERIFY):

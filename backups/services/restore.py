@@ -9,7 +9,7 @@ from backups.audit import audit_record
 from backups.engine.errors import EngineError
 from backups.engine.names import catalog_to_name, name_to_catalog, printable
 from backups.engine.restore import RestoreRequest, check_target, restore_archive
-from backups.models import AuditEvent, Run, Source
+from backups.models import AuditEvent, Run, Source, Storage
 from backups.services.queue import run_enqueue
 from backups.services.runs import RunHooks, SourceBusy, reap_abandoned
 
@@ -36,6 +36,8 @@ def restore_places(*, source: Source, in_place: bool, trigger: str) -> dict:
     PostgreSQL servers and pod namespaces: the source's own and the allow-lists.
     """
     refused = {str(settings.ARCHIVE_ROOT): "the archive storage"}
+    for name, path in Storage.objects.filter(kind=Storage.Kind.LOCAL).values_list("name", "path"):
+        refused[path] = f"the storage {name!r}"
     if settings.DATABASE_FILE is not None:
         for suffix in ("", "-wal", "-shm", "-journal"):
             refused[f"{settings.DATABASE_FILE}{suffix}"] = "the dashboard's own database"
@@ -68,7 +70,7 @@ def _engine_request(
     source = backup.source
     return RestoreRequest(
         archive=backup.stored_archive(),
-        manifest=backup.manifest_path,
+        manifest=backup.stored_manifest(),
         kind=source.kind,
         target=target,
         in_place=in_place,

@@ -9,6 +9,7 @@ from backups.cli import CliCommand, usage_error
 from backups.models import DEFAULT_RUN_TIMEOUT_S, Compression, Policy
 from backups.services.catalog import policy_create
 from backups.services.formats import parse_duration
+from backups.services.storages import StorageRefused, storage_named
 
 KEEP_RULES = ("last", "hourly", "daily", "weekly", "monthly", "yearly")
 
@@ -51,12 +52,19 @@ class Command(CliCommand):
         add.add_argument(
             "--no-verify", action="store_true", help="do not verify after every backup"
         )
+        add.add_argument(
+            "--storage", metavar="NAME", help="where backups are written (default: ARCHIVE_ROOT)"
+        )
         add.add_argument("--json", action="store_true")
 
     def handle(self, *args, **options):
         name = options["name"]
         if Policy.objects.filter(name=name).exists():
             raise usage_error(f"A policy named {name!r} already exists.")
+        try:
+            storage = storage_named(options["storage"])
+        except StorageRefused as refused:
+            raise usage_error(str(refused)) from None
         policy = policy_create(
             name=name,
             schedule=options["schedule"],
@@ -67,6 +75,7 @@ class Command(CliCommand):
             drill_every_s=options["drill_every"],
             run_timeout_s=options["run_timeout"],
             verify_after_backup=not options["no_verify"],
+            storage=storage,
             **{f"keep_{rule}": options[f"keep_{rule}"] for rule in KEEP_RULES},
         )
         # As the admin does for its changes: who created it, with every value it started with.
