@@ -226,6 +226,12 @@ class Policy(models.Model):
         related_name="policies",
         help_text="Where backups are written. Empty: ARCHIVE_ROOT.",
     )
+    copy_to = models.ManyToManyField(
+        Storage,
+        blank=True,
+        related_name="copy_policies",
+        help_text="Where each backup is copied once published (offsite copies).",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -467,6 +473,7 @@ class Run(models.Model):
         BACKUP = "backup"
         RESTORE = "restore"
         VERIFY = "verify"
+        COPY = "copy"
 
     class Status(models.TextChoices):
         QUEUED = "queued"
@@ -569,6 +576,8 @@ class Run(models.Model):
     )
     target = models.CharField(max_length=1000, blank=True)
     in_place = models.BooleanField(default=False)
+    # A restore told which storage to read (`--from`): it never falls back to another.
+    picked_storage = models.BooleanField(default=False)
     paths = models.JSONField(default=list, blank=True)
     drill = models.BooleanField(default=False)
     checks = models.JSONField(default=list, blank=True)
@@ -847,6 +856,85 @@ class Run(models.Model):
         stamp = timezone.now().strftime("%H:%M:%S")
         self.log = self.log_text([*self.log.splitlines(), f"{stamp} {printable(line)}"])
         self.save(update_fields=["log"])
+
+
+class Copy(models.Model):
+    """One backup's copy in another storage: archive, checksum file and manifest, proven.
+
+    One row per (backup, storage), whatever the number of attempts: a failed copy is
+    retried on the same row, with backoff, and never duplicated.
+    """
+
+    class Status(models.TextChoices):
+        PENDING = "pending"
+        RUNNING = "running"
+        SUCCEEDED = "succeeded"
+        FAILED = "failed"
+        REMOVED = "removed"
+
+    backup = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="copies")
+    storage = models.ForeignKey(Storage, on_delete=models.PROTECT, related_name="copies")
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING)
+    # The copy run of the newest attempt.
+    run = models.ForeignKey(Run, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    archive = models.CharField(max_length=1000, blank=True)
+    sha256 = models.CharField(max_length=64, blank=True)
+    size = models.BigIntegerField(null=True, blank=True)
+    duration_s = models.FloatField(null=True, blank=True)
+    error = models.TextField(blank=True)
+    attempts = models.PositiveSmallIntegerField(default=0)
+    copied_at = models.DateTimeField(null=True, blank=True)
+    retry_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["backup", "storage"], name="one_copy_per_storage")
+        ]
+        indexes = [models.Index(fields=["status", "retry_at"], name="copy_status_retry")]
+
+    def __str__(self) -> str:
+        return f"copy of backup #{self.backup_id} in {self.storage_id} ({self.status})"
+
+    def mark_succeeded(self, *, archive: str, sha256: str, size: int, duration_s: float) -> None:
+        """Record a proven copy."""
+        Copy.objects.filter(pk=self.pk).update(
+            status=self.Status.SUCCEEDED,
+            archive=archive,
+            sha256=sha256,
+            size=size,
+            duration_s=duration_s,
+            error="",
+            copied_at=timezone.now(),
+            retry_at=None,
+        )
+
+    def stored_archive(self) -> StoredFile:
+        """Return the copied archive in its storage, at the key the backup has in its own.
+
+        Raise ArchiveError when `archive` is not that key's locator, StorageError when
+        the storage cannot be opened.
+        """
+        storage = self.storage.open()
+        key = f"{self.backup.source.slug}/{self.archive.rpartition('/')[2]}"
+        try:
+            fits = check_key(key) and storage.locator(key) == self.archive
+        except StorageError:
+            fits = False
+        if not fits:
+            raise ArchiveError(
+                f"The copy of backup #{self.backup_id} in storage {self.storage.name!r} names "
+                f"{printable(self.archive or '(none)')}, not a file of its source's folder: "
+                "it is not read."
+            )
+        return StoredFile(storage, key)
+
+    def mark_failed(self, error: str, *, retry_after_s: float) -> None:
+        """Record a failed attempt; housekeeping tries again after `retry_after_s`."""
+        Copy.objects.filter(pk=self.pk).exclude(status=self.Status.SUCCEEDED).update(
+            status=self.Status.FAILED,
+            error=printable(error),
+            retry_at=timezone.now() + dt.timedelta(seconds=retry_after_s),
+        )
 
 
 class Manifest(models.Model):

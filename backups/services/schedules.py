@@ -25,6 +25,7 @@ from django_q.models import Schedule
 from backups.engine.durations import next_run
 from backups.models import Run, ScheduleMiss, Source, WorkerBeat
 from backups.services.backup import backup_hand_over, backup_request
+from backups.services.copy import copies_retry_due
 from backups.services.prune import prune_recover
 from backups.services.queue import runs_resend_lost
 from backups.services.runs import SourceBusy, reap_abandoned, worker_identity
@@ -321,6 +322,7 @@ def housekeeping_run(*, now: datetime | None = None) -> dict:
     resent = runs_resend_lost(now=now)
     recovered = prune_recover()
     drills = drills_queue_due(now=now)
+    copies = copies_retry_due(now=now)
     schedule_sync_all(now=now)
     return {
         "abandoned": reaped,
@@ -328,5 +330,6 @@ def housekeeping_run(*, now: datetime | None = None) -> dict:
         "resent": resent,
         "prunes_finished": recovered,
         "drills": [drill.pk for drill in drills],
+        "copies": [copy.pk for copy in copies],
         "standing": standing_housekeeping(),
     }

@@ -55,6 +55,13 @@ class Command(CliCommand):
         add.add_argument(
             "--storage", metavar="NAME", help="where backups are written (default: ARCHIVE_ROOT)"
         )
+        add.add_argument(
+            "--copy-to",
+            metavar="NAME",
+            action="append",
+            default=[],
+            help="copy each backup to this storage too (repeatable)",
+        )
         add.add_argument("--json", action="store_true")
 
     def handle(self, *args, **options):
@@ -63,8 +70,13 @@ class Command(CliCommand):
             raise usage_error(f"A policy named {name!r} already exists.")
         try:
             storage = storage_named(options["storage"])
+            copy_to = [storage_named(name) for name in options["copy_to"]]
         except StorageRefused as refused:
             raise usage_error(str(refused)) from None
+        if None in copy_to:
+            raise usage_error(
+                "--copy-to names a storage added with `storage add`, not the default ARCHIVE_ROOT."
+            )
         policy = policy_create(
             name=name,
             schedule=options["schedule"],
@@ -76,6 +88,7 @@ class Command(CliCommand):
             run_timeout_s=options["run_timeout"],
             verify_after_backup=not options["no_verify"],
             storage=storage,
+            copy_to=copy_to,
             **{f"keep_{rule}": options[f"keep_{rule}"] for rule in KEEP_RULES},
         )
         # As the admin does for its changes: who created it, with every value it started with.
