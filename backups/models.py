@@ -685,7 +685,8 @@ class Run(models.Model):
         )
         if not inside:
             raise self._outside(str(folder))
-        return StoredFile(LocalStorage(folder), path.name)
+        # The same key as in every other storage, so copies land at `<slug>/<name>` too.
+        return StoredFile(LocalStorage(folder.parent), f"{folder.name}/{path.name}")
 
     def _plain_slug(self) -> bool:
         return self.source.slug not in ("", ".", "..") and "/" not in self.source.slug

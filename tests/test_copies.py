@@ -1,0 +1,208 @@
+"""Offsite copies: made after each backup, proven, retried, used when the primary fails.
+
+Real storages only: a second local folder and SeaweedFS's S3 (tests/s3server.py).
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import subprocess
+from datetime import timedelta
+from io import StringIO
+from pathlib import Path
+
+import pytest
+from django.core.management import CommandError, call_command
+from django.utils import timezone
+
+from backups.models import Copy, Run
+from backups.services.copy import copies_retry_due, copy_retry_delay
+from backups.services.execution import run_execute
+from tests.s3server import BUCKET
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def call_json(*args) -> dict:
+    """Run a command with --json and return its object, whatever its exit status."""
+    out = StringIO()
+    try:
+        call_command(*args, "--json", stdout=out, stderr=StringIO())
+    except SystemExit as exit_:
+        assert exit_.code in (0, 1), out.getvalue()
+    return json.loads(out.getvalue())
+
+
+def quiet(*args) -> None:
+    call_command(*args, stdout=StringIO(), stderr=StringIO())
+
+
+@pytest.fixture
+def offsite(tmp_path) -> Path:
+    """A second local storage `offsite`."""
+    folder = tmp_path / "offsite"
+    quiet("storage", "add", "offsite", "--kind", "local", "--path", str(folder))
+    return folder
+
+
+@pytest.fixture
+def prefix() -> str:
+    return f"t-{secrets.token_hex(6)}"
+
+
+@pytest.fixture
+def bucket(s3_server, s3_env, prefix):
+    """An S3 storage `bucket` under its own prefix of the test bucket."""
+    quiet(
+        "storage", "add", "bucket", "--kind", "s3", "--url", f"s3://{BUCKET}/{prefix}",
+        "--endpoint", s3_server.endpoint, "--credentials-env", s3_env,
+    )  # fmt: skip
+    return s3_server
+
+
+def files_source(data_dir, *policy_args) -> None:
+    quiet("policy", "add", "p", "--keep-last", "1", "--no-verify", *policy_args)
+    quiet(
+        "source", "add", "files", "--kind", "directory", "--location", str(data_dir),
+        "--policy", "p",
+    )  # fmt: skip
+
+
+def test_a_backup_is_copied_to_a_second_storage_and_the_copy_is_proven(data_dir, offsite):
+    files_source(data_dir, "--copy-to", "offsite")
+    backup = call_json("backup", "files", "--inline")
+    shown = call_json("runs", str(backup["id"]))
+    assert shown["storage"] == "default"
+    assert [(c["storage"], c["status"], c["sha256"]) for c in shown["copies"]] == [
+        ("offsite", "succeeded", backup["sha256"])
+    ]
+    assert shown["copies"][0]["at"]
+    check = subprocess.run(
+        "sha256sum -c *.sha256", shell=True, cwd=offsite / "files", capture_output=True, text=True
+    )
+    assert check.returncode == 0 and "OK" in check.stdout, check.stdout + check.stderr
+    copy_run = Run.objects.get(kind=Run.Kind.COPY)
+    assert copy_run.status == Run.Status.SUCCEEDED and copy_run.backup_id == backup["id"]
+    assert copy_run.archive == str(offsite / "files" / Path(backup["archive"]).name)
+
+
+def test_a_backup_on_s3_is_copied_to_a_local_folder(data_dir, bucket, prefix, offsite):
+    files_source(data_dir, "--storage", "bucket", "--copy-to", "offsite")
+    backup = call_json("backup", "files", "--inline")
+    assert backup["archive"].startswith(f"s3://{BUCKET}/{prefix}/files/")
+    copies = call_json("runs", str(backup["id"]))["copies"]
+    assert [(c["storage"], c["status"]) for c in copies] == [("offsite", "succeeded")]
+    check = subprocess.run(
+        "sha256sum -c *.sha256", shell=True, cwd=offsite / "files", capture_output=True, text=True
+    )
+    assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_policy_add_refuses_to_copy_to_the_storage_it_writes_to(offsite):
+    with pytest.raises(CommandError) as caught:
+        quiet("policy", "add", "p", "--storage", "offsite", "--copy-to", "offsite")
+    assert caught.value.returncode == 2 and "cannot be copied to the storage" in str(caught.value)
+    with pytest.raises(CommandError) as caught:
+        quiet("policy", "add", "q", "--copy-to", "default")
+    assert caught.value.returncode == 2 and "--copy-to" in str(caught.value)
+
+
+def test_a_restore_uses_the_copy_when_the_primary_archive_is_gone(data_dir, offsite, tmp_path):
+    files_source(data_dir, "--copy-to", "offsite")
+    backup = call_json("backup", "files", "--inline")
+    Path(backup["archive"]).unlink()
+    target = tmp_path / "restored"
+    restored = call_json("restore", str(backup["id"]), "--to", str(target), "--inline")
+    assert restored["status"] == "succeeded", restored["error"]
+    assert restored["storage"] == "offsite"
+    assert restored["archive"] == str(offsite / "files" / Path(backup["archive"]).name)
+    assert (target / "a.txt").read_text() == "alpha\n"
+
+
+def test_a_restore_uses_the_copy_when_the_primary_fails_its_checksum(
+    data_dir, bucket, prefix, offsite, tmp_path
+):
+    files_source(data_dir, "--storage", "bucket", "--copy-to", "offsite")
+    backup = call_json("backup", "files", "--inline")
+    key = backup["archive"].removeprefix(f"s3://{BUCKET}/")
+    client = bucket.client()
+    data = bytearray(client.get_object(Bucket=BUCKET, Key=key)["Body"].read())
+    data[len(data) // 2] ^= 0xFF
+    client.put_object(Bucket=BUCKET, Key=key, Body=bytes(data))
+    target = tmp_path / "restored"
+    restored = call_json("restore", str(backup["id"]), "--to", str(target), "--inline")
+    assert restored["status"] == "warning", restored["error"]
+    assert restored["storage"] == "offsite"
+    assert any("restoring the copy in storage offsite" in line for line in restored["warnings"])
+    assert (target / "sub" / "b.bin").read_bytes() == (data_dir / "sub" / "b.bin").read_bytes()
+
+
+def test_restore_from_picks_a_copy_and_refuses_a_storage_without_one(data_dir, offsite, tmp_path):
+    files_source(data_dir, "--copy-to", "offsite")
+    quiet("storage", "add", "empty", "--kind", "local", "--path", str(tmp_path / "empty"))
+    backup = call_json("backup", "files", "--inline")
+    restored = call_json(
+        "restore", str(backup["id"]), "--to", str(tmp_path / "r1"), "--from", "offsite", "--inline"
+    )
+    assert restored["status"] == "succeeded" and restored["storage"] == "offsite"
+    with pytest.raises(CommandError) as caught:
+        quiet("restore", str(backup["id"]), "--to", str(tmp_path / "r2"), "--from", "empty")
+    assert caught.value.returncode == 2
+    assert "no proven copy in storage 'empty'" in str(caught.value)
+    assert "default, offsite" in str(caught.value)
+
+
+def test_a_failed_copy_is_retried_on_the_same_row_after_its_delay(
+    data_dir, bucket, prefix, monkeypatch
+):
+    files_source(data_dir, "--copy-to", "bucket")
+    monkeypatch.setenv("TEST_S3_SECRET_ACCESS_KEY", "not-the-secret")
+    backup = call_json("backup", "files", "--inline")
+    assert backup["status"] == "succeeded"  # the backup stands; its copy failed
+    copy = Copy.objects.get()
+    assert copy.status == Copy.Status.FAILED and "TEST_S3" in copy.error
+    assert copy.attempts == 1 and copy.retry_at > timezone.now()
+    assert copies_retry_due() == []  # not before its delay
+    monkeypatch.setenv("TEST_S3_SECRET_ACCESS_KEY", "test-admin-secret")
+    later = timezone.now() + timedelta(seconds=copy_retry_delay(1) + 1)
+    [again] = copies_retry_due(now=later)
+    assert copies_retry_due(now=later) == []  # queued once, not twice
+    assert run_execute(again.pk, inline=True).status == Run.Status.SUCCEEDED
+    copy = Copy.objects.get()
+    assert (copy.status, copy.attempts, copy.sha256) == (
+        Copy.Status.SUCCEEDED,
+        2,
+        backup["sha256"],
+    )
+    keys = bucket.client().list_objects_v2(Bucket=BUCKET, Prefix=f"{prefix}/")["Contents"]
+    assert len(keys) == 3
+    assert copies_retry_due(now=later + timedelta(days=1)) == []
+
+
+def test_a_damaged_archive_is_not_copied(data_dir, offsite):
+    files_source(data_dir)
+    backup = call_json("backup", "files", "--inline")
+    archive = Path(backup["archive"])
+    data = bytearray(archive.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    archive.write_bytes(bytes(data))
+    quiet("storage", "list")
+    from backups.models import Storage
+    from backups.services.copy import copy_request
+
+    run = copy_request(
+        backup=Run.objects.get(pk=backup["id"]),
+        storage=Storage.objects.get(name="offsite"),
+        trigger=Run.Trigger.CLI,
+        enqueue=False,
+    )
+    ended = run_execute(run.pk, inline=True)
+    assert ended.status == Run.Status.FAILED
+    assert archive.name in ended.error and "checksum" in ended.error
+    assert not (offsite / "files").exists() or list((offsite / "files").iterdir()) == []
+
+
+def test_the_retry_delay_doubles_up_to_six_hours():
+    assert [copy_retry_delay(n) for n in (1, 2, 3)] == [300, 600, 1200]
+    assert copy_retry_delay(30) == 6 * 3600
