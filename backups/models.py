@@ -909,6 +909,11 @@ class Copy(models.Model):
             retry_at=None,
         )
 
+    @classmethod
+    def mark_removed(cls, backup_ids) -> int:
+        """Record that the copies of the backups `backup_ids` were removed with them."""
+        return cls.objects.filter(backup_id__in=list(backup_ids)).update(status=cls.Status.REMOVED)
+
     def stored_archive(self) -> StoredFile:
         """Return the copied archive in its storage, at the key the backup has in its own.
 

@@ -206,3 +206,21 @@ def test_a_damaged_archive_is_not_copied(data_dir, offsite):
 def test_the_retry_delay_doubles_up_to_six_hours():
     assert [copy_retry_delay(n) for n in (1, 2, 3)] == [300, 600, 1200]
     assert copy_retry_delay(30) == 6 * 3600
+
+
+def test_prune_removes_the_copies_with_their_backup(data_dir, bucket, prefix, offsite):
+    files_source(data_dir, "--copy-to", "offsite", "--copy-to", "bucket")
+    first = call_json("backup", "files", "--inline")
+    second = call_json("backup", "files", "--inline")
+    assert Copy.objects.filter(status=Copy.Status.SUCCEEDED).count() == 4
+    result = call_json("prune", "--source", "files")
+    assert [item["id"] for item in result["remove"]] == [first["id"]]
+    assert (
+        sorted(path.name.split(".")[0] for path in (offsite / "files").iterdir())
+        == [Path(second["archive"]).name.split(".")[0]] * 3
+    )
+    listing = bucket.client().list_objects_v2(Bucket=BUCKET, Prefix=f"{prefix}/")["Contents"]
+    assert len(listing) == 3 and all(f"-{second['id']}." in item["Key"] for item in listing)
+    assert set(Copy.objects.filter(backup_id=first["id"]).values_list("status", flat=True)) == {
+        Copy.Status.REMOVED
+    }

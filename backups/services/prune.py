@@ -39,7 +39,7 @@ from backups.engine.atomic import fsync_dir
 from backups.engine.errors import EngineError
 from backups.engine.retention import PINNED, Rules, Snapshot, select
 from backups.engine.storage import StoredFile
-from backups.models import Manifest, Run, Source
+from backups.models import Copy, Manifest, Run, Source
 from backups.services.runs import worker_identity
 from backups.services.standing import standing_refresh
 
@@ -254,6 +254,21 @@ def _files(run: Run) -> list[StoredFile]:
         return []
 
 
+def _copy_files(run: Run) -> list[StoredFile]:
+    """Return the files of `run`'s proven copies in other storages, removed with it."""
+    files = []
+    for copy in run.copies.filter(status=Copy.Status.SUCCEEDED).select_related("storage"):
+        copy.backup = run
+        try:
+            archive = copy.stored_archive()
+            manifest = archive.sibling(run.manifest_path.name)
+        except EngineError as error:
+            logger.warning("prune removes no file of %s: %s", copy, error)
+            continue
+        files += [archive, archive.sibling(archive.name + ".sha256"), manifest]
+    return files
+
+
 def _claim(runs: list[Run], me: str, now: datetime) -> tuple[list[Run], dict[int, str]]:
     """Move `runs` to `pruning` for `me`; return those claimed and why the others stay.
 
@@ -320,7 +335,7 @@ def _delete_owned(runs: list[Run], me: str) -> None:
         folders = set()
         for run in runs:
             run.source = sources[run.source_id]
-            for stored in _files(run):
+            for stored in _files(run) + _copy_files(run):
                 path = stored.local_path
                 if path is None:
                     stored.storage.delete(stored.key)
@@ -332,6 +347,7 @@ def _delete_owned(runs: list[Run], me: str) -> None:
             if folder.is_dir():
                 fsync_dir(folder)
         Run.objects.mark_pruned(ids, worker=me, now=timezone.now())
+        Copy.mark_removed(ids)
         # Deleting a backup is destructive: each one leaves an audit record, as a restore does.
         for run in runs:
             audit_record(
