@@ -118,6 +118,12 @@ def _per_source(registry: _Scrape, standings: list[Standing]) -> None:
         registry, "backup_next_run_timestamp_seconds", "When the next scheduled backup starts"
     )
     running = _gauge(registry, "backup_running", "1 while a run of the source is active")
+    offsite_age = _gauge(
+        registry, "backup_offsite_age_seconds", "Age of the newest backup with a proven copy"
+    )
+    copies = _gauge(
+        registry, "backup_copies", "Proven copies of the newest backup in other storages"
+    )
     health = _gauge(
         registry, "backup_health", "The overview's verdict (1 for the current one)", "status"
     )
@@ -157,3 +163,7 @@ def _per_source(registry: _Scrape, standings: list[Standing]) -> None:
         if standing.next_run_at is not None:
             next_run.labels(source=name).set(standing.next_run_at.timestamp())
         running.labels(source=name).set(int(standing.running is not None))
+        if standing.offsite_age_s is not None:
+            offsite_age.labels(source=name).set(standing.offsite_age_s)
+        if standing.copies is not None:
+            copies.labels(source=name).set(standing.copies)

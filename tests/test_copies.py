@@ -224,3 +224,35 @@ def test_prune_removes_the_copies_with_their_backup(data_dir, bucket, prefix, of
     assert set(Copy.objects.filter(backup_id=first["id"]).values_list("status", flat=True)) == {
         Copy.Status.REMOVED
     }
+
+
+def test_status_and_metrics_know_the_offsite_copies(data_dir, offsite, client, settings):
+    files_source(data_dir, "--rpo", "2h", "--copy-to", "offsite")
+    offsite.write_text("a file where the folder should be")  # the copy fails
+    backup = call_json("backup", "files", "--inline")
+    assert Copy.objects.get().status == Copy.Status.FAILED
+    [standing] = call_json("status")["sources"]
+    assert standing["rpo_status"] == "at_risk" and standing["health"] == "at_risk"
+    assert "No offsite copy" in standing["rpo_note"]
+    assert (standing["offsite_age_s"], standing["copies"]) == (None, 0)
+
+    offsite.unlink()
+    later = timezone.now() + timedelta(seconds=copy_retry_delay(1) + 1)
+    [again] = copies_retry_due(now=later)
+    run_execute(again.pk, inline=True)
+    [standing] = call_json("status")["sources"]
+    assert standing["rpo_status"] == "ok" and standing["rpo_note"] is None
+    assert standing["copies"] == 1 and 0 <= standing["offsite_age_s"] < 600
+    assert standing["offsite_status"] == "ok"
+
+    settings.METRICS_PUBLIC = True
+    body = client.get("/metrics").content.decode()
+    assert 'backup_copies{source="files"} 1.0' in body
+    assert 'backup_offsite_age_seconds{source="files"}' in body
+    assert backup["status"] == "succeeded"
+
+
+def test_a_source_without_copy_to_is_not_judged_on_copies(source):
+    assert call_json("backup", source.name, "--inline")["status"] == "succeeded"
+    [standing] = call_json("status")["sources"]
+    assert standing["offsite_status"] is None and standing["copies"] == 0
