@@ -256,3 +256,22 @@ def test_a_source_without_copy_to_is_not_judged_on_copies(source):
     assert call_json("backup", source.name, "--inline")["status"] == "succeeded"
     [standing] = call_json("status")["sources"]
     assert standing["offsite_status"] is None and standing["copies"] == 0
+
+
+def test_the_source_page_shows_both_copies_and_the_offsite_age(data_dir, offsite, client, viewer):
+    files_source(data_dir, "--rpo", "2h", "--copy-to", "offsite")
+    call_json("backup", "files", "--inline")
+    client.force_login(viewer)
+    page = client.get("/sources/files/").content.decode()
+    assert "<h3>Offsite</h3>" in page and "has 1 copy." in page
+    assert 'data-label="Stored in">default, <span class="note">copy in</span> offsite<' in page
+
+
+def test_the_run_page_shows_the_storage_and_each_copy(data_dir, offsite, client, viewer):
+    files_source(data_dir, "--copy-to", "offsite")
+    backup = call_json("backup", "files", "--inline")
+    client.force_login(viewer)
+    page = client.get(f"/runs/{backup['id']}/").content.decode()
+    assert "Written to storage <strong>default</strong>" in page
+    assert '<th scope="row" data-label="Storage">offsite</th>' in page
+    assert backup["sha256"] in page

@@ -175,7 +175,8 @@ def test_query_count_does_not_grow_with_the_history(
     # schedules) + 1 (the runs page) + 1 (restore points) + 2 (retention: the backups,
     # those in use) + 3 (charts: recent backups, the 30-day backups, the newest before the
     # window) + 2 (the viewer's own and group permissions, read once to decide which
-    # action buttons to show) + 1 (the slots skipped recently).
-    with django_assert_num_queries(18):
+    # action buttons to show) + 1 (the slots skipped recently) + 1 (the restore points'
+    # proven copies, with their storages).
+    with django_assert_num_queries(19):
         response = client.get(reverse("source-detail", args=["web"]))
     assert len(response.context["pager"].items) == min(25, 2 * count)

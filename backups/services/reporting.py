@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from backups.models import DEFAULT_STORAGE_NAME, Run
+from django.db.models import Prefetch
+
+from backups.models import DEFAULT_STORAGE_NAME, Copy, Run
 
 
 def run_to_dict(run: Run) -> dict:
@@ -57,3 +59,14 @@ def copies_of(backup: Run) -> list[dict]:
         }
         for copy in backup.copies.select_related("storage").order_by("storage__name")
     ]
+
+
+def proven_copies() -> Prefetch:
+    """Return the prefetch of backups' proven copies with their storages, as `proven_copies`."""
+    return Prefetch(
+        "copies",
+        queryset=Copy.objects.filter(status=Copy.Status.SUCCEEDED)
+        .select_related("storage")
+        .order_by("storage__name"),
+        to_attr="proven_copies",
+    )

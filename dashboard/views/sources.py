@@ -14,6 +14,7 @@ from backups.services.backup import backup_request
 from backups.services.compliance import Health, Integrity, rpo_backup_times, source_standing
 from backups.services.formats import format_bytes
 from backups.services.prune import PruneRefused, prune_plan
+from backups.services.reporting import proven_copies
 from backups.services.runs import SourceBusy
 from backups.services.verify import verify_request
 from dashboard import charts
@@ -119,6 +120,8 @@ def source_detail(request, slug):
     restore_points = list(
         Run.objects.restore_points()
         .filter(source=source)
+        .select_related("storage")
+        .prefetch_related(proven_copies())
         .defer("log", "checks", "current_item")[:RESTORE_POINTS]
     )
     try:
