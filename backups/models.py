@@ -232,6 +232,20 @@ class Policy(models.Model):
         related_name="copy_policies",
         help_text="Where each backup is copied once published (offsite copies).",
     )
+    archive_to = models.ForeignKey(
+        Storage,
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="archive_policies",
+        help_text="A colder storage restore points move to once older than 'archive after'.",
+    )
+    archive_after_s = SecondsField(
+        "archive after",
+        null=True,
+        blank=True,
+        help_text="How old a restore point is when it moves to the archive storage, e.g. 30d.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -261,6 +275,14 @@ class Policy(models.Model):
                     "run_timeout_s": f"A run timeout must stay below the workers' task timeout "
                     f"(Q_TIMEOUT_S = {settings.Q_TIMEOUT_S} s); raise Q_TIMEOUT_S first."
                 }
+            )
+        if (self.archive_to_id is None) != (self.archive_after_s is None):
+            raise ValidationError(
+                {"archive_to": "Give both an archive storage and an age to move backups after."}
+            )
+        if self.archive_to_id is not None and self.archive_to_id == self.storage_id:
+            raise ValidationError(
+                {"archive_to": "The archive storage must differ from the one backups go to."}
             )
         if not isinstance(self.check_queries, list) or not all(
             isinstance(q, dict) and isinstance(q.get("sql"), str) for q in self.check_queries
@@ -835,6 +857,11 @@ class Run(models.Model):
         """
         self.storage = storage
         Run.objects.filter(pk=self.pk).update(storage=storage)
+
+    def move_to(self, storage: Storage, archive: str) -> None:
+        """Record that the backup's files now live in `storage`, at `archive`."""
+        self.storage, self.archive = storage, archive
+        Run.objects.filter(pk=self.pk).update(storage=storage, archive=archive)
 
     def mark_verified(self, ok: bool) -> None:
         """Record the verdict of this backup's newest verification."""

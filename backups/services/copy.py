@@ -17,8 +17,8 @@ from django.db.models import F, Q
 from django.utils import timezone
 
 from backups.engine.copy import copy_backup
-from backups.engine.errors import ArchiveError
-from backups.models import Copy, Run, Storage
+from backups.engine.errors import ArchiveError, EngineError
+from backups.models import Copy, Manifest, Run, Storage
 from backups.services.queue import run_enqueue
 from backups.services.runs import RunHooks
 
@@ -145,3 +145,79 @@ def copies_retry_due(*, now: datetime | None = None) -> list[Run]:
             )
             runs.append(run)
     return runs
+
+
+def _old_enough(backup: Run, *, now: datetime) -> bool:
+    policy = backup.source.policy
+    return (
+        policy is not None
+        and policy.archive_to_id is not None
+        and backup.started_at is not None
+        and (now - backup.started_at).total_seconds() > policy.archive_after_s
+    )
+
+
+def archive_move(backup: Run, *, now: datetime | None = None) -> bool:
+    """Finish moving `backup` to its policy's archive storage once a proven copy is there.
+
+    The files in its current storage are removed first, then the catalog points at the
+    copy: in between, a restore falls back to that proven copy. Nothing moves while a
+    restore or verification reads the backup. Return whether the backup moved.
+    """
+    now = now or timezone.now()
+    if not _old_enough(backup, now=now) or backup.status not in Run.GOOD:
+        return False
+    target = backup.source.policy.archive_to
+    if backup.storage_id == target.pk:
+        return False
+    copy = Copy.objects.filter(backup=backup, storage=target, status=Copy.Status.SUCCEEDED).first()
+    if copy is None:
+        return False
+    readers = Run.objects.filter(backup=backup, status__in=Run.ACTIVE).exclude(kind=Run.Kind.COPY)
+    if readers.exists():
+        return False
+    archive = backup.stored_archive()
+    for stored in (
+        archive,
+        archive.sibling(archive.name + ".sha256"),
+        backup.stored_manifest(),
+    ):
+        stored.storage.delete(stored.key)
+    with transaction.atomic():
+        backup.move_to(target, copy.archive)
+        copy.delete()
+        Manifest.objects.filter(run=backup).update(path=str(backup.stored_manifest()))
+    backup.append_log(f"moved to the archive storage {target.name}: {copy.archive}")
+    return True
+
+
+def archive_due(*, now: datetime | None = None) -> dict:
+    """Move the restore points older than their policy's `archive_after` to its archive
+    storage: copy the ones not copied there yet, finish moving the ones that are.
+
+    Return the ids of the copy runs queued and of the backups moved.
+    """
+    now = now or timezone.now()
+    queued, moved = [], []
+    candidates = (
+        Run.objects.restore_points()
+        .filter(source__policy__archive_to__isnull=False)
+        .exclude(storage=F("source__policy__archive_to"))
+        .select_related("source__policy__archive_to", "storage")
+        .defer("log")
+    )
+    for backup in candidates:
+        if not _old_enough(backup, now=now):
+            continue
+        target = backup.source.policy.archive_to
+        try:
+            if archive_move(backup, now=now):
+                moved.append(backup.pk)
+                continue
+        except EngineError as error:
+            logger.warning("moving backup #%s to %s failed: %s", backup.pk, target, error)
+            continue
+        run = copy_request(backup=backup, storage=target, trigger=Run.Trigger.SCHEDULE)
+        if run is not None and run.status == Run.Status.QUEUED:
+            queued.append(run.pk)
+    return {"copies": queued, "moved": moved}

@@ -21,7 +21,12 @@ from backups.engine.errors import Cancelled, EngineError, FencedError
 from backups.engine.hooks import Progress
 from backups.models import Run
 from backups.services.backup import backup_execute, backup_hand_over
-from backups.services.copy import copies_after_backup, copy_execute, copy_record_outcome
+from backups.services.copy import (
+    archive_move,
+    copies_after_backup,
+    copy_execute,
+    copy_record_outcome,
+)
 from backups.services.queue import prune_enqueue
 from backups.services.restore import restore_audit_outcome, restore_execute
 from backups.services.runs import (
@@ -154,6 +159,11 @@ def _copy_after_backup(run: Run, *, inline: bool) -> None:
             run_execute(copy.pk, inline=True)
 
 
+def _archive_after_copy(run: Run, *, inline: bool) -> None:
+    """Finish moving a backup to its archive storage once its copy there is proven."""
+    archive_move(run.backup)
+
+
 def _prune_after_scheduled_backup(run: Run, *, inline: bool) -> None:
     """Queue a prune of the source of a scheduled backup: retention follows the schedule."""
     if run.trigger == Run.Trigger.SCHEDULE:
@@ -163,6 +173,7 @@ def _prune_after_scheduled_backup(run: Run, *, inline: bool) -> None:
 # What follows a run that succeeded, by kind, in order; each failure is noted in its log.
 AFTER_SUCCESS: dict[str, tuple[Callable[..., None], ...]] = {
     Run.Kind.BACKUP: (_verify_after_backup, _copy_after_backup, _prune_after_scheduled_backup),
+    Run.Kind.COPY: (_archive_after_copy,),
 }
 # What follows every ended run (whatever its outcome), by kind.
 AFTER_END: dict[str, tuple[Callable[[Run], None], ...]] = {

@@ -25,7 +25,7 @@ from django_q.models import Schedule
 from backups.engine.durations import next_run
 from backups.models import Run, ScheduleMiss, Source, WorkerBeat
 from backups.services.backup import backup_hand_over, backup_request
-from backups.services.copy import copies_retry_due
+from backups.services.copy import archive_due, copies_retry_due
 from backups.services.prune import prune_recover
 from backups.services.queue import runs_resend_lost
 from backups.services.runs import SourceBusy, reap_abandoned, worker_identity
@@ -323,6 +323,7 @@ def housekeeping_run(*, now: datetime | None = None) -> dict:
     recovered = prune_recover()
     drills = drills_queue_due(now=now)
     copies = copies_retry_due(now=now)
+    archived = archive_due(now=now)
     schedule_sync_all(now=now)
     return {
         "abandoned": reaped,
@@ -331,5 +332,6 @@ def housekeeping_run(*, now: datetime | None = None) -> dict:
         "prunes_finished": recovered,
         "drills": [drill.pk for drill in drills],
         "copies": [copy.pk for copy in copies],
+        "archive_tier": archived,
         "standing": standing_housekeeping(),
     }

@@ -62,6 +62,10 @@ class Command(CliCommand):
             default=[],
             help="copy each backup to this storage too (repeatable)",
         )
+        add.add_argument(
+            "--archive-to", metavar="NAME", help="move old restore points to this storage"
+        )
+        add.add_argument("--archive-after", type=duration, metavar="DUR", help="how old, e.g. 30d")
         add.add_argument("--json", action="store_true")
 
     def handle(self, *args, **options):
@@ -71,8 +75,11 @@ class Command(CliCommand):
         try:
             storage = storage_named(options["storage"])
             copy_to = [storage_named(name) for name in options["copy_to"]]
+            archive_to = storage_named(options["archive_to"])
         except StorageRefused as refused:
             raise usage_error(str(refused)) from None
+        if options["archive_to"] and archive_to is None:
+            raise usage_error("--archive-to names a storage added with `storage add`.")
         if None in copy_to:
             raise usage_error(
                 "--copy-to names a storage added with `storage add`, not the default ARCHIVE_ROOT."
@@ -89,6 +96,8 @@ class Command(CliCommand):
             verify_after_backup=not options["no_verify"],
             storage=storage,
             copy_to=copy_to,
+            archive_to=archive_to,
+            archive_after_s=options["archive_after"],
             **{f"keep_{rule}": options[f"keep_{rule}"] for rule in KEEP_RULES},
         )
         # As the admin does for its changes: who created it, with every value it started with.
