@@ -106,7 +106,7 @@ def test_policy_add_needs_both_archive_flags(cold):
 
 def test_the_source_page_filters_restore_points_by_date(cold, client, viewer):
     old = call_json("backup", "files", "--inline")
-    new = call_json("backup", "files", "--inline")
+    call_json("backup", "files", "--inline")
     age(old["id"], 40)
     client.force_login(viewer)
     day = (timezone.now() - timedelta(days=40)).date().isoformat()
