@@ -5,7 +5,7 @@ from __future__ import annotations
 from django.contrib import admin
 
 from backups.audit import audit_record, field_changes, field_values
-from backups.models import AuditEvent, Manifest, Policy, Run, Source
+from backups.models import AuditEvent, Copy, Manifest, Policy, Run, Source, Storage
 from backups.services.schedules import schedule_sync, schedule_sync_all, schedule_sync_policy
 
 
@@ -84,7 +84,12 @@ class PolicyAdmin(AuditedAdmin):
                 ]
             },
         ),
+        (
+            "Storages",
+            {"fields": ["storage", "copy_to", "archive_to", "archive_after_s"]},
+        ),
     ]
+    filter_horizontal = ["copy_to"]
 
     def save_model(self, request, obj, form, change):
         super().save_model(request, obj, form, change)
@@ -116,10 +121,35 @@ class SourceAdmin(AuditedAdmin):
         schedule_sync_all()
 
 
+@admin.register(Storage)
+class StorageAdmin(AuditedAdmin):
+    """Where archives live; credentials stay in the workers' environment, never here."""
+
+    list_display = ["name", "kind", "location", "checked_at", "check_error"]
+    list_filter = ["kind"]
+    search_fields = ["name", "path", "bucket", "prefix", "endpoint"]
+    fields = ["name", "kind", "path", "bucket", "prefix", "endpoint", "region", "credentials_env"]
+
+
+class CopyInline(admin.TabularInline):
+    """A backup's copies in other storages, read-only: copy runs write them."""
+
+    model = Copy
+    fk_name = "backup"
+    extra = 0
+    can_delete = False
+    fields = ["storage", "status", "sha256", "size", "copied_at", "attempts", "error"]
+    readonly_fields = fields
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+
 @admin.register(Run)
 class RunAdmin(admin.ModelAdmin):
     list_display = ["id", "kind", "source", "status", "trigger", "queued_at", "size", "keep"]
-    list_filter = ["kind", "status", "trigger", "source__kind"]
+    list_filter = ["kind", "status", "trigger", "source__kind", "storage"]
+    inlines = [CopyInline]
     search_fields = ["=id", "source__name", "sha256", "archive"]
     list_select_related = ["source"]
     date_hierarchy = "queued_at"

@@ -275,3 +275,13 @@ def test_the_run_page_shows_the_storage_and_each_copy(data_dir, offsite, client,
     assert "Written to storage <strong>default</strong>" in page
     assert '<th scope="row" data-label="Storage">offsite</th>' in page
     assert backup["sha256"] in page
+
+
+def test_the_admin_shows_a_backups_copies_and_the_storages(data_dir, offsite, client, admin_user):
+    files_source(data_dir, "--copy-to", "offsite")
+    backup = call_json("backup", "files", "--inline")
+    client.force_login(admin_user)
+    page = client.get(f"/admin/backups/run/{backup['id']}/change/").content.decode()
+    assert "offsite" in page and backup["sha256"] in page
+    listing = client.get("/admin/backups/storage/").content.decode()
+    assert str(offsite) in listing
