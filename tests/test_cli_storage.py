@@ -331,3 +331,21 @@ def test_an_upload_a_dead_backup_left_is_aborted_by_the_reaper(s3_source, s3, s3
     assert reap_abandoned() == [run.pk]
     assert storage.pending("files") == []
     assert objects(s3_server, prefix) == []
+
+
+def test_the_upload_of_a_copy_in_progress_is_not_aborted(s3_source, s3, s3_server, tmp_path):
+    from backups.services.runs import remove_dead_uploads
+
+    backup = Run.objects.create(
+        source=s3_source, kind=Run.Kind.BACKUP, status=Run.Status.SUCCEEDED, storage=s3
+    )
+    Run.objects.create(
+        source=s3_source, kind=Run.Kind.COPY, backup=backup, storage=s3,
+        status=Run.Status.RUNNING, exclusive=False,
+    )  # fmt: skip
+    storage = s3.open()
+    upload = storage.open_write(f"files/{backup.stem}.tar.zst")
+    upload.write(bytes(part_size(1, storage.part_size)))
+    assert remove_dead_uploads(storage, "files") == []
+    assert len(storage.pending("files")) == 1
+    upload.discard()

@@ -460,8 +460,13 @@ def remove_dead_uploads(storage, folder: str) -> list[str]:
     ]
     ids = {temp_run_id(item.key.rpartition("/")[2]) for item in pending}
     ids |= {temp_run_id(name) for name in orphans}
-    live = set(
-        Run.objects.filter(pk__in=ids - {None}, status__in=Run.ACTIVE).values_list("pk", flat=True)
+    ids -= {None}
+    live = set(Run.objects.filter(pk__in=ids, status__in=Run.ACTIVE).values_list("pk", flat=True))
+    # A copy writes under its backup's name: the backup's files are live while it runs.
+    live |= set(
+        Run.objects.filter(
+            backup_id__in=ids, kind=Run.Kind.COPY, status__in=Run.ACTIVE
+        ).values_list("backup_id", flat=True)
     )
     removed = []
     for item in pending:
