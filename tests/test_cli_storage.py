@@ -349,3 +349,20 @@ def test_the_upload_of_a_copy_in_progress_is_not_aborted(s3_source, s3, s3_serve
     assert remove_dead_uploads(storage, "files") == []
     assert len(storage.pending("files")) == 1
     upload.discard()
+
+
+def test_housekeeping_aborts_the_upload_a_failed_backup_could_not(s3_source, s3, s3_server):
+    from backups.services.schedules import housekeeping_run
+
+    run = Run.objects.create(source=s3_source, kind=Run.Kind.BACKUP, status=Run.Status.FAILED)
+    storage = s3.open()
+    # Its server was down when the run failed: the upload stayed behind.
+    upload = storage.open_write(f"files/{run.stem}.tar.zst")
+    upload.write(bytes(part_size(1, storage.part_size)))
+    live = Run.objects.create(source=s3_source, kind=Run.Kind.BACKUP, status=Run.Status.RUNNING)
+    other = storage.open_write(f"files/{live.stem}.tar.zst")
+    other.write(bytes(part_size(1, storage.part_size)))
+    done = housekeeping_run()
+    assert done["uploads_aborted"] == [f"offsite:files/{run.stem}.tar.zst"]
+    assert [item.key for item in storage.pending("files")] == [f"files/{live.stem}.tar.zst"]
+    other.discard()

@@ -438,6 +438,48 @@ def remove_dead_temps(folder) -> list[str]:
     return removed
 
 
+def _live_ids(ids: set) -> set[int]:
+    """Return which of the run ids `ids` still write: active runs, and backups being copied."""
+    ids = ids - {None}
+    live = set(Run.objects.filter(pk__in=ids, status__in=Run.ACTIVE).values_list("pk", flat=True))
+    # A copy writes under its backup's name: the backup's files are live while it runs.
+    live |= set(
+        Run.objects.filter(
+            backup_id__in=ids, kind=Run.Kind.COPY, status__in=Run.ACTIVE
+        ).values_list("backup_id", flat=True)
+    )
+    return live
+
+
+def _abort_dead(storage, pending) -> list[str]:
+    """Abort the incomplete writes among `pending` whose run no longer writes; return keys."""
+    live = _live_ids({temp_run_id(item.key.rpartition("/")[2]) for item in pending})
+    aborted = []
+    for item in pending:
+        run_id = temp_run_id(item.key.rpartition("/")[2])
+        if run_id is not None and run_id not in live:
+            storage.abort(item)
+            aborted.append(item.key)
+    return aborted
+
+
+def abort_dead_uploads(storages) -> list[str]:
+    """Abort, in each of the storage rows `storages`, the incomplete writes of dead runs.
+
+    A run that failed while its storage was unreachable (a network cut, the S3 server
+    down) could not abort its upload then; housekeeping does it once the storage answers.
+    A storage that cannot be listed now is skipped and tried at the next pass.
+    """
+    aborted = []
+    for row in storages:
+        try:
+            storage = row.open()
+            aborted += [f"{row.name}:{key}" for key in _abort_dead(storage, storage.pending(""))]
+        except EngineError as error:
+            logger.info("incomplete uploads of storage %s not checked: %s", row.name, error)
+    return aborted
+
+
 def remove_dead_uploads(storage, folder: str) -> list[str]:
     """Abort what dead runs left in the folder `folder` of an engine `storage`; return keys.
 
@@ -445,7 +487,6 @@ def remove_dead_uploads(storage, folder: str) -> list[str]:
     longer active, and a sidecar or manifest whose archive was never published (a crash
     between publishing the small files and the archive).
     """
-    pending = storage.pending(folder)
     names = [entry.name for entry in storage.list(folder) if not entry.is_folder]
     orphans = [
         name
@@ -458,22 +499,8 @@ def remove_dead_uploads(storage, folder: str) -> list[str]:
             for other in names
         )
     ]
-    ids = {temp_run_id(item.key.rpartition("/")[2]) for item in pending}
-    ids |= {temp_run_id(name) for name in orphans}
-    ids -= {None}
-    live = set(Run.objects.filter(pk__in=ids, status__in=Run.ACTIVE).values_list("pk", flat=True))
-    # A copy writes under its backup's name: the backup's files are live while it runs.
-    live |= set(
-        Run.objects.filter(
-            backup_id__in=ids, kind=Run.Kind.COPY, status__in=Run.ACTIVE
-        ).values_list("backup_id", flat=True)
-    )
-    removed = []
-    for item in pending:
-        run_id = temp_run_id(item.key.rpartition("/")[2])
-        if run_id is not None and run_id not in live:
-            storage.abort(item)
-            removed.append(item.key)
+    removed = _abort_dead(storage, storage.pending(folder))
+    live = _live_ids({temp_run_id(name) for name in orphans})
     for manifest in orphans:
         run_id = temp_run_id(manifest)
         if run_id is None or run_id in live:
