@@ -366,3 +366,50 @@ def test_housekeeping_aborts_the_upload_a_failed_backup_could_not(s3_source, s3,
     assert done["uploads_aborted"] == [f"offsite:files/{run.stem}.tar.zst"]
     assert [item.key for item in storage.pending("files")] == [f"files/{live.stem}.tar.zst"]
     other.discard()
+
+
+def test_the_s3_server_killed_mid_backup_fails_the_run_and_housekeeping_aborts_the_upload(
+    s3_env, tmp_path
+):
+    import os
+
+    from backups.services.backup import backup_request
+    from backups.services.execution import run_execute
+    from backups.services.schedules import housekeeping_run
+    from tests.s3server import SeaweedServer
+
+    big = tmp_path / "big"
+    big.mkdir()
+    for index in range(3):
+        (big / f"part{index}.bin").write_bytes(os.urandom(24 << 20))
+    server = SeaweedServer(tmp_path / "weed").start()
+    try:
+        server.create_bucket(BUCKET)
+        call_command(
+            "storage", "add", "flaky", "--kind", "s3", "--url", f"s3://{BUCKET}/p",
+            "--endpoint", server.endpoint, "--credentials-env", s3_env, stdout=StringIO(),
+        )  # fmt: skip
+        policy = policy_create(
+            name="p", keep_last=1, storage=Storage.objects.get(), verify_after_backup=False
+        )
+        source = source_create(name="big", kind="directory", location=str(big), policy=policy)
+        run = backup_request(source=source, trigger=Run.Trigger.CLI, enqueue=False)
+
+        def kill_past_30_mib(progress) -> None:
+            if progress.bytes_done > 30 << 20 and server.process.poll() is None:
+                server.kill()
+
+        ended = run_execute(run.pk, on_progress=kill_past_30_mib, inline=True)
+        assert ended.status == Run.Status.FAILED
+        assert server.endpoint in ended.error and "\n" not in ended.error
+        assert "Internal error" not in ended.error
+
+        server.start()
+        listing = server.client().list_objects_v2(Bucket=BUCKET, Prefix="p/")
+        assert listing.get("Contents", []) == []  # nothing under a final name
+        storage = Storage.objects.get().open()
+        assert [item.key for item in storage.pending("big")] == [f"big/{ended.stem}.tar.zst"]
+        assert housekeeping_run()["uploads_aborted"] == [f"flaky:big/{ended.stem}.tar.zst"]
+        assert storage.pending("big") == []
+    finally:
+        server.stop()
