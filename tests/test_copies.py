@@ -285,3 +285,31 @@ def test_the_admin_shows_a_backups_copies_and_the_storages(data_dir, offsite, cl
     assert "offsite" in page and backup["sha256"] in page
     listing = client.get("/admin/backups/storage/").content.decode()
     assert str(offsite) in listing
+
+
+def test_deleting_the_primary_object_and_restoring_from_the_browser_uses_the_copy(
+    data_dir, bucket, prefix, offsite, client, operator, tmp_path
+):
+    files_source(data_dir, "--storage", "bucket", "--copy-to", "offsite")
+    backup = call_json("backup", "files", "--inline")
+    bucket.client().delete_object(
+        Bucket=BUCKET, Key=backup["archive"].removeprefix(f"s3://{BUCKET}/")
+    )
+    client.force_login(operator)
+    target = tmp_path / "restored"
+    fields = {
+        "source": "files",
+        "backup": backup["id"],
+        "mode": "new",
+        "target": str(target),
+        "paths": "",
+    }
+    assert client.post("/restore/confirm", fields).status_code == 200
+    response = client.post("/restore/confirm", {**fields, "confirm_name": "files"})
+    assert response.status_code == 302
+    restore = Run.objects.get(kind=Run.Kind.RESTORE)
+    ended = run_execute(restore.pk)
+    assert ended.status == Run.Status.SUCCEEDED, ended.error
+    assert ended.storage.name == "offsite"
+    assert "reading the copy in storage offsite" in ended.log
+    assert (target / "a.txt").read_text() == "alpha\n"
