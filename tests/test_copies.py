@@ -313,3 +313,25 @@ def test_deleting_the_primary_object_and_restoring_from_the_browser_uses_the_cop
     assert ended.storage.name == "offsite"
     assert "reading the copy in storage offsite" in ended.log
     assert (target / "a.txt").read_text() == "alpha\n"
+
+
+def test_a_scheduled_backup_to_s3_queues_its_copy_for_the_workers(
+    data_dir, bucket, prefix, offsite
+):
+    from backups.models import Source
+    from backups.services.schedules import backup_scheduled
+
+    quiet(
+        "policy", "add", "p", "--schedule", "0 * * * *", "--keep-last", "2", "--no-verify",
+        "--storage", "bucket", "--copy-to", "offsite",
+    )  # fmt: skip
+    quiet("source", "add", "files", "--kind", "directory", "--location", str(data_dir),
+          "--policy", "p")  # fmt: skip
+    run = backup_scheduled(source_id=Source.objects.get().pk)
+    assert run_execute(run.pk).status == Run.Status.SUCCEEDED
+    copy_run = Run.objects.get(kind=Run.Kind.COPY)
+    assert copy_run.status == Run.Status.QUEUED and copy_run.trigger == Run.Trigger.SCHEDULE
+    assert run_execute(copy_run.pk).status == Run.Status.SUCCEEDED
+    shown = call_json("runs", str(run.pk))
+    assert shown["storage"] == "bucket"
+    assert [(c["storage"], c["status"]) for c in shown["copies"]] == [("offsite", "succeeded")]
