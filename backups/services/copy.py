@@ -48,10 +48,10 @@ def copy_request(
         try:
             with transaction.atomic():
                 copy, _ = Copy.objects.get_or_create(backup=backup, storage=storage)
-                copy = Copy.objects.select_for_update().select_related("run").get(pk=copy.pk)
+                copy = Copy.objects.select_for_update().get(pk=copy.pk)
                 if copy.status == Copy.Status.SUCCEEDED:
                     return None
-                if copy.run is not None and copy.run.status in Run.ACTIVE:
+                if copy.run_id is not None and copy.run.status in Run.ACTIVE:
                     return copy.run
                 run = Run.objects.create(
                     source_id=backup.source_id,
