@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from django.contrib import admin
+from django.utils.html import format_html_join
+from django.utils.safestring import mark_safe
 
 from backups.audit import audit_record, field_changes, field_values
 from backups.models import AuditEvent, Copy, Manifest, Policy, Run, Source, Storage
@@ -131,33 +133,35 @@ class StorageAdmin(AuditedAdmin):
     fields = ["name", "kind", "path", "bucket", "prefix", "endpoint", "region", "credentials_env"]
 
 
-class CopyInline(admin.TabularInline):
-    """A backup's copies in other storages, read-only: copy runs write them."""
-
-    model = Copy
-    fk_name = "backup"
-    extra = 0
-    can_delete = False
-    fields = ["storage", "status", "sha256", "size", "copied_at", "attempts", "error"]
-    readonly_fields = fields
-
-    def has_add_permission(self, request, obj=None):
-        return False
-
-
 @admin.register(Run)
 class RunAdmin(admin.ModelAdmin):
     list_display = ["id", "kind", "source", "status", "trigger", "queued_at", "size", "keep"]
     list_filter = ["kind", "status", "trigger", "source__kind", "storage"]
-    inlines = [CopyInline]
     search_fields = ["=id", "source__name", "sha256", "archive"]
     list_select_related = ["source"]
     date_hierarchy = "queued_at"
     raw_id_fields = ["backup", "requested_by"]
     # History is written by the workers; the admin may only pin a backup ("keep").
     readonly_fields = [
-        field.name for field in Run._meta.concrete_fields if field.name not in ("keep",)
+        *(field.name for field in Run._meta.concrete_fields if field.name not in ("keep",)),
+        "copies_held",
     ]
+
+    @admin.display(description="copies")
+    def copies_held(self, run: Run) -> str:
+        """List the backup's copies in other storages: storage, status, sha256, error."""
+        copies = Copy.objects.filter(backup=run).select_related("storage").order_by("storage")
+        return (
+            format_html_join(
+                mark_safe("<br>"),
+                "{}: {} {} {}",
+                (
+                    (copy.storage.name, copy.status, copy.sha256 or "", copy.error or "")
+                    for copy in copies
+                ),
+            )
+            or "—"
+        )
 
     def save_model(self, request, obj, form, change):
         super().save_model(request, obj, form, change)
