@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from django.contrib import admin
+from django.utils.html import format_html_join
+from django.utils.safestring import mark_safe
 
 from backups.audit import audit_record, field_changes, field_values
-from backups.models import AuditEvent, Manifest, Policy, Run, Source
+from backups.models import AuditEvent, Copy, Manifest, Policy, Run, Source, Storage
 from backups.services.schedules import schedule_sync, schedule_sync_all, schedule_sync_policy
 
 
@@ -84,7 +86,12 @@ class PolicyAdmin(AuditedAdmin):
                 ]
             },
         ),
+        (
+            "Storages",
+            {"fields": ["storage", "copy_to", "archive_to", "archive_after_s"]},
+        ),
     ]
+    filter_horizontal = ["copy_to"]
 
     def save_model(self, request, obj, form, change):
         super().save_model(request, obj, form, change)
@@ -127,18 +134,45 @@ class SourceAdmin(AuditedAdmin):
         schedule_sync_all()
 
 
+@admin.register(Storage)
+class StorageAdmin(AuditedAdmin):
+    """Where archives live; credentials stay in the workers' environment, never here."""
+
+    list_display = ["name", "kind", "location", "checked_at", "check_error"]
+    list_filter = ["kind"]
+    search_fields = ["name", "path", "bucket", "prefix", "endpoint"]
+    fields = ["name", "kind", "path", "bucket", "prefix", "endpoint", "region", "credentials_env"]
+
+
 @admin.register(Run)
 class RunAdmin(admin.ModelAdmin):
     list_display = ["id", "kind", "source", "status", "trigger", "queued_at", "size", "keep"]
-    list_filter = ["kind", "status", "trigger", "source__kind"]
+    list_filter = ["kind", "status", "trigger", "source__kind", "storage"]
     search_fields = ["=id", "source__name", "sha256", "archive"]
     list_select_related = ["source"]
     date_hierarchy = "queued_at"
     raw_id_fields = ["backup", "requested_by"]
     # History is written by the workers; the admin may only pin a backup ("keep").
     readonly_fields = [
-        field.name for field in Run._meta.concrete_fields if field.name not in ("keep",)
+        *(field.name for field in Run._meta.concrete_fields if field.name not in ("keep",)),
+        "copies_held",
     ]
+
+    @admin.display(description="copies")
+    def copies_held(self, run: Run) -> str:
+        """List the backup's copies in other storages: storage, status, sha256, error."""
+        copies = Copy.objects.filter(backup=run).select_related("storage").order_by("storage")
+        return (
+            format_html_join(
+                mark_safe("<br>"),
+                "{}: {} {} {}",
+                (
+                    (copy.storage.name, copy.status, copy.sha256 or "", copy.error or "")
+                    for copy in copies
+                ),
+            )
+            or "—"
+        )
 
     def save_model(self, request, obj, form, change):
         super().save_model(request, obj, form, change)

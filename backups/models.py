@@ -24,6 +24,8 @@ from backups.engine.errors import ArchiveError
 from backups.engine.locations import KINDS, check_location
 from backups.engine.names import printable
 from backups.engine.processes import ProcessName, process_gone, this_process
+from backups.engine.storage import KINDS as STORAGE_KINDS
+from backups.engine.storage import LocalStorage, StorageError, StoredFile, check_key, open_storage
 from backups.fields import SecondsField
 from backups.validators import parse_tags, validate_cron, validate_excludes, validate_tags
 
@@ -41,6 +43,132 @@ class Compression(models.TextChoices):
 
 
 COMPRESSION_LEVELS = {Compression.ZSTD: (1, 22), Compression.GZIP: (1, 9), Compression.NONE: (0, 0)}
+# The storage of runs and policies that name none: ARCHIVE_ROOT, a local folder.
+DEFAULT_STORAGE_NAME = "default"
+_ENV_PREFIX_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_"
+
+
+def default_storage() -> LocalStorage:
+    """Return the storage of runs and policies that name none: the folder ARCHIVE_ROOT."""
+    return LocalStorage(settings.ARCHIVE_ROOT)
+
+
+class Storage(models.Model):
+    """Where archives live besides ARCHIVE_ROOT: a local folder or an S3 bucket and prefix.
+
+    Only where, never a secret: an S3 storage's credentials come from the workers'
+    environment, the standard AWS variables or `<credentials_env>_ACCESS_KEY_ID` and
+    `<credentials_env>_SECRET_ACCESS_KEY`.
+    """
+
+    class Kind(models.TextChoices):
+        LOCAL = "local"
+        S3 = "s3"
+
+    name = models.CharField(max_length=100, unique=True)
+    kind = models.CharField(max_length=8, choices=Kind.choices)
+    path = models.CharField(max_length=1000, blank=True, help_text="local: an absolute folder.")
+    bucket = models.CharField(max_length=63, blank=True)
+    prefix = models.CharField(max_length=500, blank=True)
+    endpoint = models.CharField(
+        max_length=500, blank=True, help_text="s3: the service's URL; empty for AWS."
+    )
+    region = models.CharField(max_length=100, blank=True)
+    credentials_env = models.CharField(
+        max_length=100,
+        blank=True,
+        help_text="s3: read PREFIX_ACCESS_KEY_ID and PREFIX_SECRET_ACCESS_KEY from the "
+        "workers' environment; empty: the standard AWS variables.",
+    )
+    # The newest `storage check`: when, and what failed (empty: it passed).
+    checked_at = models.DateTimeField(null=True, blank=True)
+    check_error = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def clean(self) -> None:
+        if self.name == DEFAULT_STORAGE_NAME:
+            raise ValidationError(
+                {"name": f"{DEFAULT_STORAGE_NAME!r} names ARCHIVE_ROOT; pick another name."}
+            )
+        if self.kind not in STORAGE_KINDS:
+            raise ValidationError(
+                {"kind": f"Unknown kind {self.kind!r}: use one of {', '.join(STORAGE_KINDS)}."}
+            )
+        if self.kind == self.Kind.LOCAL:
+            self._clean_local()
+        else:
+            self._clean_s3()
+
+    def _clean_local(self) -> None:
+        if self.bucket or self.prefix or self.endpoint or self.region or self.credentials_env:
+            raise ValidationError({"kind": "A local storage takes only a path."})
+        if not self.path or not os.path.isabs(self.path) or "\x00" in self.path:
+            raise ValidationError({"path": "Give the folder as an absolute path."})
+        mine = os.path.realpath(self.path)
+        root = os.path.realpath(settings.ARCHIVE_ROOT)
+        if os.path.commonpath([mine, root]) in (mine, root):
+            raise ValidationError(
+                {
+                    "path": f"{self.path} is ARCHIVE_ROOT ({root}) or in or around it, which "
+                    "is the default storage already; give a folder apart from it."
+                }
+            )
+
+    def _clean_s3(self) -> None:
+        if self.path:
+            raise ValidationError({"path": "An S3 storage takes a bucket, not a path."})
+        if self.credentials_env and (
+            self.credentials_env[0].isdigit()
+            or any(char not in _ENV_PREFIX_CHARS for char in self.credentials_env)
+        ):
+            raise ValidationError(
+                {
+                    "credentials_env": f"{self.credentials_env!r} is not a variable name "
+                    "prefix such as 'BACKUP_S3'."
+                }
+            )
+        try:
+            # No credentials needed to check the bucket, prefix and endpoint's form.
+            open_storage(**self._settings(credentials=False))
+        except StorageError as error:
+            raise ValidationError({"bucket": str(error)}) from None
+
+    def _settings(self, *, credentials: bool = True) -> dict:
+        if self.kind == self.Kind.LOCAL:
+            return {"kind": "local", "root": self.path}
+        return {
+            "kind": "s3",
+            "bucket": self.bucket,
+            "prefix": self.prefix,
+            "endpoint_url": self.endpoint or None,
+            "region": self.region or None,
+            "credentials_env": (self.credentials_env or None) if credentials else None,
+        }
+
+    def open(self):
+        """Return the engine's storage for this row; raise StorageError saying what is wrong."""
+        return open_storage(**self._settings())
+
+    @property
+    def location(self) -> str:
+        """Return where the storage is, for people: a folder, or `s3://bucket/prefix`."""
+        if self.kind == self.Kind.LOCAL:
+            return self.path
+        where = "s3://" + "/".join(part for part in (self.bucket, self.prefix) if part)
+        return f"{where} at {self.endpoint}" if self.endpoint else where
+
+    def record_check(self, error: str = "") -> None:
+        """Record the outcome of a write, read back and delete probe (empty error: passed)."""
+        self.checked_at, self.check_error = timezone.now(), printable(error)
+        Storage.objects.filter(pk=self.pk).update(
+            checked_at=self.checked_at, check_error=self.check_error
+        )
 
 
 def normalized_tags(value: str) -> str:
@@ -108,6 +236,34 @@ class Policy(models.Model):
         help_text="Notification tags (comma-separated) of APPRISE_CONFIG targets that get "
         "its sources's alerts.",
     )
+    storage = models.ForeignKey(
+        Storage,
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="policies",
+        help_text="Where backups are written. Empty: ARCHIVE_ROOT.",
+    )
+    copy_to = models.ManyToManyField(
+        Storage,
+        blank=True,
+        related_name="copy_policies",
+        help_text="Where each backup is copied once published (offsite copies).",
+    )
+    archive_to = models.ForeignKey(
+        Storage,
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="archive_policies",
+        help_text="A colder storage restore points move to once older than 'archive after'.",
+    )
+    archive_after_s = SecondsField(
+        "archive after",
+        null=True,
+        blank=True,
+        help_text="How old a restore point is when it moves to the archive storage, e.g. 30d.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -138,6 +294,14 @@ class Policy(models.Model):
                     "run_timeout_s": f"A run timeout must stay below the workers' task timeout "
                     f"(Q_TIMEOUT_S = {settings.Q_TIMEOUT_S} s); raise Q_TIMEOUT_S first."
                 }
+            )
+        if (self.archive_to_id is None) != (self.archive_after_s is None):
+            raise ValidationError(
+                {"archive_to": "Give both an archive storage and an age to move backups after."}
+            )
+        if self.archive_to_id is not None and self.archive_to_id == self.storage_id:
+            raise ValidationError(
+                {"archive_to": "The archive storage must differ from the one backups go to."}
             )
         if not isinstance(self.check_queries, list) or not all(
             isinstance(q, dict) and isinstance(q.get("sql"), str) for q in self.check_queries
@@ -358,6 +522,7 @@ class Run(models.Model):
         BACKUP = "backup"
         RESTORE = "restore"
         VERIFY = "verify"
+        COPY = "copy"
 
     class Status(models.TextChoices):
         QUEUED = "queued"
@@ -435,6 +600,11 @@ class Run(models.Model):
     files_total = models.BigIntegerField(null=True, blank=True)
     current_item = models.CharField(max_length=1000, blank=True)
 
+    # Where a backup's archive is: empty, the default storage (ARCHIVE_ROOT), and `archive`
+    # its absolute path; else `archive` is the storage's locator (a path, `s3://…`).
+    storage = models.ForeignKey(
+        Storage, null=True, blank=True, on_delete=models.PROTECT, related_name="runs"
+    )
     archive = models.CharField(max_length=1000, blank=True)
     size = models.BigIntegerField(null=True, blank=True)
     sha256 = models.CharField(max_length=64, blank=True)
@@ -455,6 +625,8 @@ class Run(models.Model):
     )
     target = models.CharField(max_length=1000, blank=True)
     in_place = models.BooleanField(default=False)
+    # A restore told which storage to read (`--from`): it never falls back to another.
+    picked_storage = models.BooleanField(default=False)
     paths = models.JSONField(default=list, blank=True)
     drill = models.BooleanField(default=False)
     checks = models.JSONField(default=list, blank=True)
@@ -538,32 +710,58 @@ class Run(models.Model):
     def archive_path(self) -> Path | None:
         return Path(self.archive) if self.archive else None
 
-    def stored_archive(self) -> Path:
-        """Return the archive's path once it is known to lie directly in its source's folder.
+    def stored_archive(self) -> StoredFile:
+        """Return the archive once it is known to lie directly in its source's folder.
 
-        The catalog can be rebuilt from files on disk, so `archive` is not trusted: a
-        restore, a verification or a prune reads or removes only a regular file (not a
-        symlink) directly inside ARCHIVE_ROOT/<source slug>/, with its sidecar and manifest
-        beside it. Raise ArchiveError, naming the path, for anything else.
+        The catalog can be rebuilt from files on disk and buckets, so `archive` is not
+        trusted: a restore, a verification or a prune reads or removes only the object
+        `<source slug>/<archive name>` of the run's storage, with its sidecar and manifest
+        beside it; in the default storage, a regular file (not a symlink) directly inside
+        ARCHIVE_ROOT/<source slug>/. Raise ArchiveError naming the archive for anything
+        else, and StorageError when the run's storage cannot be opened.
         """
+        if self.storage_id is not None:
+            return self._stored_in(self.storage.open())
         folder = Path(os.path.realpath(settings.ARCHIVE_ROOT / self.source.slug))
         path = Path(self.archive) if self.archive else None
         inside = (
             path is not None
-            and self.source.slug not in ("", ".", "..")
-            and "/" not in self.source.slug
+            and self._plain_slug()
             and path.is_absolute()
             and "\x00" not in self.archive
             and Path(os.path.realpath(path)) == folder / path.name
             and os.path.realpath(path.parent) == str(folder)
         )
         if not inside:
-            raise ArchiveError(
-                f"Backup #{self.pk} names the archive {printable(self.archive or '(none)')}, "
-                f"which is not a file directly in its source's folder {folder}: it is neither "
-                "read nor removed. Check the archive folder, then run import_archives."
-            )
-        return path
+            raise self._outside(str(folder))
+        # The same key as in every other storage, so copies land at `<slug>/<name>` too.
+        return StoredFile(LocalStorage(folder.parent), f"{folder.name}/{path.name}")
+
+    def _plain_slug(self) -> bool:
+        return self.source.slug not in ("", ".", "..") and "/" not in self.source.slug
+
+    def _stored_in(self, storage) -> StoredFile:
+        """Return the archive as the key `<slug>/<name>` of `storage`, whose locator it is."""
+        name = self.archive.rpartition("/")[2]
+        key = f"{self.source.slug}/{name}"
+        try:
+            fits = self._plain_slug() and check_key(key) and storage.locator(key) == self.archive
+        except StorageError:
+            fits = False
+        if not fits:
+            raise self._outside(f"{self.source.slug}/ in {storage.describe()}")
+        return StoredFile(storage, key)
+
+    def _outside(self, folder: str) -> ArchiveError:
+        return ArchiveError(
+            f"Backup #{self.pk} names the archive {printable(self.archive or '(none)')}, "
+            f"which is not a file directly in its source's folder {folder}: it is neither "
+            "read nor removed. Check the archive folder, then run import_archives."
+        )
+
+    def stored_manifest(self) -> StoredFile:
+        """Return the manifest beside the archive, in the same storage."""
+        return self.stored_archive().sibling(self.manifest_path.name)
 
     @property
     def manifest_path(self) -> Path | None:
@@ -679,6 +877,19 @@ class Run(models.Model):
         )
         return self.Status.RUNNING if flagged else None
 
+    def record_storage(self, storage: Storage | None) -> None:
+        """Record the storage a backup writes to (None: ARCHIVE_ROOT), before it writes.
+
+        The reaper cleans what a dead run left there, so it is known from the start.
+        """
+        self.storage = storage
+        Run.objects.filter(pk=self.pk).update(storage=storage)
+
+    def move_to(self, storage: Storage, archive: str) -> None:
+        """Record that the backup's files now live in `storage`, at `archive`."""
+        self.storage, self.archive = storage, archive
+        Run.objects.filter(pk=self.pk).update(storage=storage, archive=archive)
+
     def mark_verified(self, ok: bool) -> None:
         """Record the verdict of this backup's newest verification."""
         self.verified, self.verified_at = ok, timezone.now()
@@ -700,6 +911,90 @@ class Run(models.Model):
         stamp = timezone.now().strftime("%H:%M:%S")
         self.log = self.log_text([*self.log.splitlines(), f"{stamp} {printable(line)}"])
         self.save(update_fields=["log"])
+
+
+class Copy(models.Model):
+    """One backup's copy in another storage: archive, checksum file and manifest, proven.
+
+    One row per (backup, storage), whatever the number of attempts: a failed copy is
+    retried on the same row, with backoff, and never duplicated.
+    """
+
+    class Status(models.TextChoices):
+        PENDING = "pending"
+        RUNNING = "running"
+        SUCCEEDED = "succeeded"
+        FAILED = "failed"
+        REMOVED = "removed"
+
+    backup = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="copies")
+    storage = models.ForeignKey(Storage, on_delete=models.PROTECT, related_name="copies")
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING)
+    # The copy run of the newest attempt.
+    run = models.ForeignKey(Run, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    archive = models.CharField(max_length=1000, blank=True)
+    sha256 = models.CharField(max_length=64, blank=True)
+    size = models.BigIntegerField(null=True, blank=True)
+    duration_s = models.FloatField(null=True, blank=True)
+    error = models.TextField(blank=True)
+    attempts = models.PositiveSmallIntegerField(default=0)
+    copied_at = models.DateTimeField(null=True, blank=True)
+    retry_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["backup", "storage"], name="one_copy_per_storage")
+        ]
+        indexes = [models.Index(fields=["status", "retry_at"], name="copy_status_retry")]
+
+    def __str__(self) -> str:
+        return f"copy of backup #{self.backup_id} in {self.storage_id} ({self.status})"
+
+    def mark_succeeded(self, *, archive: str, sha256: str, size: int, duration_s: float) -> None:
+        """Record a proven copy."""
+        Copy.objects.filter(pk=self.pk).update(
+            status=self.Status.SUCCEEDED,
+            archive=archive,
+            sha256=sha256,
+            size=size,
+            duration_s=duration_s,
+            error="",
+            copied_at=timezone.now(),
+            retry_at=None,
+        )
+
+    @classmethod
+    def mark_removed(cls, backup_ids) -> int:
+        """Record that the copies of the backups `backup_ids` were removed with them."""
+        return cls.objects.filter(backup_id__in=list(backup_ids)).update(status=cls.Status.REMOVED)
+
+    def stored_archive(self) -> StoredFile:
+        """Return the copied archive in its storage, at the key the backup has in its own.
+
+        Raise ArchiveError when `archive` is not that key's locator, StorageError when
+        the storage cannot be opened.
+        """
+        storage = self.storage.open()
+        key = f"{self.backup.source.slug}/{self.archive.rpartition('/')[2]}"
+        try:
+            fits = check_key(key) and storage.locator(key) == self.archive
+        except StorageError:
+            fits = False
+        if not fits:
+            raise ArchiveError(
+                f"The copy of backup #{self.backup_id} in storage {self.storage.name!r} names "
+                f"{printable(self.archive or '(none)')}, not a file of its source's folder: "
+                "it is not read."
+            )
+        return StoredFile(storage, key)
+
+    def mark_failed(self, error: str, *, retry_after_s: float) -> None:
+        """Record a failed attempt; housekeeping tries again after `retry_after_s`."""
+        Copy.objects.filter(pk=self.pk).exclude(status=self.Status.SUCCEEDED).update(
+            status=self.Status.FAILED,
+            error=printable(error),
+            retry_at=timezone.now() + dt.timedelta(seconds=retry_after_s),
+        )
 
 
 class Manifest(models.Model):

@@ -14,8 +14,14 @@ interleaved, each pipeline's best kept. For reference, the command-line pipeline
 `tar -cf - | zstd -T0 -3 | tee OUT | sha256sum` and `zstd -d < A | tar -xf -` run on the
 same data and folders.
 
+After each backup, `copy_backup` copies it (archive, checksum file, manifest) to the other
+storage, an offsite copy: to S3 from the local folder (to a second local folder when no
+S3 pipeline runs), and from S3 to a second local folder; the copy is read back from its
+target and hashed before it counts, as the product does.
+
 Targets reported against: S3 at least 0.8x the local folder's throughput, and encryption
-costing at most 20 % of the plain throughput, for backup and for restore.
+costing at most 20 % of the plain throughput, for backup and for restore; an offsite copy
+at least 1.5x the throughput of the backup of the same data; peak RSS under 150 MB.
 """
 
 from __future__ import annotations
@@ -41,6 +47,8 @@ SLUG = "bench"
 MiB = 1 << 20
 S3_TARGET = 0.8
 AGE_TARGET = 0.20
+COPY_TARGET = 1.5
+RSS_TARGET_MB = 150
 
 
 @dataclass
@@ -81,9 +89,24 @@ def _child(config: dict) -> None:
     from backups.engine.crypto import load_identities
     from backups.engine.hooks import Hooks
     from backups.engine.restore import RestoreRequest, restore_archive
+    from backups.engine.storage import open_storage
 
     storage = _storage(config)
-    if config["action"] == "backup":
+    if config["action"] == "copy":
+        from backups.engine.copy import copy_backup
+        from backups.engine.storage import StoredFile
+
+        target = open_storage(**config["target"])
+        started = time.perf_counter()
+        copy_backup(
+            archive=StoredFile(storage, config["archive"]),
+            manifest=StoredFile(storage, config["manifest"]),
+            target=target,
+            hooks=Hooks(),
+        )
+        wall = time.perf_counter() - started
+        extra = {}
+    elif config["action"] == "backup":
         request = BackupRequest(
             kind="directory",
             location=config["source"],
@@ -173,13 +196,16 @@ def main(argv: list[str] | None = None) -> int:
     identity, recipient = _identity(work)
     server = None
     runs: dict[str, dict[str, list[Measure]]] = {
-        name: {"backup": [], "restore": []} for name in names
+        name: {"backup": [], "restore": [], "copy": []} for name in names
     }
     cli: dict[str, list[Measure]] = {"backup": [], "restore": []}
     sizes: dict[str, int] = {}
     try:
         subprocess.run(f"tar -cf - -C '{source}' . | cat > /dev/null", shell=True, check=True)
-        settings = {"local": {"kind": "local", "root": str(work / "archives")}}
+        settings = {
+            "local": {"kind": "local", "root": str(work / "archives")},
+            "offsite": {"kind": "local", "root": str(work / "offsite")},
+        }
         if any(name.startswith("s3") for name in names):
             server = SeaweedServer(work / "seaweedfs").start()
             server.create_bucket(BUCKET)
@@ -209,6 +235,20 @@ def main(argv: list[str] | None = None) -> int:
                 runs[name]["backup"].append(measure)
                 sizes[name] = result["size"]
                 archive, _sidecar, manifest = result["keys"]
+                offsite = "s3" if kind == "local" and "s3" in settings else "offsite"
+                measure, _ = _timed_child(
+                    {
+                        "action": "copy",
+                        "storage": settings[kind],
+                        "target": settings[offsite],
+                        "archive": archive,
+                        "manifest": manifest,
+                    }
+                )
+                runs[name]["copy"].append(measure)
+                copied = _storage({"storage": settings[offsite]})
+                for key in result["keys"]:
+                    copied.delete(key)
                 target = restores / "dest"
                 measure, _ = _timed_child(
                     {
@@ -228,6 +268,7 @@ def main(argv: list[str] | None = None) -> int:
                     storage.delete(key)
                 print(
                     f"  {name}: backup {runs[name]['backup'][-1].wall:.2f} s, "
+                    f"copy {runs[name]['copy'][-1].wall:.2f} s, "
                     f"restore {runs[name]['restore'][-1].wall:.2f} s",
                     file=sys.stderr,
                 )
@@ -301,6 +342,19 @@ def print_table(runs, cli, payload: int, repeat: int) -> None:
                     f"{side} {kind}: age costs {cost * 100:.0f} % of the plain throughput "
                     f"(target <= {AGE_TARGET * 100:.0f} %) {verdict}; CPU x{cpu:.2f}"
                 )
+    for name in best:
+        backup, copy = best[name]["backup"], best[name]["copy"]
+        ratio = backup.wall / copy.wall
+        verdict = "ok" if ratio >= COPY_TARGET else "BELOW"
+        where = "to S3" if name.startswith("local") and "s3-plain" in best else "to a folder"
+        print(
+            f"copy {name} ({where}): "
+            f"{copy.wall:.2f} s, {mib / copy.wall:.0f} MiB/s, RSS {copy.rss_mb:.0f} MB; "
+            f"x{ratio:.2f} the backup's throughput (target >= {COPY_TARGET}) {verdict}"
+        )
+    peak = max(m.rss_mb for sides in runs.values() for measures in sides.values() for m in measures)
+    verdict = "ok" if peak < RSS_TARGET_MB else "ABOVE"
+    print(f"peak RSS {peak:.0f} MB (target < {RSS_TARGET_MB}) {verdict}")
     print(
         "bk/cli, rs/cli: our throughput over the command-line pipeline's (tar | zstd -T0 -3 | "
         "tee | sha256sum; zstd -d | tar -x), which neither fsyncs nor verifies."

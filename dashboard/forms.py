@@ -40,6 +40,24 @@ class RunFilterForm(forms.Form):
     status = forms.ChoiceField(choices=[("", "any status"), *Run.Status.choices], required=False)
 
 
+class RestorePointRangeForm(forms.Form):
+    """Narrow a source's restore points to those taken within a range of days."""
+
+    taken_from = forms.DateField(
+        required=False, label="Taken from", widget=forms.DateInput(attrs={"type": "date"})
+    )
+    taken_until = forms.DateField(
+        required=False, label="until", widget=forms.DateInput(attrs={"type": "date"})
+    )
+
+    def clean(self):
+        data = super().clean()
+        start, end = data.get("taken_from"), data.get("taken_until")
+        if start and end and start > end:
+            raise forms.ValidationError("The range ends before it starts: swap the two dates.")
+        return data
+
+
 class ActivityFilterForm(forms.Form):
     """Search the audit log by who, what and which source."""
 

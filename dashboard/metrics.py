@@ -141,6 +141,12 @@ def _per_source(registry: _Scrape, standings: list[Standing]) -> None:
         registry, "backup_next_run_timestamp_seconds", "When the next scheduled backup starts"
     )
     running = _gauge(registry, "backup_running", "1 while a run of the source is active")
+    offsite_age = _gauge(
+        registry, "backup_offsite_age_seconds", "Age of the newest backup with a proven copy"
+    )
+    copies = _gauge(
+        registry, "backup_copies", "Proven copies of the newest backup in other storages"
+    )
     health = _gauge(
         registry, "backup_health", "The overview's verdict (1 for the current one)", "status"
     )
@@ -187,3 +193,7 @@ def _per_source(registry: _Scrape, standings: list[Standing]) -> None:
         attempt = stored.last_backup if stored is not None else None
         if attempt is not None and attempt.status not in Run.ACTIVE:
             failed.labels(source=name).set(int(attempt.status in Run.BAD))
+        if standing.offsite_age_s is not None:
+            offsite_age.labels(source=name).set(standing.offsite_age_s)
+        if standing.copies is not None:
+            copies.labels(source=name).set(standing.copies)

@@ -149,8 +149,9 @@ def test_query_count_does_not_grow_with_the_runs_that_used_a_backup(
     client.force_login(viewer)
     # 2 (session, user) + 1 (the run with its source, policy, backup and requester)
     # + 1 (its catalogued manifest) + 1 (the newest runs that read it, bounded to 10)
-    # + 2 (the viewer's permissions: view_run for the page, then the restore button).
-    with django_assert_num_queries(7):
+    # + 2 (the viewer's permissions: view_run for the page, then the restore button)
+    # + 1 (its copies in other storages, with their storages).
+    with django_assert_num_queries(8):
         client.get(reverse("run-detail", args=[backup.pk]))
     # The live part alone: session, user, 2 (permissions: it needs view_run), the run.
     with django_assert_num_queries(5):

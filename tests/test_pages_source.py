@@ -176,7 +176,8 @@ def test_query_count_does_not_grow_with_the_history(
     # those in use) + 3 (charts: recent backups, the 30-day backups, the newest before the
     # window) + 2 (the viewer's own and group permissions, read once to decide which
     # action buttons to show) + 1 (the slots skipped recently) + 2 (the source's alerts,
-    # one per condition at most, and the silences in force).
-    with django_assert_num_queries(20):
+    # one per condition at most, and the silences in force) + 1 (the restore points'
+    # proven copies, with their storages).
+    with django_assert_num_queries(21):
         response = client.get(reverse("source-detail", args=["web"]))
     assert len(response.context["pager"].items) == min(25, 2 * count)

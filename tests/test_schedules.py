@@ -376,6 +376,9 @@ def test_the_housekeeping_task_reports_what_it_did(source):
         "resent": [],
         "prunes_finished": [],
         "drills": [],
+        "copies": [],
+        "archive_tier": {"copies": [], "moved": []},
+        "uploads_aborted": [],
         # The fixture's source never had a run ended, so no standing was stored yet.
         "standing": {"stale": 1, "derived": 1},
         # Nothing fires: its RTO target waits for its first backup and a drill interval.

@@ -181,3 +181,21 @@ def missed_slots(
         if first_after == len(runs) or runs[first_after] > at + tolerance:
             missed.append(slot)
     return missed
+
+
+def offsite_status(
+    *, wanted: bool, newest_copy_at: datetime | None, now: datetime, rpo_s: int | None
+) -> str | None:
+    """Return whether a source's offsite copies hold: `ok`, `at_risk`, or None (none asked).
+
+    A source whose policy copies its backups elsewhere is at risk while no backup has a
+    proven copy, or while the newest copied one is older than the RPO target: a disaster
+    that takes the primary storage would lose more than the target allows.
+    """
+    if not wanted:
+        return None
+    if newest_copy_at is None:
+        return AT_RISK
+    if rpo_s is not None and (_utc(now) - _utc(newest_copy_at)).total_seconds() > rpo_s:
+        return AT_RISK
+    return OK

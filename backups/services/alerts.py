@@ -269,6 +269,20 @@ def _describe_location(standing: Standing, now: datetime) -> str:
     return f"{problem} Its next backup will fail: put the data back or fix the source's location."
 
 
+def _offsite_stale(standing: Standing, now: datetime) -> bool | None:
+    return standing.offsite_status == RpoStatus.AT_RISK
+
+
+def _describe_offsite(standing: Standing, now: datetime) -> str:
+    target = format_duration(standing.rpo_s) if standing.rpo_s else "none"
+    if standing.offsite_age_s is None:
+        return f"No backup has a proven copy in another storage; RPO target {target}."
+    return (
+        f"The newest offsite copy is of a backup {format_duration(standing.offsite_age_s)} "
+        f"old; RPO target {target}."
+    )
+
+
 def _enabled(check):
     def guarded(standing: Standing, now: datetime) -> bool | None:
         # A disabled (retired) source is expected to age: it alerts about nothing.
@@ -279,8 +293,7 @@ def _enabled(check):
     return guarded
 
 
-# What can break on a source. Offsite copies join as one entry once storages exist
-# (`offsite_stale`: the newest copy on another storage missing or older than the RPO).
+# What can break on a source.
 SOURCE_CONDITIONS: tuple[Condition, ...] = (
     Condition(
         "backup_failed",
@@ -310,6 +323,7 @@ SOURCE_CONDITIONS: tuple[Condition, ...] = (
         "integrity_failed", "Integrity failed", _enabled(_integrity_failed), _describe_integrity
     ),
     Condition("missed_schedule", "Missed schedule", _enabled(_missed_schedule), _describe_missed),
+    Condition("offsite_stale", "Offsite copy stale", _enabled(_offsite_stale), _describe_offsite),
     Condition(
         "source_unreachable",
         "Source unreachable",

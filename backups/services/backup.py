@@ -20,6 +20,7 @@ from backups.services.runs import (
     connection_refresh,
     reap_abandoned,
     remove_dead_temps,
+    remove_dead_uploads,
 )
 
 logger = logging.getLogger(__name__)
@@ -74,9 +75,24 @@ def backup_execute(run: Run, hooks: RunHooks) -> dict:
     """Write the archive, sidecar and manifest of a claimed backup run; return its result."""
     source = run.source
     policy = source.policy
-    folder = source.archive_dir
-    folder.mkdir(parents=True, exist_ok=True)
-    removed = remove_dead_temps(folder)
+    storage_row = policy.storage if policy else None
+    run.record_storage(storage_row)
+    if storage_row is None:
+        folder = source.archive_dir
+        folder.mkdir(parents=True, exist_ok=True)
+        removed = remove_dead_temps(folder)
+        target = {"dest_dir": folder}
+        where = str(folder)
+    else:
+        storage = storage_row.open()
+        removed = remove_dead_uploads(storage, source.slug)
+        # The manifest's spool and database snapshots stay on this host while they are made.
+        target = {
+            "storage": storage,
+            "folder": source.slug,
+            "scratch_dir": settings.STATE_DIR / "scratch",
+        }
+        where = f"{source.slug}/ in storage {storage_row.name} ({storage.describe()})"
     if removed:
         hooks.log(f"removed {len(removed)} temporary file(s) left by dead runs")
     previous = Run.objects.newest_restorable(source)
@@ -84,7 +100,6 @@ def backup_execute(run: Run, hooks: RunHooks) -> dict:
     request = BackupRequest(
         kind=source.kind,
         location=source.location,
-        dest_dir=folder,
         stem=run.stem,
         compression=policy.compression if policy else "zstd",
         level=policy.compression_level if policy else None,
@@ -96,17 +111,22 @@ def backup_execute(run: Run, hooks: RunHooks) -> dict:
             "trigger": run.trigger,
         },
         reserve_bytes=(previous.size or 0) + settings.DISK_RESERVE_BYTES if previous else 0,
+        **target,
     )
-    hooks.log(f"backing up {source.kind} {source.location} to {folder}")
+    hooks.log(f"backing up {source.kind} {source.location} to {where}")
     result = run_backup(request, hooks)
-    hooks.log(f"published {result.archive.name} ({result.size} bytes, sha256 {result.sha256})")
+    hooks.log(
+        f"published {result.locator.rpartition('/')[2]} ({result.size} bytes, "
+        f"sha256 {result.sha256})"
+    )
+    manifest_file = result.stored(result.manifest_key)
     # The archive is published and restores read its manifest.json from disk: a catalog
     # that cannot be indexed costs the file browser, not the backup.
     connection_refresh()  # the one opened before the engine ran may be long gone
     try:
-        manifest = manifest_store(run, result.manifest)
+        manifest = manifest_store(run, manifest_file)
     except Exception as error:
-        logger.exception("run %s: indexing %s into the catalog failed", run.pk, result.manifest)
+        logger.exception("run %s: indexing %s into the catalog failed", run.pk, manifest_file)
         hooks.warn(index_failed_warning(error))
     else:
         if manifest.duplicates:
@@ -115,7 +135,7 @@ def backup_execute(run: Run, hooks: RunHooks) -> dict:
                 "the catalog lists the first copy of each, as a restore keeps it"
             )
     return {
-        "archive": str(result.archive),
+        "archive": result.locator,
         "size": result.size,
         "sha256": result.sha256,
         "payload_bytes": result.bytes,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils.text import slugify
 
@@ -10,11 +11,20 @@ from backups.services.schedules import schedule_sync
 
 
 @transaction.atomic
-def policy_create(*, name: str, **fields) -> Policy:
-    """Create a policy after validating every field; raise ValidationError otherwise."""
+def policy_create(*, name: str, copy_to=(), **fields) -> Policy:
+    """Create a policy after validating every field; raise ValidationError otherwise.
+
+    `copy_to` are the storages each backup is copied to, none of them the one it is
+    written to.
+    """
     policy = Policy(name=name, **fields)
     policy.full_clean()
+    if any(storage.pk == policy.storage_id for storage in copy_to):
+        raise ValidationError(
+            {"copy_to": "A backup cannot be copied to the storage it is written to."}
+        )
     policy.save()
+    policy.copy_to.set(copy_to)
     return policy
 
 

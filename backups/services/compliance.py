@@ -36,13 +36,13 @@ from zoneinfo import ZoneInfo
 
 from django.conf import settings
 from django.db import models
-from django.db.models import F, Q, QuerySet, Sum, Value
+from django.db.models import Count, Exists, F, OuterRef, Q, QuerySet, Subquery, Sum, Value
 from django.db.models.functions import Greatest, Least
 from django.utils import timezone
 
 from backups.engine import compliance as rules
 from backups.engine.durations import cron_slots, format_duration, next_run
-from backups.models import RpoGap, Run, Source, SourceDay
+from backups.models import Copy, Policy, RpoGap, Run, Source, SourceDay
 from backups.services.timetable import next_runs
 
 WINDOW = timedelta(days=30)
@@ -160,6 +160,11 @@ class Standing:
     health: str = Health.NEVER
     # Why the RPO standing cannot be judged, when a sentence is needed to say it.
     rpo_note: str = ""
+    # Offsite copies, when the policy asks for them: the age of the newest backup with a
+    # proven copy, and how many proven copies the newest restore point has.
+    offsite_status: str | None = None
+    offsite_age_s: float | None = None
+    copies: int | None = None
 
     @property
     def last_backup_failed(self) -> bool:
@@ -363,6 +368,33 @@ def _missed(source: Source, stored, days: dict, active: list[Run], next_run_at, 
     return min(stored_missed + len(live), MISSED_LIMIT)
 
 
+def _offsite_columns() -> dict:
+    """Return the annotations of a source that tell its offsite standing, read with it.
+
+    `offsite_wanted`: its policy copies backups elsewhere; `offsite_newest`: when the newest
+    restorable backup with a proven copy started; `latest_copies`: how many proven copies
+    its newest restore point has.
+    """
+    proven = Copy.objects.filter(status=Copy.Status.SUCCEEDED)
+    return {
+        "offsite_wanted": Exists(
+            Policy.copy_to.through.objects.filter(policy_id=OuterRef("policy_id"))
+        ),
+        "offsite_newest": Subquery(
+            proven.filter(backup__source_id=OuterRef("pk"), backup__status__in=Run.GOOD)
+            .order_by("-backup__started_at")
+            .values("backup__started_at")[:1]
+        ),
+        "latest_copies": Subquery(
+            proven.filter(backup_id=OuterRef("standing__last_success_id"))
+            .order_by()
+            .values("backup_id")
+            .annotate(count=Count("pk"))
+            .values("count")[:1]
+        ),
+    }
+
+
 def _standing(
     source: Source,
     active: list[Run],
@@ -434,6 +466,7 @@ def _standing(
             else ""
         ),
     )
+    _judge_offsite(standing, source, now)
     if days is not None:
         succeeded, failed = days.get("succeeded_n") or 0, days.get("failed_n") or 0
         standing.success_rate_30d = succeeded / (succeeded + failed) if succeeded + failed else None
@@ -441,6 +474,28 @@ def _standing(
         standing.missed_30d = _missed(source, stored, days, active, next_run_at, now)
     standing.health = source_health(standing)
     return standing
+
+
+def _judge_offsite(standing: Standing, source: Source, now: datetime) -> None:
+    """Add the offsite facts; a missing or stale offsite copy puts an `ok` RPO at risk."""
+    newest = getattr(source, "offsite_newest", None)
+    standing.offsite_age_s = (now - newest).total_seconds() if newest else None
+    if standing.last_success_at:
+        standing.copies = getattr(source, "latest_copies", None) or 0
+    standing.offsite_status = rules.offsite_status(
+        wanted=bool(getattr(source, "offsite_wanted", False)),
+        newest_copy_at=newest,
+        now=now,
+        rpo_s=standing.rpo_s,
+    )
+    if standing.offsite_status == rules.AT_RISK and standing.rpo_status == RpoStatus.OK:
+        standing.rpo_status = RpoStatus.AT_RISK
+        standing.rpo_note = standing.rpo_note or (
+            "No offsite copy: no backup has a proven copy in another storage yet."
+            if newest is None
+            else f"The newest offsite copy is {format_duration(standing.offsite_age_s)} old, "
+            "older than the RPO target: the copies are failing or behind."
+        )
 
 
 def fleet_standing(
@@ -461,7 +516,10 @@ def fleet_standing(
         related.append("standing__last_success")
         columns.extend(RECENT_COLUMNS)
     listed = list(
-        (sources if narrowed else Source.objects.all()).select_related(*related).only(*columns)
+        (sources if narrowed else Source.objects.all())
+        .select_related(*related)
+        .only(*columns)
+        .annotate(**_offsite_columns())
     )
     if not listed:
         return []
@@ -527,6 +585,9 @@ def standing_to_dict(standing: Standing) -> dict:
         "integrity": str(standing.integrity),
         "running": active is not None,
         "health": str(standing.health),
+        "offsite_age_s": _round(standing.offsite_age_s),
+        "offsite_status": standing.offsite_status,
+        "copies": standing.copies,
         "policy": source.policy.name if source.policy else None,
         "enabled": source.enabled,
         "verified_at": _iso(standing.verified_at),

@@ -22,6 +22,12 @@ from backups.engine.hooks import Progress
 from backups.models import Run
 from backups.services.alerts import alerts_after_run
 from backups.services.backup import backup_execute, backup_hand_over
+from backups.services.copy import (
+    archive_move,
+    copies_after_backup,
+    copy_execute,
+    copy_record_outcome,
+)
 from backups.services.queue import prune_enqueue
 from backups.services.restore import restore_audit_outcome, restore_execute
 from backups.services.runbook import runbook_after_run
@@ -43,6 +49,7 @@ EXECUTORS: dict[str, Callable[[Run, RunHooks], dict]] = {
     Run.Kind.BACKUP: backup_execute,
     Run.Kind.RESTORE: restore_execute,
     Run.Kind.VERIFY: verify_execute,
+    Run.Kind.COPY: copy_execute,
 }
 
 
@@ -149,6 +156,18 @@ def _verify_after_backup(run: Run, *, inline: bool) -> None:
         run_execute(check.pk, inline=True)
 
 
+def _copy_after_backup(run: Run, *, inline: bool) -> None:
+    """Copy a fresh backup to each storage its policy copies to."""
+    for copy in copies_after_backup(run, inline=inline):
+        if inline:
+            run_execute(copy.pk, inline=True)
+
+
+def _archive_after_copy(run: Run, *, inline: bool) -> None:
+    """Finish moving a backup to its archive storage once its copy there is proven."""
+    archive_move(run.backup)
+
+
 def _prune_after_scheduled_backup(run: Run, *, inline: bool) -> None:
     """Queue a prune of the source of a scheduled backup: retention follows the schedule."""
     if run.trigger == Run.Trigger.SCHEDULE:
@@ -157,9 +176,11 @@ def _prune_after_scheduled_backup(run: Run, *, inline: bool) -> None:
 
 # What follows a run that succeeded, by kind, in order; each failure is noted in its log.
 AFTER_SUCCESS: dict[str, tuple[Callable[..., None], ...]] = {
-    Run.Kind.BACKUP: (_verify_after_backup, _prune_after_scheduled_backup),
+    Run.Kind.BACKUP: (_verify_after_backup, _copy_after_backup, _prune_after_scheduled_backup),
+    Run.Kind.COPY: (_archive_after_copy,),
 }
 # What follows every ended run (whatever its outcome), by kind.
 AFTER_END: dict[str, tuple[Callable[[Run], None], ...]] = {
     Run.Kind.RESTORE: (restore_audit_outcome,),
+    Run.Kind.COPY: (copy_record_outcome,),
 }

@@ -25,7 +25,8 @@ from django.utils.text import slugify
 from backups.engine.errors import EngineError
 from backups.engine.manifest import iter_manifest
 from backups.engine.names import printable
-from backups.models import Run, Source
+from backups.engine.storage import StoredFile
+from backups.models import Run, Source, Storage
 from backups.services.manifests import manifest_store
 from backups.services.standing import standing_refresh
 
@@ -58,7 +59,7 @@ class ManifestRefused(EngineError):
     """A manifest on disk describes something this import will not record."""
 
 
-def _stem_id(manifest: Path) -> tuple[str, int]:
+def _stem_id(manifest: Path | StoredFile) -> tuple[str, int]:
     """Return the manifest's stem `<stamp>-<id>` and the id, or refuse a malformed name."""
     stem = manifest.name.removesuffix(_SUFFIX)
     match = _STEM.match(stem)
@@ -70,8 +71,8 @@ def _stem_id(manifest: Path) -> tuple[str, int]:
     return stem, int(match.group(1))
 
 
-def _archive_for(manifest: Path, stem: str, name: str) -> Path:
-    """Return the archive `name` the manifest records, a regular file beside it."""
+def _archive_for(manifest: Path | StoredFile, stem: str, name: str) -> tuple[object, int]:
+    """Return the archive `name` the manifest records, a regular file beside it, and its size."""
     plain = (
         name not in (".", "..")
         and "/" not in name
@@ -84,6 +85,12 @@ def _archive_for(manifest: Path, stem: str, name: str) -> Path:
             f"it names the archive {printable(name)!r}, which is not a file name of the "
             f"form {stem}.<extension> in the manifest's own folder; skipped."
         )
+    if isinstance(manifest, StoredFile):
+        archive = manifest.sibling(name)
+        size = archive.size()
+        if size is None:
+            raise ManifestRefused("its archive is missing; skipped.")
+        return archive, size
     archive = manifest.parent / name
     try:
         info = os.lstat(archive)
@@ -91,7 +98,7 @@ def _archive_for(manifest: Path, stem: str, name: str) -> Path:
         raise ManifestRefused("its archive is missing; skipped.") from None
     if not stat.S_ISREG(info.st_mode):
         raise ManifestRefused(f"its archive {name} is not a regular file; skipped.")
-    return archive
+    return archive, info.st_size
 
 
 def _check_times(header: dict, now: datetime) -> tuple[datetime, datetime]:
@@ -113,9 +120,9 @@ def _check_times(header: dict, now: datetime) -> tuple[datetime, datetime]:
     return started, finished
 
 
-def _source_for(header: dict, folder: Path, report: ImportReport) -> Source:
-    """Return the source that owns `folder`, creating it only from a matching manifest."""
-    slug = folder.name
+def _source_for(header: dict, slug: str, report: ImportReport) -> Source:
+    """Return the source that owns the folder `slug`, creating it only from a matching
+    manifest."""
     info = header.get("source")
     if info is None:
         raise ManifestRefused("it records no source; skipped.")
@@ -167,12 +174,21 @@ def _run_id(stem_id: int, header: dict) -> int | None:
     return None if Run.objects.filter(pk=stem_id).exists() else stem_id
 
 
-def import_archive(manifest_path: Path, report: ImportReport) -> None:
-    """Add the run described by one manifest; for a known run, index a missing file list."""
+def import_archive(
+    manifest_path: Path | StoredFile, report: ImportReport, storage: Storage | None = None
+) -> None:
+    """Add the run described by one manifest; for a known run, index a missing file list.
+
+    `manifest_path` is a file in ARCHIVE_ROOT, or in `storage` when one is given.
+    """
     stem, stem_id = _stem_id(manifest_path)
     header, _ = iter_manifest(manifest_path)
     archive_info = header["archive"]
-    archive = _archive_for(manifest_path, stem, archive_info["name"])
+    archive, size = _archive_for(manifest_path, stem, archive_info["name"])
+    if isinstance(manifest_path, StoredFile):
+        slug = manifest_path.key.rpartition("/")[0]
+    else:
+        slug = manifest_path.parent.name
     known = Run.objects.filter(archive=str(archive))
     if known.exists():
         # Verifications name the archive too: only the backup itself holds the file list.
@@ -187,7 +203,7 @@ def import_archive(manifest_path: Path, report: ImportReport) -> None:
     trigger = header.get("trigger")
     totals = header["totals"]
     with transaction.atomic():
-        source = _source_for(header, manifest_path.parent, report)
+        source = _source_for(header, slug, report)
         run = Run.objects.create(
             pk=_run_id(stem_id, header),
             source=source,
@@ -197,8 +213,9 @@ def import_archive(manifest_path: Path, report: ImportReport) -> None:
             queued_at=started,
             started_at=started,
             finished_at=finished,
+            storage=storage,
             archive=str(archive),
-            size=archive.stat().st_size,
+            size=size,
             sha256=archive_info["sha256"].lower(),
             payload_bytes=totals["bytes"],
             payload_files=totals["files"],
@@ -214,12 +231,31 @@ class ImportRefused(Exception):
     """The import cannot start as asked (no such folder, not ARCHIVE_ROOT); nothing changed."""
 
 
-def import_archives(root: Path | None = None) -> ImportReport:
+def _stored_manifests(storage: Storage) -> list[StoredFile]:
+    """Return the manifests in each source folder of `storage`; raise ImportRefused."""
+    try:
+        opened = storage.open()
+        found = []
+        for folder in opened.list(""):
+            if not folder.is_folder:
+                continue
+            for entry in opened.list(folder.name):
+                if not entry.is_folder and entry.name.endswith(_SUFFIX):
+                    found.append(StoredFile(opened, f"{folder.name}/{entry.name}"))
+    except EngineError as error:
+        raise ImportRefused(f"Storage {storage.name!r} cannot be listed: {error}") from None
+    return sorted(found, key=lambda item: item.key)
+
+
+def import_archives(root: Path | None = None, *, storage: Storage | None = None) -> ImportReport:
     """Import every manifest under ARCHIVE_ROOT (one folder per source); safe to run again.
 
     `root`, when given, must be ARCHIVE_ROOT itself: restores, verifications and prunes
-    read archives only there. Raise ImportRefused otherwise.
+    read archives only there. With `storage`, import the manifests of that storage instead
+    (its folders are sources' slugs too). Raise ImportRefused otherwise.
     """
+    if storage is not None:
+        return _import_all(_stored_manifests(storage), storage)
     archive_root = Path(settings.ARCHIVE_ROOT)
     root = archive_root if root is None else Path(root)
     if not root.is_dir():
@@ -229,10 +265,15 @@ def import_archives(root: Path | None = None) -> ImportReport:
             f"{root} is not ARCHIVE_ROOT ({archive_root}): restores, verifications and prunes "
             "read archives only there. Run the import with ARCHIVE_ROOT set to that folder."
         )
+    return _import_all(sorted(root.glob(f"*/*{_SUFFIX}")), None)
+
+
+def _import_all(manifests: list, storage: Storage | None) -> ImportReport:
+    """Import each manifest, each refusal a line of the report; then fix what follows."""
     report = ImportReport()
-    for manifest in sorted(root.glob(f"*/*{_SUFFIX}")):
+    for manifest in manifests:
         try:
-            import_archive(manifest, report)
+            import_archive(manifest, report, storage)
         except EngineError as error:
             report.refused.append(f"{manifest}: {error}")
         except OSError as error:

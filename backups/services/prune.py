@@ -36,9 +36,10 @@ from django.utils import timezone
 
 from backups.audit import audit_record
 from backups.engine.atomic import fsync_dir
-from backups.engine.errors import ArchiveError
+from backups.engine.errors import EngineError
 from backups.engine.retention import PINNED, Rules, Snapshot, select
-from backups.models import Manifest, Run, Source
+from backups.engine.storage import StoredFile
+from backups.models import Copy, Manifest, Run, Source
 from backups.services.runs import worker_identity
 from backups.services.standing import standing_refresh
 
@@ -90,28 +91,49 @@ def _rules(source: Source) -> Rules:
     return rules
 
 
-def _listings(backups: list[Run]) -> tuple[dict[Path, set[str]], list[str], bool]:
+def _folder_of(run: Run) -> tuple[int | None, str]:
+    """Return the storage (None: ARCHIVE_ROOT) and the folder holding `run`'s archive."""
+    return run.storage_id, run.archive.rpartition("/")[0]
+
+
+def _list_folder(run: Run) -> set[str]:
+    """Return the names in the folder of `run`'s archive; raise OSError or EngineError."""
+    if run.storage_id is None:
+        return set(os.listdir(Path(run.archive).parent))
+    storage = run.storage.open()
+    return {entry.name for entry in storage.list(run.source.slug) if not entry.is_folder}
+
+
+def _listings(backups: list[Run]) -> tuple[dict[tuple, set[str]], list[str], bool]:
     """List each folder holding archives; return the names, the problems, and whether
     removal must be held back for the whole source."""
-    folders: dict[Path, list[Run]] = {}
+    folders: dict[tuple, list[Run]] = {}
     for run in backups:
-        folders.setdefault(Path(run.archive).parent, []).append(run)
-    names: dict[Path, set[str]] = {}
+        folders.setdefault(_folder_of(run), []).append(run)
+    names: dict[tuple, set[str]] = {}
     problems: list[str] = []
     held = False
     for folder, runs in folders.items():
+        where = folder[1]
         try:
-            listed = set(os.listdir(folder))
+            listed = _list_folder(runs[0])
         except OSError as error:
             problems.append(
-                f"Cannot list {folder} ({error.strerror or error}) while the catalog has "
+                f"Cannot list {where} ({error.strerror or error}) while the catalog has "
                 f"{len(runs)} archive(s) there: nothing of this source is removed."
             )
             held = True
             continue
-        if not any(Path(run.archive).name in listed for run in runs):
+        except EngineError as error:
             problems.append(
-                f"{folder} holds none of the {len(runs)} archive(s) the catalog has there "
+                f"Cannot list {where} ({error}) while the catalog has {len(runs)} "
+                "archive(s) there: nothing of this source is removed."
+            )
+            held = True
+            continue
+        if not any(run.archive.rpartition("/")[2] in listed for run in runs):
+            problems.append(
+                f"{where} holds none of the {len(runs)} archive(s) the catalog has there "
                 "(an unmounted volume?): nothing of this source is removed."
             )
             held = True
@@ -125,16 +147,15 @@ def _split_outside(backups: list[Run]) -> tuple[list[Run], list[tuple[Run, str]]
     for run in backups:
         try:
             run.stored_archive()
-        except ArchiveError as error:
+        except EngineError as error:
             outside.append((run, str(error)))
         else:
             inside.append(run)
     return inside, outside
 
 
-def _present(run: Run, names: dict[Path, set[str]]) -> bool:
-    archive = Path(run.archive)
-    return archive.name in names.get(archive.parent, set())
+def _present(run: Run, names: dict[tuple, set[str]]) -> bool:
+    return run.archive.rpartition("/")[2] in names.get(_folder_of(run), set())
 
 
 def _in_use(backup_ids: list[int]) -> set[int]:
@@ -152,7 +173,11 @@ def prune_plan(*, source: Source, now: datetime | None = None) -> PrunePlan:
     """
     rules = _rules(source)
     backups = list(
-        Run.objects.restore_points().filter(source=source).exclude(archive="").defer("log")
+        Run.objects.restore_points()
+        .filter(source=source)
+        .exclude(archive="")
+        .select_related("storage")
+        .defer("log")
     )
     plan = PrunePlan(source=source)
     for run in backups:
@@ -219,14 +244,29 @@ def _entry(run: Run, source: Source, reasons: list[str] | None = None) -> dict:
     return data
 
 
-def _files(run: Run) -> list[Path]:
+def _files(run: Run) -> list[StoredFile]:
     """Return the files of `run` to remove: none when its archive lies outside its folder."""
     try:
         archive = run.stored_archive()
-    except ArchiveError as error:
+        return [archive, archive.sibling(archive.name + ".sha256"), run.stored_manifest()]
+    except EngineError as error:
         logger.warning("prune removes no file of backup #%s: %s", run.pk, error)
         return []
-    return [archive, archive.with_name(archive.name + ".sha256"), run.manifest_path]
+
+
+def _copy_files(run: Run) -> list[StoredFile]:
+    """Return the files of `run`'s proven copies in other storages, removed with it."""
+    files = []
+    for copy in run.copies.filter(status=Copy.Status.SUCCEEDED).select_related("storage"):
+        copy.backup = run
+        try:
+            archive = copy.stored_archive()
+            manifest = archive.sibling(run.manifest_path.name)
+        except EngineError as error:
+            logger.warning("prune removes no file of %s: %s", copy, error)
+            continue
+        files += [archive, archive.sibling(archive.name + ".sha256"), manifest]
+    return files
 
 
 def _claim(runs: list[Run], me: str, now: datetime) -> tuple[list[Run], dict[int, str]]:
@@ -295,14 +335,19 @@ def _delete_owned(runs: list[Run], me: str) -> None:
         folders = set()
         for run in runs:
             run.source = sources[run.source_id]
-            files = _files(run)
-            for path in files:
-                path.unlink(missing_ok=True)
-            folders.update(path.parent for path in files[:1])
+            for stored in _files(run) + _copy_files(run):
+                path = stored.local_path
+                if path is None:
+                    stored.storage.delete(stored.key)
+                else:
+                    # One fsync per folder and batch below, not one per file.
+                    path.unlink(missing_ok=True)
+                    folders.add(path.parent)
         for folder in folders:
             if folder.is_dir():
                 fsync_dir(folder)
         Run.objects.mark_pruned(ids, worker=me, now=timezone.now())
+        Copy.mark_removed(ids)
         # Deleting a backup is destructive: each one leaves an audit record, as a restore does.
         for run in runs:
             audit_record(
@@ -357,7 +402,7 @@ def _finish_interrupted(runs, me: str, now: datetime) -> tuple[list[Run], list[s
         if not adopted:
             continue
         pinned = row.keep or bool(_in_use([row.pk]))
-        if pinned and all(path.exists() for path in _files(row)):
+        if pinned and all(stored.size() is not None for stored in _files(row)):
             status = Run.Status.WARNING if row.warnings else Run.Status.SUCCEEDED
             Run.objects.prune_undo(row.pk, worker=me, status=status)
             standing_refresh(row.source_id)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from backups.models import Run
+from django.db.models import Prefetch
+
+from backups.models import DEFAULT_STORAGE_NAME, Copy, Run
 
 
 def run_to_dict(run: Run) -> dict:
@@ -25,10 +27,14 @@ def run_to_dict(run: Run) -> dict:
         "warnings": run.warnings,
     }
     if run.kind == Run.Kind.BACKUP:
+        data["storage"] = run.storage.name if run.storage_id else DEFAULT_STORAGE_NAME
+        data["copies"] = copies_of(run)
         data["verified"] = run.verified
         data["keep"] = run.keep
-    if run.kind in (Run.Kind.RESTORE, Run.Kind.VERIFY):
+    if run.kind in (Run.Kind.RESTORE, Run.Kind.VERIFY, Run.Kind.COPY):
         data["backup"] = run.backup_id
+    if run.kind in (Run.Kind.RESTORE, Run.Kind.COPY):
+        data["storage"] = run.storage.name if run.storage_id else None
     if run.kind == Run.Kind.RESTORE:
         data["target"] = run.target
         data["paths"] = run.paths
@@ -37,3 +43,30 @@ def run_to_dict(run: Run) -> dict:
         data["checks"] = run.checks
         data["drill"] = run.drill
     return data
+
+
+def copies_of(backup: Run) -> list[dict]:
+    """Return the copies of `backup` in other storages, by storage name."""
+    return [
+        {
+            "storage": copy.storage.name,
+            "status": copy.status,
+            "sha256": copy.sha256 or None,
+            "at": copy.copied_at.isoformat() if copy.copied_at else None,
+            "size": copy.size,
+            "duration_s": copy.duration_s,
+            "error": copy.error or None,
+        }
+        for copy in backup.copies.select_related("storage").order_by("storage__name")
+    ]
+
+
+def proven_copies() -> Prefetch:
+    """Return the prefetch of backups' proven copies with their storages, as `proven_copies`."""
+    return Prefetch(
+        "copies",
+        queryset=Copy.objects.filter(status=Copy.Status.SUCCEEDED)
+        .select_related("storage")
+        .order_by("storage__name"),
+        to_attr="proven_copies",
+    )

@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from django.conf import settings
 from django.db import IntegrityError, transaction
 
 from backups.audit import audit_record
-from backups.engine.errors import EngineError
+from backups.engine.errors import (
+    ArchiveError,
+    EngineError,
+    MissingObjectError,
+    UnsafeArchiveError,
+)
 from backups.engine.names import catalog_to_name, name_to_catalog, printable
 from backups.engine.restore import RestoreRequest, check_target, restore_archive
-from backups.models import AuditEvent, Run, Source
+from backups.engine.storage import StoredFile
+from backups.models import DEFAULT_STORAGE_NAME, AuditEvent, Copy, Run, Source, Storage
 from backups.services.queue import run_enqueue
 from backups.services.runs import RunHooks, SourceBusy, reap_abandoned
 
@@ -36,6 +44,8 @@ def restore_places(*, source: Source, in_place: bool, trigger: str) -> dict:
     PostgreSQL servers and pod namespaces: the source's own and the allow-lists.
     """
     refused = {str(settings.ARCHIVE_ROOT): "the archive storage"}
+    for name, path in Storage.objects.filter(kind=Storage.Kind.LOCAL).values_list("name", "path"):
+        refused[path] = f"the storage {name!r}"
     if settings.DATABASE_FILE is not None:
         for suffix in ("", "-wal", "-shm", "-journal"):
             refused[f"{settings.DATABASE_FILE}{suffix}"] = "the dashboard's own database"
@@ -54,6 +64,74 @@ def restore_places(*, source: Source, in_place: bool, trigger: str) -> dict:
     }
 
 
+@dataclass(frozen=True)
+class Place:
+    """Where a restore reads a backup: its own storage, or the storage of one of its copies."""
+
+    storage: Storage | None
+    archive: StoredFile
+    manifest: StoredFile
+    copy: bool
+
+    @property
+    def name(self) -> str:
+        """Return the storage's name (`default`: ARCHIVE_ROOT)."""
+        return self.storage.name if self.storage is not None else DEFAULT_STORAGE_NAME
+
+
+def restore_places_to_read(backup: Run) -> list[Place]:
+    """Return where `backup` can be read: its own storage first, then each proven copy.
+
+    A storage that cannot be opened (its credentials are not set on this host) is left out.
+    """
+    places = []
+    try:
+        archive = backup.stored_archive()
+        places.append(Place(backup.storage, archive, backup.stored_manifest(), copy=False))
+    except EngineError:
+        pass
+    manifest_name = backup.manifest_path.name if backup.archive else ""
+    for copy in backup.copies.filter(status=Copy.Status.SUCCEEDED).select_related("storage"):
+        copy.backup = backup
+        try:
+            archive = copy.stored_archive()
+        except EngineError:
+            continue
+        places.append(Place(copy.storage, archive, archive.sibling(manifest_name), copy=True))
+    return places
+
+
+def restore_place(backup: Run, *, pick: Storage | None = None, picked: bool = False) -> Place:
+    """Return where a restore of `backup` reads: the storage `picked` (`pick`, None for
+    ARCHIVE_ROOT), else its own storage when the archive is there, else a proven copy.
+
+    Raise RestoreRefused naming the storages that hold the backup when none fits.
+    """
+    places = restore_places_to_read(backup)
+    if picked:
+        wanted = pick.pk if pick is not None else None
+        for place in places:
+            if (place.storage.pk if place.storage is not None else None) == wanted:
+                return place
+        holders = ", ".join(place.name for place in places) or "none"
+        raise RestoreRefused(
+            f"Backup #{backup.pk} has no proven copy in storage "
+            f"{pick.name if pick is not None else DEFAULT_STORAGE_NAME!r}; it is held by: "
+            f"{holders}."
+        )
+    for place in places:
+        try:
+            present = place.archive.size() is not None
+        except EngineError:
+            present = False
+        if present:
+            return place
+    raise RestoreRefused(
+        f"The archive of backup #{backup.pk} ({printable(backup.archive or '(none)')}) is "
+        "missing, and no proven copy of it can be read: nothing to restore from."
+    )
+
+
 def _engine_request(
     backup: Run,
     *,
@@ -62,13 +140,20 @@ def _engine_request(
     paths,
     trigger: str,
     timeout_s: float | None = None,
+    place: Place | None = None,
     **more,
 ) -> RestoreRequest:
     """Return the engine's request; `paths` are catalog text, the engine's are file names."""
     source = backup.source
+    if place is None:
+        try:
+            place = restore_place(backup)
+        except RestoreRefused:
+            # Let the engine name the missing file, as it always did.
+            place = Place(backup.storage, backup.stored_archive(), backup.stored_manifest(), False)
     return RestoreRequest(
-        archive=backup.stored_archive(),
-        manifest=backup.manifest_path,
+        archive=place.archive,
+        manifest=place.manifest,
         kind=source.kind,
         target=target,
         in_place=in_place,
@@ -82,7 +167,13 @@ def _engine_request(
 
 
 def restore_target_problem(
-    *, backup: Run, target: str, in_place: bool, paths, trigger: str = Run.Trigger.MANUAL
+    *,
+    backup: Run,
+    target: str,
+    in_place: bool,
+    paths,
+    trigger: str = Run.Trigger.MANUAL,
+    place: Place | None = None,
 ) -> str | None:
     """Return why `target` (and `paths`) cannot take `backup`, or None.
 
@@ -93,7 +184,14 @@ def restore_target_problem(
     """
     try:
         check_target(
-            _engine_request(backup, target=target, in_place=in_place, paths=paths, trigger=trigger)
+            _engine_request(
+                backup,
+                target=target,
+                in_place=in_place,
+                paths=paths,
+                trigger=trigger,
+                place=place,
+            )
         )
     except EngineError as error:
         return str(error)
@@ -109,11 +207,16 @@ def restore_request(
     trigger: str,
     user=None,
     enqueue: bool = True,
+    read_from: Storage | None = None,
+    pick: bool = False,
 ) -> Run:
     """Create a queued restore of `backup`, after checking the backup and the target.
 
-    Raise RestoreRefused (bad input) or SourceBusy (an in-place restore while the source
-    is being backed up). Every request, refused or not, leaves an audit record.
+    With `pick`, read the backup from the storage `read_from` (None: ARCHIVE_ROOT), its
+    own or one holding a proven copy; else from its own storage, or a proven copy when
+    its archive there is missing or damaged. Raise RestoreRefused (bad input) or
+    SourceBusy (an in-place restore while the source is being backed up). Every
+    request, refused or not, leaves an audit record.
     """
     source = backup.source
     detail = {
@@ -146,6 +249,12 @@ def restore_request(
             f"The target {printable(target)} is not valid UTF-8 (the \\xNN are its other "
             "bytes); restore into a folder whose path is UTF-8, then move the files."
         )
+    place = None
+    if pick:
+        try:
+            place = restore_place(backup, pick=read_from, picked=True)
+        except RestoreRefused as refused:
+            raise refuse(str(refused)) from None
     run = Run(
         source=source,
         kind=Run.Kind.RESTORE,
@@ -156,9 +265,17 @@ def restore_request(
         in_place=in_place,
         paths=list(paths or []),
         exclusive=in_place,
+        # A restore that names no storage may fall back to a copy: it is recorded then.
+        storage=place.storage if place is not None else None,
+        picked_storage=pick,
     )
     problem = restore_target_problem(
-        backup=backup, target=run.target, in_place=in_place, paths=run.paths, trigger=trigger
+        backup=backup,
+        target=run.target,
+        in_place=in_place,
+        paths=run.paths,
+        trigger=trigger,
+        place=place,
     )
     if problem:
         raise refuse(problem)
@@ -194,24 +311,51 @@ def restore_execute(run: Run, hooks: RunHooks) -> dict:
         + (" in place" if run.in_place else "")
         + (f" (paths: {', '.join(run.paths)})" if run.paths else "")
     )
-    source = run.backup.source
-    request = _engine_request(
-        run.backup,
-        target=run.target,
-        in_place=run.in_place,
-        paths=run.paths,
-        trigger=run.trigger,
-        timeout_s=source.run_timeout_s,
-        state_dir=settings.STATE_DIR,
-        run_id=str(run.pk),
-    )
-    result = restore_archive(request, hooks)
+    backup = run.backup
+    if run.picked_storage:
+        place = restore_place(backup, pick=run.storage, picked=True)
+    else:
+        place = restore_place(backup)
+    tried = set()
+    while True:
+        if place.copy:
+            hooks.log(f"reading the copy in storage {place.name}: {place.archive.locator}")
+            run.record_storage(place.storage)
+        request = _engine_request(
+            backup,
+            target=run.target,
+            in_place=run.in_place,
+            paths=run.paths,
+            trigger=run.trigger,
+            timeout_s=backup.source.run_timeout_s,
+            state_dir=settings.STATE_DIR,
+            run_id=str(run.pk),
+            place=place,
+        )
+        try:
+            result = restore_archive(request, hooks)
+            break
+        except (ArchiveError, MissingObjectError) as error:
+            # A damaged or vanished archive: a proven copy elsewhere may still be whole.
+            tried.add(place.name)
+            others = [
+                other
+                for other in ([] if run.picked_storage else restore_places_to_read(backup))
+                if other.copy and other.name not in tried
+            ]
+            if isinstance(error, UnsafeArchiveError) or not others:
+                raise
+            hooks.warn(
+                f"{place.archive.locator} could not be restored ({error}); restoring the "
+                f"copy in storage {others[0].name} instead"
+            )
+            place = others[0]
     return {
         "payload_bytes": result.bytes,
         "payload_files": result.files,
         "restore_seconds": result.duration_s,
         "checks": list(result.checks),
-        "archive": run.backup.archive,
+        "archive": place.archive.locator,
         "sha256": run.backup.sha256,
     }
 

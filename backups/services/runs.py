@@ -356,11 +356,18 @@ def reap_abandoned(*, now=None) -> list[int]:
     for condition, reason, pk in candidates:
         if Run.objects.abandon(pk, reason=reason, clock=clock, **condition):
             reaped.append(pk)
-    reaped_runs = list(Run.objects.filter(pk__in=reaped).select_related("source"))
+    reaped_runs = list(Run.objects.filter(pk__in=reaped).select_related("source", "storage"))
     for source_id in sorted({run.source_id for run in reaped_runs}):
         standing_refresh(source_id)
-    for source_dir in {run.source.archive_dir for run in reaped_runs}:
+    for source_dir in {run.source.archive_dir for run in reaped_runs if run.storage_id is None}:
         remove_dead_temps(source_dir)
+    for storage_row, slug in {
+        (run.storage, run.source.slug) for run in reaped_runs if run.storage_id is not None
+    }:
+        try:
+            remove_dead_uploads(storage_row.open(), slug)
+        except EngineError as error:
+            logger.warning("cleaning %s of storage %s failed: %s", slug, storage_row, error)
     # A run killed half-way through changing a target left a journal (only restores
     # write one) that puts the original back. Then any journal whose restore died on this
     # host (its lock is free), whatever became of its run.
@@ -428,4 +435,79 @@ def remove_dead_temps(folder) -> list[str]:
         for path in [manifest, *folder.glob(f"{stem}.*.sha256")]:
             path.unlink(missing_ok=True)
             removed.append(path.name)
+    return removed
+
+
+def _live_ids(ids: set) -> set[int]:
+    """Return which of the run ids `ids` still write: active runs, and backups being copied."""
+    ids = ids - {None}
+    live = set(Run.objects.filter(pk__in=ids, status__in=Run.ACTIVE).values_list("pk", flat=True))
+    # A copy writes under its backup's name: the backup's files are live while it runs.
+    live |= set(
+        Run.objects.filter(
+            backup_id__in=ids, kind=Run.Kind.COPY, status__in=Run.ACTIVE
+        ).values_list("backup_id", flat=True)
+    )
+    return live
+
+
+def _abort_dead(storage, pending) -> list[str]:
+    """Abort the incomplete writes among `pending` whose run no longer writes; return keys."""
+    live = _live_ids({temp_run_id(item.key.rpartition("/")[2]) for item in pending})
+    aborted = []
+    for item in pending:
+        run_id = temp_run_id(item.key.rpartition("/")[2])
+        if run_id is not None and run_id not in live:
+            storage.abort(item)
+            aborted.append(item.key)
+    return aborted
+
+
+def abort_dead_uploads(storages) -> list[str]:
+    """Abort, in each of the storage rows `storages`, the incomplete writes of dead runs.
+
+    A run that failed while its storage was unreachable (a network cut, the S3 server
+    down) could not abort its upload then; housekeeping does it once the storage answers.
+    A storage that cannot be listed now is skipped and tried at the next pass.
+    """
+    aborted = []
+    for row in storages:
+        try:
+            storage = row.open()
+            aborted += [f"{row.name}:{key}" for key in _abort_dead(storage, storage.pending(""))]
+        except EngineError as error:
+            logger.info("incomplete uploads of storage %s not checked: %s", row.name, error)
+    return aborted
+
+
+def remove_dead_uploads(storage, folder: str) -> list[str]:
+    """Abort what dead runs left in the folder `folder` of an engine `storage`; return keys.
+
+    That is incomplete writes (`.tmp` files, S3 multipart uploads) of runs that are no
+    longer active, and a sidecar or manifest whose archive was never published (a crash
+    between publishing the small files and the archive).
+    """
+    names = [entry.name for entry in storage.list(folder) if not entry.is_folder]
+    orphans = [
+        name
+        for name in names
+        if name.endswith(".manifest.json")
+        and not any(
+            other.startswith(name.removesuffix(".manifest.json") + ".")
+            and ".manifest.json" not in other
+            and not other.endswith(".sha256")
+            for other in names
+        )
+    ]
+    removed = _abort_dead(storage, storage.pending(folder))
+    live = _live_ids({temp_run_id(name) for name in orphans})
+    for manifest in orphans:
+        run_id = temp_run_id(manifest)
+        if run_id is None or run_id in live:
+            continue
+        stem = manifest.removesuffix(".manifest.json")
+        for name in names:
+            if name == manifest or (name.startswith(stem + ".") and name.endswith(".sha256")):
+                storage.delete(f"{folder}/{name}")
+                removed.append(f"{folder}/{name}")
     return removed

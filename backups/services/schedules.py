@@ -23,12 +23,18 @@ from django.utils import timezone
 from django_q.models import Schedule
 
 from backups.engine.durations import next_run
-from backups.models import Run, ScheduleMiss, Source, WorkerBeat
+from backups.models import Run, ScheduleMiss, Source, Storage, WorkerBeat
 from backups.services.alerts import alerts_housekeeping
 from backups.services.backup import backup_hand_over, backup_request
+from backups.services.copy import archive_due, copies_retry_due
 from backups.services.prune import prune_recover
 from backups.services.queue import runs_resend_lost
-from backups.services.runs import SourceBusy, reap_abandoned, worker_identity
+from backups.services.runs import (
+    SourceBusy,
+    abort_dead_uploads,
+    reap_abandoned,
+    worker_identity,
+)
 from backups.services.standing import standing_housekeeping
 from backups.services.timetable import BACKUP_TASK, backup_schedules
 from backups.services.verify import verify_request
@@ -322,6 +328,9 @@ def housekeeping_run(*, now: datetime | None = None) -> dict:
     resent = runs_resend_lost(now=now)
     recovered = prune_recover()
     drills = drills_queue_due(now=now)
+    copies = copies_retry_due(now=now)
+    archived = archive_due(now=now)
+    aborted = abort_dead_uploads(Storage.objects.all())
     schedule_sync_all(now=now)
     return {
         "abandoned": reaped,
@@ -329,6 +338,9 @@ def housekeeping_run(*, now: datetime | None = None) -> dict:
         "resent": resent,
         "prunes_finished": recovered,
         "drills": [drill.pk for drill in drills],
+        "copies": [copy.pk for copy in copies],
+        "archive_tier": archived,
+        "uploads_aborted": aborted,
         "standing": standing_housekeeping(),
         "alerts": alerts_housekeeping(now=now),
     }

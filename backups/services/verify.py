@@ -83,7 +83,7 @@ def verify_execute(run: Run, hooks: RunHooks) -> dict:
     archive = backup.stored_archive()
     checks = verify_archive(
         archive=archive,
-        manifest=backup.manifest_path,
+        manifest=backup.stored_manifest(),
         kind=source.kind,
         checks=names,
         sqlite_queries=queries,
@@ -97,7 +97,7 @@ def verify_execute(run: Run, hooks: RunHooks) -> dict:
         scratch.mkdir(parents=True, exist_ok=True)
         outcome = restore_drill(
             archive=archive,
-            manifest=backup.manifest_path,
+            manifest=backup.stored_manifest(),
             kind=source.kind,
             scratch_dir=scratch,
             hooks=hooks,

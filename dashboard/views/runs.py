@@ -19,7 +19,7 @@ POLL_S = 1
 
 def _run(pk: int) -> Run:
     return get_object_or_404(
-        Run.objects.select_related("source__policy", "backup", "requested_by"), pk=pk
+        Run.objects.select_related("source__policy", "backup", "requested_by", "storage"), pk=pk
     )
 
 
@@ -45,6 +45,7 @@ def run_detail(request, pk):
     context["restorable"] = run.kind == Run.Kind.BACKUP and run.status in Run.GOOD
     if run.kind == Run.Kind.BACKUP:
         context["manifest"] = Manifest.objects.filter(run=run).only("run", "entries").first()
+        context["copies"] = list(run.copies.select_related("storage").order_by("storage__name"))
         # The verifications and restores that used this backup: its track record.
         context["uses"] = list(
             Run.objects.filter(backup=run)

@@ -14,10 +14,11 @@ from backups.services.backup import backup_request
 from backups.services.compliance import Health, Integrity, rpo_backup_times, source_standing
 from backups.services.formats import format_bytes
 from backups.services.prune import PruneRefused, prune_plan
+from backups.services.reporting import proven_copies
 from backups.services.runs import SourceBusy
 from backups.services.verify import verify_request
 from dashboard import charts
-from dashboard.forms import RunFilterForm
+from dashboard.forms import RestorePointRangeForm, RunFilterForm
 from dashboard.templatetags.dash import duration
 from dashboard.views.alerts import source_alerts
 from dashboard.views.common import paginate, permission_required_audited
@@ -117,9 +118,16 @@ def source_detail(request, slug):
             runs = runs.filter(kind=form.cleaned_data["kind"])
         if form.cleaned_data["status"]:
             runs = runs.filter(status=form.cleaned_data["status"])
+    points = Run.objects.restore_points().filter(source=source)
+    point_range = RestorePointRangeForm(request.GET or None, prefix="points")
+    if point_range.is_valid():
+        if point_range.cleaned_data["taken_from"]:
+            points = points.filter(started_at__date__gte=point_range.cleaned_data["taken_from"])
+        if point_range.cleaned_data["taken_until"]:
+            points = points.filter(started_at__date__lte=point_range.cleaned_data["taken_until"])
     restore_points = list(
-        Run.objects.restore_points()
-        .filter(source=source)
+        points.select_related("storage")
+        .prefetch_related(proven_copies())
         .defer("log", "checks", "current_item")[:RESTORE_POINTS]
     )
     try:
@@ -137,6 +145,7 @@ def source_detail(request, slug):
         "form": form,
         "pager": paginate(runs, request, RUNS_PER_PAGE),
         "restore_points": restore_points,
+        "point_range": point_range,
         "plan": plan,
         "plan_refused": plan_refused,
         "plan_keep": plan.keep[:RETENTION_SHOWN] if plan else [],

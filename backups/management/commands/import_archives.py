@@ -1,4 +1,4 @@
-"""`import_archives [--root DIR]`: rebuild runs and manifests from the archives on disk."""
+"""`import_archives [--root DIR | --storage NAME]`: rebuild runs and manifests from archives."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from django.conf import settings
 
 from backups.cli import CliCommand, usage_error
 from backups.services.importer import ImportRefused, import_archives
+from backups.services.storages import StorageRefused, storage_named
 
 
 class Command(CliCommand):
@@ -15,13 +16,19 @@ class Command(CliCommand):
 
     def add_arguments(self, parser):
         parser.add_argument("--root", type=Path, default=None)
+        parser.add_argument(
+            "--storage", metavar="NAME", help="import from this storage, not ARCHIVE_ROOT"
+        )
         parser.add_argument("--json", action="store_true")
 
     def handle(self, *args, **options):
         root = options["root"] or settings.ARCHIVE_ROOT
         try:
-            report = import_archives(root)
-        except ImportRefused as error:
+            storage = storage_named(options["storage"])
+            if storage is not None and options["root"]:
+                raise StorageRefused("Give --root or --storage, not both.")
+            report = import_archives(root, storage=storage)
+        except (ImportRefused, StorageRefused) as error:
             raise usage_error(str(error)) from None
         if options["json"]:
             self.print_json(

@@ -9,6 +9,7 @@ from backups.cli import CliCommand, usage_error
 from backups.models import DEFAULT_RUN_TIMEOUT_S, Compression, Policy
 from backups.services.catalog import policy_create
 from backups.services.formats import parse_duration
+from backups.services.storages import StorageRefused, storage_named
 
 KEEP_RULES = ("last", "hourly", "daily", "weekly", "monthly", "yearly")
 
@@ -58,12 +59,38 @@ class Command(CliCommand):
             metavar="TAG",
             help="tag of the APPRISE_CONFIG targets its sources' alerts go to (repeatable)",
         )
+        add.add_argument(
+            "--storage", metavar="NAME", help="where backups are written (default: ARCHIVE_ROOT)"
+        )
+        add.add_argument(
+            "--copy-to",
+            metavar="NAME",
+            action="append",
+            default=[],
+            help="copy each backup to this storage too (repeatable)",
+        )
+        add.add_argument(
+            "--archive-to", metavar="NAME", help="move old restore points to this storage"
+        )
+        add.add_argument("--archive-after", type=duration, metavar="DUR", help="how old, e.g. 30d")
         add.add_argument("--json", action="store_true")
 
     def handle(self, *args, **options):
         name = options["name"]
         if Policy.objects.filter(name=name).exists():
             raise usage_error(f"A policy named {name!r} already exists.")
+        try:
+            storage = storage_named(options["storage"])
+            copy_to = [storage_named(name) for name in options["copy_to"]]
+            archive_to = storage_named(options["archive_to"])
+        except StorageRefused as refused:
+            raise usage_error(str(refused)) from None
+        if options["archive_to"] and archive_to is None:
+            raise usage_error("--archive-to names a storage added with `storage add`.")
+        if None in copy_to:
+            raise usage_error(
+                "--copy-to names a storage added with `storage add`, not the default ARCHIVE_ROOT."
+            )
         policy = policy_create(
             name=name,
             schedule=options["schedule"],
@@ -75,6 +102,10 @@ class Command(CliCommand):
             run_timeout_s=options["run_timeout"],
             verify_after_backup=not options["no_verify"],
             notify=",".join(options["notify"]),
+            storage=storage,
+            copy_to=copy_to,
+            archive_to=archive_to,
+            archive_after_s=options["archive_after"],
             **{f"keep_{rule}": options[f"keep_{rule}"] for rule in KEEP_RULES},
         )
         # As the admin does for its changes: who created it, with every value it started with.

@@ -1,4 +1,4 @@
-"""`restore RUN (--to TARGET | --in-place --yes) [--path P]... [--wait | --inline] [--json]`."""
+"""`restore RUN (--to TARGET | --in-place --yes) [--path P]... [--from STORAGE] [--wait | …]`."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from backups.management.runner import add_mode_arguments, execute_and_report
 from backups.models import Run
 from backups.services.restore import RestoreRefused, catalog_paths, restore_request
 from backups.services.runs import SourceBusy
+from backups.services.storages import StorageRefused, storage_named
 
 
 class Command(CliCommand):
@@ -25,6 +26,12 @@ class Command(CliCommand):
             metavar="P",
             help="restore only this path (relative to the source root) and what is below it",
         )
+        parser.add_argument(
+            "--from",
+            dest="read_from",
+            metavar="STORAGE",
+            help="read the backup from this storage (its own, or one holding a copy)",
+        )
         add_mode_arguments(parser)
 
     def handle(self, *args, **options):
@@ -39,6 +46,10 @@ class Command(CliCommand):
                 f"at {backup.source.location}; add --yes to confirm."
             )
         try:
+            read_from = storage_named(options["read_from"])
+        except StorageRefused as refused:
+            raise usage_error(str(refused)) from None
+        try:
             run = restore_request(
                 backup=backup,
                 target=options["to"],
@@ -46,6 +57,8 @@ class Command(CliCommand):
                 paths=catalog_paths(options["path"]),
                 trigger=Run.Trigger.CLI,
                 enqueue=not options["inline"],
+                read_from=read_from,
+                pick=options["read_from"] is not None,
             )
         except RestoreRefused as refused:
             raise usage_error(str(refused)) from None

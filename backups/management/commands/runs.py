@@ -21,7 +21,7 @@ class Command(CliCommand):
         parser.add_argument("--json", action="store_true")
 
     def handle(self, *args, **options):
-        runs = Run.objects.select_related("source").defer("log")
+        runs = Run.objects.select_related("source", "storage").defer("log")
         if options["run"] is not None:
             run = runs.filter(pk=options["run"]).first()
             if run is None:
