@@ -23,9 +23,11 @@ from django.utils import timezone
 from django.utils.text import slugify
 
 from backups.engine.errors import EngineError
-from backups.engine.manifest import iter_manifest
+from backups.engine.errors import KeyFileError
+from backups.engine.manifest import open_manifest
 from backups.engine.names import printable
 from backups.models import Run, Source
+from backups.services.encryption import identities_load
 from backups.services.manifests import manifest_store
 from backups.services.standing import standing_refresh
 
@@ -35,6 +37,7 @@ CLOCK_SKEW = timedelta(minutes=5)
 MAX_RUN_ID = 2**62
 _STEM = re.compile(r"^\d{8}T\d{6}Z-(\d+)$")
 _SUFFIX = ".manifest.json"
+_AGE_SUFFIX = ".manifest.json.age"
 
 
 @dataclass
@@ -60,7 +63,7 @@ class ManifestRefused(EngineError):
 
 def _stem_id(manifest: Path) -> tuple[str, int]:
     """Return the manifest's stem `<stamp>-<id>` and the id, or refuse a malformed name."""
-    stem = manifest.name.removesuffix(_SUFFIX)
+    stem = manifest.name.removesuffix(_AGE_SUFFIX).removesuffix(_SUFFIX)
     match = _STEM.match(stem)
     if match is None:
         raise ManifestRefused(
@@ -77,7 +80,7 @@ def _archive_for(manifest: Path, stem: str, name: str) -> Path:
         and "/" not in name
         and "\x00" not in name
         and name.startswith(f"{stem}.")
-        and not name.endswith((_SUFFIX, ".sha256", ".tmp"))
+        and not name.endswith((_SUFFIX, _AGE_SUFFIX, ".sha256", ".tmp"))
     )
     if not plain:
         raise ManifestRefused(
@@ -167,11 +170,16 @@ def _run_id(stem_id: int, header: dict) -> int | None:
     return None if Run.objects.filter(pk=stem_id).exists() else stem_id
 
 
-def import_archive(manifest_path: Path, report: ImportReport) -> None:
-    """Add the run described by one manifest; for a known run, index a missing file list."""
+def import_archive(manifest_path: Path, report: ImportReport, identities=()) -> None:
+    """Add the run described by one manifest; for a known run, index a missing file list.
+
+    An encrypted manifest (`….manifest.json.age`) is read with `identities`.
+    """
     stem, stem_id = _stem_id(manifest_path)
-    header, _ = iter_manifest(manifest_path)
+    manifest = open_manifest(manifest_path, identities=identities)
+    header = manifest.header
     archive_info = header["archive"]
+    recipients = (header.get("encryption") or {}).get("recipients", [])
     archive = _archive_for(manifest_path, stem, archive_info["name"])
     known = Run.objects.filter(archive=str(archive))
     if known.exists():
@@ -180,7 +188,7 @@ def import_archive(manifest_path: Path, report: ImportReport) -> None:
         if unindexed is None:
             report.known += 1
         else:
-            manifest_store(unindexed, manifest_path)
+            manifest_store(unindexed, manifest)
             report.reindexed.append(unindexed.pk)
         return
     started, finished = _check_times(header, timezone.now())
@@ -202,12 +210,34 @@ def import_archive(manifest_path: Path, report: ImportReport) -> None:
             sha256=archive_info["sha256"].lower(),
             payload_bytes=totals["bytes"],
             payload_files=totals["files"],
+            recipients=list(recipients),
         )
-        manifest_store(run, manifest_path)
+        manifest_store(run, manifest)
     report.imported.append(run.pk)
     moment = run.started_at or run.queued_at
     oldest = report.oldest_by_source.get(source.pk)
     report.oldest_by_source[source.pk] = min(moment, oldest) if oldest else moment
+
+
+def _identities(manifests: list[Path]) -> tuple[list, str | None]:
+    """Return this host's identities when some manifests are encrypted, or why there are none.
+
+    Without one, each encrypted manifest is refused with the sentence and the plain ones
+    are imported all the same.
+    """
+    if not any(path.name.endswith(_AGE_SUFFIX) for path in manifests):
+        return [], None
+    try:
+        identities = identities_load()
+    except KeyFileError as error:
+        return [], str(error)
+    if not identities:
+        return [], (
+            "it is encrypted, and reading it needs the identity (private key) of one of its "
+            "recipients: set AGE_IDENTITY_FILE on this host to the file that holds it, then "
+            "run import_archives again; skipped."
+        )
+    return identities, None
 
 
 class ImportRefused(Exception):
@@ -230,9 +260,14 @@ def import_archives(root: Path | None = None) -> ImportReport:
             "read archives only there. Run the import with ARCHIVE_ROOT set to that folder."
         )
     report = ImportReport()
-    for manifest in sorted(root.glob(f"*/*{_SUFFIX}")):
+    manifests = sorted([*root.glob(f"*/*{_SUFFIX}"), *root.glob(f"*/*{_AGE_SUFFIX}")])
+    identities, key_problem = _identities(manifests)
+    for manifest in manifests:
+        if key_problem and manifest.name.endswith(_AGE_SUFFIX):
+            report.refused.append(f"{manifest}: {key_problem}")
+            continue
         try:
-            import_archive(manifest, report)
+            import_archive(manifest, report, identities)
         except EngineError as error:
             report.refused.append(f"{manifest}: {error}")
         except OSError as error:

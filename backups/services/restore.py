@@ -10,6 +10,7 @@ from backups.engine.errors import EngineError
 from backups.engine.names import catalog_to_name, name_to_catalog, printable
 from backups.engine.restore import RestoreRequest, check_target, restore_archive
 from backups.models import AuditEvent, Run, Source
+from backups.services.encryption import identities_load
 from backups.services.queue import run_enqueue
 from backups.services.runs import RunHooks, SourceBusy, reap_abandoned
 
@@ -76,6 +77,7 @@ def _engine_request(
         timeout_s=timeout_s,
         # The files beside each other can be swapped together; the catalog's record cannot.
         catalog_sha256=backup.sha256 or None,
+        recipients=list(backup.recipients or []),
         **restore_places(source=source, in_place=in_place, trigger=trigger),
         **more,
     )
@@ -92,8 +94,12 @@ def restore_target_problem(
     that cannot be read for `paths` is a problem too.
     """
     try:
+        # The paths are looked up in the manifest: an encrypted one needs this host's key.
+        keys = {"identities": identities_load()} if paths and backup.encrypted else {}
         check_target(
-            _engine_request(backup, target=target, in_place=in_place, paths=paths, trigger=trigger)
+            _engine_request(
+                backup, target=target, in_place=in_place, paths=paths, trigger=trigger, **keys
+            )
         )
     except EngineError as error:
         return str(error)
@@ -204,6 +210,7 @@ def restore_execute(run: Run, hooks: RunHooks) -> dict:
         timeout_s=source.run_timeout_s,
         state_dir=settings.STATE_DIR,
         run_id=str(run.pk),
+        identities=identities_load() if run.backup.encrypted else (),
     )
     result = restore_archive(request, hooks)
     return {
