@@ -84,6 +84,7 @@ class PolicyAdmin(AuditedAdmin):
                 ]
             },
         ),
+        ("Encryption at rest", {"fields": ["recipients"]}),
     ]
 
     def save_model(self, request, obj, form, change):

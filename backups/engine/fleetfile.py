@@ -3,7 +3,7 @@
 ```
 version: 1
 policies:
-  hourly: {schedule: "0 * * * *", rpo: 2h, keep_hourly: 24}
+  hourly: {schedule: "0 * * * *", rpo: 2h, keep_hourly: 24, encrypt_to: [age1…]}
 sources:
   web: {kind: directory, location: /srv/web, policy: hourly}
 ```
@@ -25,8 +25,9 @@ from typing import Any
 
 import yaml
 
+from .crypto import parse_recipients
 from .durations import parse_duration
-from .errors import EngineError
+from .errors import EngineError, KeyFileError
 
 VERSION = 1
 
@@ -70,6 +71,17 @@ def _texts(value: Any) -> list[str]:
     if not isinstance(value, list) or not all(isinstance(item, str) and item for item in value):
         raise ValueError("give a list of non-empty texts, e.g. ['*.tmp', 'cache/*']")
     return list(value)
+
+
+def _recipients(value: Any) -> str:
+    """Return age recipients (one, or a list) as the catalog keeps them: one a line."""
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list) or not all(isinstance(item, str) for item in items):
+        raise ValueError("give an age public key (age1…) or a list of them")
+    try:
+        return "\n".join(parse_recipients(items))
+    except KeyFileError as error:
+        raise ValueError(str(error)) from None
 
 
 _QUERY_KEYS = ("sql", "expect")
@@ -120,6 +132,7 @@ POLICY_FIELDS = {
         Field("verify_after_backup", "verify_after_backup", _flag),
         Field("run_timeout", "run_timeout_s", _duration),
         Field("check_queries", "check_queries", _queries),
+        Field("encrypt_to", "recipients", _recipients),
     )
 }
 

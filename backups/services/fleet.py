@@ -159,6 +159,8 @@ def file_value(attr: str, value: Any) -> Any:
     """Return a catalog value in the file's form (durations as text such as `2h`)."""
     if attr in DURATION_ATTRS and value is not None:
         return exact_duration(value)
+    if attr == "recipients":
+        return value.splitlines()
     return value
 
 

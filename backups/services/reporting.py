@@ -27,6 +27,8 @@ def run_to_dict(run: Run) -> dict:
     if run.kind == Run.Kind.BACKUP:
         data["verified"] = run.verified
         data["keep"] = run.keep
+        # The age recipients (public keys) it was encrypted to; empty: not encrypted.
+        data["recipients"] = list(run.recipients or [])
     if run.kind in (Run.Kind.RESTORE, Run.Kind.VERIFY):
         data["backup"] = run.backup_id
     if run.kind == Run.Kind.RESTORE:

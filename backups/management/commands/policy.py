@@ -6,8 +6,9 @@ import argparse
 
 from backups.audit import audit_record, field_changes, field_values
 from backups.cli import CliCommand, usage_error
+from backups.engine.errors import KeyFileError
 from backups.models import DEFAULT_RUN_TIMEOUT_S, Compression, Policy
-from backups.services.catalog import policy_create
+from backups.services.catalog import policy_create, recipients_from_options
 from backups.services.formats import parse_duration
 
 KEEP_RULES = ("last", "hourly", "daily", "weekly", "monthly", "yearly")
@@ -51,12 +52,23 @@ class Command(CliCommand):
         add.add_argument(
             "--no-verify", action="store_true", help="do not verify after every backup"
         )
+        add.add_argument(
+            "--encrypt-to",
+            action="append",
+            default=[],
+            metavar="RECIPIENT",
+            help="age public key (age1…) to encrypt backups to, or a file of them; repeatable",
+        )
         add.add_argument("--json", action="store_true")
 
     def handle(self, *args, **options):
         name = options["name"]
         if Policy.objects.filter(name=name).exists():
             raise usage_error(f"A policy named {name!r} already exists.")
+        try:
+            recipients = recipients_from_options(options["encrypt_to"])
+        except KeyFileError as error:
+            raise usage_error(str(error)) from None
         policy = policy_create(
             name=name,
             schedule=options["schedule"],
@@ -67,6 +79,7 @@ class Command(CliCommand):
             drill_every_s=options["drill_every"],
             run_timeout_s=options["run_timeout"],
             verify_after_backup=not options["no_verify"],
+            recipients="\n".join(recipients),
             **{f"keep_{rule}": options[f"keep_{rule}"] for rule in KEEP_RULES},
         )
         # As the admin does for its changes: who created it, with every value it started with.
