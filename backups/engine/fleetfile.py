@@ -81,7 +81,7 @@ def _recipients(value: Any) -> str:
     try:
         return "\n".join(parse_recipients(items))
     except KeyFileError as error:
-        raise ValueError(str(error)) from None
+        raise ValueError(str(error).rstrip(".")) from None
 
 
 _QUERY_KEYS = ("sql", "expect")
