@@ -14,12 +14,23 @@ from backups.models import Policy, Source
 from backups.services.schedules import schedule_sync
 
 
+class RecipientsRefused(ValueError):
+    """An `--encrypt-to` value is not an age recipient nor a file of them; says which."""
+
+
 def recipients_from_options(values: list[str]) -> list[str]:
     """Return the age recipients named by `--encrypt-to` values, each checked, without repeats.
 
     A value that is an existing file is read as a recipients file (one a line, `#`
-    comments); any other is a recipient itself. Raise KeyFileError naming the bad one.
+    comments); any other is a recipient itself. Raise RecipientsRefused naming the bad one.
     """
+    try:
+        return _recipients(values)
+    except KeyFileError as error:
+        raise RecipientsRefused(str(error)) from None
+
+
+def _recipients(values: list[str]) -> list[str]:
     recipients: list[str] = []
     for number, value in enumerate(values, start=1):
         text = value.strip()

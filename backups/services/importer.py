@@ -22,8 +22,7 @@ from django.db import DatabaseError, connection, transaction
 from django.utils import timezone
 from django.utils.text import slugify
 
-from backups.engine.errors import EngineError
-from backups.engine.errors import KeyFileError
+from backups.engine.errors import EngineError, KeyFileError
 from backups.engine.manifest import open_manifest
 from backups.engine.names import printable
 from backups.models import Run, Source

@@ -28,8 +28,8 @@ from django.db.models import Q
 
 from backups.engine.crypto import Identity
 from backups.engine.manifest import DIR, Entry, ManifestReader, open_manifest
-from backups.engine.storage import StoredFile
 from backups.engine.names import name_to_catalog
+from backups.engine.storage import StoredFile
 from backups.models import Manifest, ManifestDir, ManifestEntry, Run
 
 logger = logging.getLogger(__name__)

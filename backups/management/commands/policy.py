@@ -6,9 +6,8 @@ import argparse
 
 from backups.audit import audit_record, field_changes, field_values
 from backups.cli import CliCommand, usage_error
-from backups.engine.errors import KeyFileError
 from backups.models import DEFAULT_RUN_TIMEOUT_S, Compression, Policy
-from backups.services.catalog import policy_create, recipients_from_options
+from backups.services.catalog import RecipientsRefused, policy_create, recipients_from_options
 from backups.services.formats import parse_duration
 
 KEEP_RULES = ("last", "hourly", "daily", "weekly", "monthly", "yearly")
@@ -67,7 +66,7 @@ class Command(CliCommand):
             raise usage_error(f"A policy named {name!r} already exists.")
         try:
             recipients = recipients_from_options(options["encrypt_to"])
-        except KeyFileError as error:
+        except RecipientsRefused as error:
             raise usage_error(str(error)) from None
         policy = policy_create(
             name=name,
