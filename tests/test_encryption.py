@@ -365,6 +365,10 @@ def test_import_archives_needs_the_identity_for_encrypted_manifests(backup, seal
     assert imported.recipients == [key[1]]
     assert imported.archive.endswith(".tar.zst.age")
     assert Manifest.objects.get(run=imported).entries == 3
+    # Once imported, a host without the key has nothing left to import: no refusal.
+    settings.AGE_IDENTITY_FILE = []
+    report = call_json("import_archives")
+    assert report["refused"] == [] and report["known"] == 2
 
 
 def test_an_identity_file_open_to_others_is_refused_with_a_sentence(backup, key, settings):

@@ -239,6 +239,17 @@ def _identities(manifests: list[Path]) -> tuple[list, str | None]:
     return identities, None
 
 
+def _indexed(manifest: Path) -> bool:
+    """Return whether the backup of a manifest this host cannot read is in the catalog
+    already, file list included: then there is nothing to import, key or no key."""
+    stem = manifest.name.removesuffix(_AGE_SUFFIX)
+    return Run.objects.filter(
+        kind=Run.Kind.BACKUP,
+        archive__startswith=f"{manifest.parent / stem}.",
+        manifest__isnull=False,
+    ).exists()
+
+
 class ImportRefused(Exception):
     """The import cannot start as asked (no such folder, not ARCHIVE_ROOT); nothing changed."""
 
@@ -263,7 +274,10 @@ def import_archives(root: Path | None = None) -> ImportReport:
     identities, key_problem = _identities(manifests)
     for manifest in manifests:
         if key_problem and manifest.name.endswith(_AGE_SUFFIX):
-            report.refused.append(f"{manifest}: {key_problem}")
+            if _indexed(manifest):
+                report.known += 1
+            else:
+                report.refused.append(f"{manifest}: {key_problem}")
             continue
         try:
             import_archive(manifest, report, identities)
