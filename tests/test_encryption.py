@@ -491,9 +491,7 @@ def test_prune_removes_an_encrypted_backup_with_its_sidecar_and_manifest(backup,
     )
 
 
-def test_the_encrypted_manifest_of_an_archive_that_never_got_its_name_is_cleaned_up(
-    backup, sealed
-):
+def test_the_encrypted_manifest_of_an_archive_that_never_got_its_name_is_cleaned_up(backup, sealed):
     # A crash between the commit's renames: sidecar and manifest, no archive.
     backup.archive_path.unlink()
     Run.objects.filter(pk=backup.pk).update(status="failed")
