@@ -226,7 +226,9 @@ class EntrySpool:
         A backup hands it to whoever indexes the catalog: the plaintext it produced, so a
         host with only the public key fills the catalog of an encrypted backup too.
         """
-        return ManifestReader(origin=origin, header=self.header(header), opener=self.entries)
+        # Validated and typed as a header read back from the file is (dates as datetimes).
+        checked = parse_manifest({**self.header(header), "entries": []}, origin).header
+        return ManifestReader(origin=origin, header=checked, opener=self.entries)
 
     def write(self, out: BinaryIO, header: dict[str, Any]) -> None:
         """Write the manifest JSON: header fields, totals, then every entry."""
