@@ -497,3 +497,30 @@ def test_the_encrypted_manifest_of_an_archive_that_never_got_its_name_is_cleaned
     Run.objects.filter(pk=backup.pk).update(status="failed")
     newer = Run.objects.get(pk=call_json("backup", sealed.name, "--inline")["id"])
     assert all(name.startswith(newer.stem) for name in folder_names(sealed))
+
+
+def test_the_dashboard_restores_chosen_files_of_an_encrypted_backup_with_the_identity(
+    backup, sealed, key, settings, client, operator, tmp_path
+):
+    from backups.services.execution import run_execute
+
+    client.force_login(operator)
+    target = tmp_path / "chosen"
+    form = {
+        "source": sealed.name,
+        "backup": backup.pk,
+        "mode": "new",
+        "target": str(target),
+        "paths": "sub",
+        "confirm_name": sealed.name,
+    }
+    # The manifest names the paths: a dashboard without the key says which key it needs.
+    refused = client.post(reverse("restore-confirm"), form)
+    assert refused.status_code == 200 and fingerprint(key[1]) in refused.content.decode()
+    assert not Run.objects.filter(kind="restore").exists()
+    settings.AGE_IDENTITY_FILE = [key[0]]
+    response = client.post(reverse("restore-confirm"), form)
+    restore = Run.objects.get(kind="restore")
+    assert response.status_code == 302
+    assert run_execute(restore.pk, inline=True).status == "succeeded"
+    assert sorted(tree(target)) == ["sub/b.bin"]
