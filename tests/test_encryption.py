@@ -13,6 +13,7 @@ import secrets
 import shutil
 import sqlite3
 import subprocess
+import sys
 from io import StringIO
 from pathlib import Path
 
@@ -524,3 +525,30 @@ def test_the_dashboard_restores_chosen_files_of_an_encrypted_backup_with_the_ide
     assert response.status_code == 302
     assert run_execute(restore.pk, inline=True).status == "succeeded"
     assert sorted(tree(target)) == ["sub/b.bin"]
+
+
+def _manage(*args, **env):
+    root = Path(__file__).resolve().parent.parent
+    return subprocess.run(
+        [sys.executable, "manage.py", *args],
+        cwd=root,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+    )
+
+
+def test_age_identity_file_takes_absolute_paths_and_reads_no_file_at_start_up():
+    code = "from django.conf import settings; print([str(p) for p in settings.AGE_IDENTITY_FILE])"
+    # Not mounted yet: the host starts, the file is read when a restore needs it.
+    result = _manage("shell", "-c", code, AGE_IDENTITY_FILE="/run/keys/new.txt:/run/keys/old.txt")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == repr(
+        ["/run/keys/new.txt", "/run/keys/old.txt"]
+    )
+
+
+def test_a_relative_age_identity_file_is_refused_with_its_name():
+    result = _manage("check", AGE_IDENTITY_FILE="keys/age.txt")
+    assert result.returncode != 0
+    assert "AGE_IDENTITY_FILE" in result.stderr and "keys/age.txt" in result.stderr
