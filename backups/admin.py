@@ -90,6 +90,7 @@ class PolicyAdmin(AuditedAdmin):
             "Storages",
             {"fields": ["storage", "copy_to", "archive_to", "archive_after_s"]},
         ),
+        ("Encryption at rest", {"fields": ["recipients"]}),
     ]
     filter_horizontal = ["copy_to"]
 

@@ -20,8 +20,10 @@ from django.utils import timezone
 from django.utils.text import slugify
 
 from backups.engine import compression as engine_compression
-from backups.engine.errors import ArchiveError
+from backups.engine.crypto import fingerprint, parse_recipients
+from backups.engine.errors import ArchiveError, KeyFileError
 from backups.engine.locations import KINDS, check_location
+from backups.engine.manifest import is_encrypted, manifest_name
 from backups.engine.names import printable
 from backups.engine.processes import ProcessName, process_gone, this_process
 from backups.engine.storage import KINDS as STORAGE_KINDS
@@ -264,6 +266,13 @@ class Policy(models.Model):
         blank=True,
         help_text="How old a restore point is when it moves to the archive storage, e.g. 30d.",
     )
+    # Public keys: they let a host encrypt, never decrypt, so the database may hold them.
+    recipients = models.TextField(
+        "encrypt to",
+        blank=True,
+        help_text="age recipients (public keys, age1…), one a line: backups are then "
+        "encrypted to them. Empty: not encrypted. A change applies to new backups only.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -309,6 +318,15 @@ class Policy(models.Model):
             raise ValidationError(
                 {"check_queries": 'Give a list of {"sql": "...", "expect": "> 0"} objects.'}
             )
+        try:
+            parse_recipients(self.recipients or "")
+        except KeyFileError as error:
+            raise ValidationError({"recipients": str(error)}) from None
+
+    @property
+    def recipient_list(self) -> list[str]:
+        """Return the age recipients backups are encrypted to (empty: not encrypted)."""
+        return parse_recipients(self.recipients or "")
 
     @property
     def keep_rules(self) -> dict[str, int]:
@@ -635,6 +653,12 @@ class Run(models.Model):
     # For backups: the newest verification's verdict (None: never verified).
     verified = models.BooleanField(null=True, blank=True)
     verified_at = models.DateTimeField(null=True, blank=True)
+    # For backups: the age recipients (public keys) the archive and manifest were
+    # encrypted to, as they were when it ran; empty when not encrypted.
+    recipients = models.JSONField(default=list, blank=True)
+    # For verifications: the checks that read the plaintext could not run on this host
+    # (no private key for an encrypted backup), so the verdict says nothing of contents.
+    checks_skipped = models.BooleanField(default=False)
 
     objects = RunQuerySet.as_manager()
     # Not stored: set by verify_request when it returns a verification already under way.
@@ -765,11 +789,23 @@ class Run(models.Model):
 
     @property
     def manifest_path(self) -> Path | None:
-        """Return the manifest beside the archive: `<stem>.manifest.json`."""
+        """Return the manifest beside the archive: `<stem>.manifest.json`, and `.age` too
+        when the archive is encrypted."""
         if not self.archive:
             return None
         archive = Path(self.archive)
-        return archive.with_name(archive.name.split(".", 1)[0] + ".manifest.json")
+        stem = archive.name.split(".", 1)[0]
+        return archive.with_name(manifest_name(stem, encrypted=is_encrypted(archive.name)))
+
+    @property
+    def encrypted(self) -> bool:
+        """Return whether this backup's archive is age-encrypted."""
+        return bool(self.recipients) or is_encrypted(self.archive)
+
+    @property
+    def recipient_fingerprints(self) -> list[str]:
+        """Return the short forms of the recipients this backup was encrypted to."""
+        return [fingerprint(recipient) for recipient in self.recipients or []]
 
     def owner_gone(self) -> str | None:
         """Say why the process executing this run is certainly gone; None when it may live.
@@ -895,10 +931,14 @@ class Run(models.Model):
         self.verified, self.verified_at = ok, timezone.now()
         Run.objects.filter(pk=self.pk).update(verified=ok, verified_at=self.verified_at)
 
-    def record_checks(self, checks: list[dict]) -> None:
-        """Store a verification's checks as soon as they are known, before its end."""
-        self.checks = checks
-        Run.objects.filter(pk=self.pk).update(checks=checks)
+    def record_checks(self, checks: list[dict], *, skipped: bool = False) -> None:
+        """Store a verification's checks as soon as they are known, before its end.
+
+        `skipped`: the checks that read the plaintext could not run here, and none that
+        ran failed, so the verification is no verdict on the backup's integrity.
+        """
+        self.checks, self.checks_skipped = checks, skipped
+        Run.objects.filter(pk=self.pk).update(checks=checks, checks_skipped=skipped)
 
     @staticmethod
     def log_text(lines) -> str:

@@ -104,3 +104,20 @@ def env_pairs(name: str, pattern: str, what: str) -> dict[str, str]:
             raise ImproperlyConfigured(f"{name} holds {item!r}, which is not {what}.")
         pairs[key.strip()] = value.strip()
     return pairs
+
+
+def env_file_paths(name: str) -> list[Path]:
+    """Return absolute file paths joined by os.pathsep (":" on Unix); empty when unset.
+
+    Only the names are checked here: the files themselves are read when needed, so a
+    host can start before a secret is mounted.
+    """
+    value = env_str(name) or ""
+    paths = [Path(part) for part in value.split(os.pathsep) if part.strip()]
+    for path in paths:
+        if not path.is_absolute():
+            raise ImproperlyConfigured(
+                f"{name} holds {str(path)!r}, which is not an absolute path; give the full "
+                f"path of each file, joined by {os.pathsep!r}."
+            )
+    return paths

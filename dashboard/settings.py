@@ -15,6 +15,7 @@ from backups.validators import TAG_PATTERN
 from dashboard.env import (
     env_bool,
     env_file,
+    env_file_paths,
     env_int,
     env_list,
     env_list_matching,
@@ -194,6 +195,10 @@ RESTORE_POD_NAMESPACES = env_list_matching(
     r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?",
     "a Kubernetes namespace name",
 )
+# The age identity (private key) files that open encrypted backups, joined by ":". Read
+# when a restore, a verification, a drill or an import needs them, never stored; a host
+# that only backs up needs none (the policy's recipients are public keys).
+AGE_IDENTITY_FILE = env_file_paths("AGE_IDENTITY_FILE")
 METRICS_TOKEN = env_str("METRICS_TOKEN") or None
 # Without a token, /metrics answers only in development or when explicitly opened.
 METRICS_PUBLIC = env_bool("METRICS_PUBLIC", default=DEBUG)

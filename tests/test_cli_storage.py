@@ -183,10 +183,12 @@ def test_a_backup_to_s3_round_trips_and_plain_tools_check_the_downloaded_objects
     name = f"{run['archive'].rpartition('/')[2]}"
     assert run["archive"] == f"s3://{BUCKET}/{prefix}/files/{name}"
     stem = name.split(".", 1)[0]
+    # The runbook goes beside the archives, where they are when the dashboard is not.
     assert objects(s3_server, prefix) == [
         f"files/{stem}.manifest.json",
         f"files/{name}",
         f"files/{name}.sha256",
+        "files/RUNBOOK.md",
     ]
     # Nothing written to ARCHIVE_ROOT; the catalog indexed the manifest from the bucket.
     assert Manifest.objects.get(run_id=run["id"]).files == 2
@@ -315,7 +317,7 @@ def test_prune_removes_old_backups_from_the_bucket(s3_source, s3_server, prefix)
     Run.objects.filter(pk=second["id"]).update(verified=False)
     result = call_json("prune", "--source", "files")
     assert [item["id"] for item in result["remove"]] == [first["id"]]
-    names = objects(s3_server, prefix)
+    names = [name for name in objects(s3_server, prefix) if name != "files/RUNBOOK.md"]
     assert names and all(f"-{second['id']}." in name for name in names)
 
 

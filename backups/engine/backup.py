@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -31,7 +31,7 @@ from .errors import EngineError, NoSpaceError
 from .hooks import Hooks
 from .locations import DIRECTORY
 from .manifest import FORMAT as MANIFEST_FORMAT
-from .manifest import EntrySpool, manifest_name, sidecar_text
+from .manifest import EntrySpool, ManifestReader, manifest_name, sidecar_text
 from .sources import Output, Plan, open_source
 from .sources.kubernetes import parse_kubernetes_location
 from .storage import LocalStorage, Storage, StoredFile, Upload, check_key
@@ -65,6 +65,10 @@ class BackupRequest:
     encrypted archive. `size_hint` (the last archive's size) picks where the encryption
     runs (see crypto.stream_mode). `reserve_bytes` is the free space a local folder must
     have before anything is written.
+
+    `catalog`, when set, is called once the archive is published with the manifest as a
+    ManifestReader over the run's own spool: the plaintext, readable without any key.
+    It must handle its own errors: the backup is published by then.
     """
 
     kind: str
@@ -81,6 +85,7 @@ class BackupRequest:
     reserve_bytes: int = 0
     recipients: Sequence[str] = ()
     size_hint: int | None = None
+    catalog: Callable[[ManifestReader], None] | None = None
 
     def target(self) -> tuple[Storage, str, Path]:
         """Return the storage, the folder in it, and the local scratch folder."""
@@ -317,6 +322,8 @@ def _write(request, source, hooks, spool, storage, keys, recipients) -> BackupRe
 
         hooks.publish(commit)
 
+    if request.catalog is not None:
+        request.catalog(spool.reader(header, storage.locator(keys.manifest)))
     return BackupResult(
         storage=storage,
         archive_key=keys.archive,

@@ -3,7 +3,7 @@
 ```
 version: 1
 policies:
-  hourly: {schedule: "0 * * * *", rpo: 2h, keep_hourly: 24}
+  hourly: {schedule: "0 * * * *", rpo: 2h, keep_hourly: 24, encrypt_to: [age1…]}
 sources:
   web: {kind: directory, location: /srv/web, policy: hourly}
 ```
@@ -26,8 +26,9 @@ from typing import Any
 
 import yaml
 
+from .crypto import parse_recipients
 from .durations import parse_duration
-from .errors import EngineError
+from .errors import EngineError, KeyFileError
 
 VERSION = 1
 
@@ -94,6 +95,17 @@ def _tags(value: Any) -> str:
     return ",".join(tags)
 
 
+def _recipients(value: Any) -> str:
+    """Return age recipients (one, or a list) as the catalog keeps them: one a line."""
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list) or not all(isinstance(item, str) for item in items):
+        raise ValueError("give an age public key (age1…) or a list of them")
+    try:
+        return "\n".join(parse_recipients(items))
+    except KeyFileError as error:
+        raise ValueError(str(error).rstrip(".")) from None
+
+
 _QUERY_KEYS = ("sql", "expect")
 
 
@@ -143,6 +155,7 @@ POLICY_FIELDS = {
         Field("run_timeout", "run_timeout_s", _duration),
         Field("check_queries", "check_queries", _queries),
         Field("notify", "notify", _tags),
+        Field("encrypt_to", "recipients", _recipients),
     )
 }
 

@@ -14,7 +14,7 @@ import json
 import os
 import re
 import tempfile
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from json.encoder import encode_basestring_ascii as _json_str
@@ -195,24 +195,45 @@ class EntrySpool:
             self._buffer.clear()
 
     def entries(self) -> Iterator[Entry]:
-        """Yield the recorded entries in order."""
-        for index, line in enumerate(self._iter_json()):
-            yield _entry_from(line, index, "the manifest spool")
+        """Yield the recorded entries in order, decoded as a manifest's lines are.
 
-    def _iter_json(self) -> Iterator[dict[str, Any]]:
+        Each call reads on its own (positioned reads), so several may be under way.
+        """
         self._flush()
-        self._file.seek(0)
-        for line in self._file:
-            line = line.strip().rstrip(b",").lstrip(b",")
-            if line:
-                yield json.loads(line)
-        self._file.seek(0, os.SEEK_END)
+        self._file.flush()
+        descriptor = self._file.fileno()
+        offset, rest, index = 0, b"", 0
+        while True:
+            chunk = os.pread(descriptor, 1 << 20, offset)
+            offset += len(chunk)
+            lines = (rest + chunk).split(b"\n")
+            rest = lines.pop() if chunk else b""
+            for line in lines:
+                line = line.strip().rstrip(b",")
+                if line:
+                    yield _read_entry(line, index, "the manifest spool")
+                    index += 1
+            if not chunk:
+                return
+
+    def header(self, header: dict[str, Any]) -> dict[str, Any]:
+        """Return the manifest header `write` writes for `header`: format and totals added."""
+        return dict(header, format=FORMAT, totals={"files": self.files, "bytes": self.bytes})
+
+    def reader(self, header: dict[str, Any], origin: str) -> ManifestReader:
+        """Return the manifest this spool and `header` make, readable while the spool is open.
+
+        A backup hands it to whoever indexes the catalog: the plaintext it produced, so a
+        host with only the public key fills the catalog of an encrypted backup too.
+        """
+        # Validated and typed as a header read back from the file is (dates as datetimes).
+        checked = parse_manifest({**self.header(header), "entries": []}, origin).header
+        return ManifestReader(origin=origin, header=checked, opener=self.entries)
 
     def write(self, out: BinaryIO, header: dict[str, Any]) -> None:
         """Write the manifest JSON: header fields, totals, then every entry."""
         self._flush()
-        head = dict(header, format=FORMAT, totals={"files": self.files, "bytes": self.bytes})
-        text = json.dumps(head, indent=1)
+        text = json.dumps(self.header(header), indent=1)
         out.write(text[:-2].encode() + b',\n "entries": [\n')
         self._file.seek(0)
         while chunk := self._file.read(1 << 20):
@@ -222,6 +243,48 @@ class EntrySpool:
 
     def close(self) -> None:
         self._file.close()
+
+
+@dataclass
+class ManifestReader:
+    """A manifest to read more than once in flat memory: its header, and its entries anew
+    on each call of `entries` (from a file, or from a running backup's spool)."""
+
+    origin: str
+    header: dict[str, Any]
+    opener: Callable[[], Iterator[Entry]] = field(repr=False)
+
+    def entries(self) -> Iterator[Entry]:
+        """Yield the entries in the manifest's order."""
+        return self.opener()
+
+    def __str__(self) -> str:
+        return self.origin
+
+
+def open_manifest(
+    where: Path | StoredFile,
+    *,
+    identities: Sequence[Identity] = (),
+    recipients: Sequence[str] = (),
+) -> ManifestReader:
+    """Return a manifest file as a ManifestReader: validated header now, entries on demand.
+
+    An encrypted manifest is decrypted with `identities` each time it is read (see
+    `iter_manifest`); nothing stays open between reads.
+    """
+    header, first = iter_manifest(where, identities=identities, recipients=recipients)
+    # A generator closes its file only once started: start it, so that closing it does.
+    # (A manifest of another layout comes back loaded whole: a plain iterator.)
+    next(first, None)
+    close = getattr(first, "close", None)
+    if close is not None:
+        close()
+
+    def entries() -> Iterator[Entry]:
+        return iter_manifest(where, identities=identities, recipients=recipients)[1]
+
+    return ManifestReader(origin=str(where), header=header, opener=entries)
 
 
 def write_manifest(final: Path, header: dict[str, Any], spool: EntrySpool) -> None:

@@ -11,7 +11,9 @@ from django.utils import timezone
 from backups.audit import audit_record
 from backups.engine.backup import BackupRequest, plan_backup, run_backup
 from backups.engine.errors import EngineError
+from backups.engine.manifest import ManifestReader
 from backups.models import AuditEvent, Run, Source
+from backups.services.encryption import recipients_shown
 from backups.services.manifests import index_failed_warning, manifest_store
 from backups.services.queue import run_enqueue
 from backups.services.runs import (
@@ -97,6 +99,10 @@ def backup_execute(run: Run, hooks: RunHooks) -> dict:
         hooks.log(f"removed {len(removed)} temporary file(s) left by dead runs")
     previous = Run.objects.newest_restorable(source)
     started = run.started_at or timezone.now()
+    # Read when the backup starts: a policy's new recipients apply to new backups only.
+    recipients = policy.recipient_list if policy else []
+    if recipients:
+        hooks.log(f"encrypting to {recipients_shown(recipients)}")
     request = BackupRequest(
         kind=source.kind,
         location=source.location,
@@ -112,6 +118,9 @@ def backup_execute(run: Run, hooks: RunHooks) -> dict:
         },
         reserve_bytes=(previous.size or 0) + settings.DISK_RESERVE_BYTES if previous else 0,
         **target,
+        recipients=recipients,
+        size_hint=previous.size if previous else None,
+        catalog=lambda manifest: _catalog(run, manifest, hooks),
     )
     hooks.log(f"backing up {source.kind} {source.location} to {where}")
     result = run_backup(request, hooks)
@@ -119,28 +128,36 @@ def backup_execute(run: Run, hooks: RunHooks) -> dict:
         f"published {result.locator.rpartition('/')[2]} ({result.size} bytes, "
         f"sha256 {result.sha256})"
     )
-    manifest_file = result.stored(result.manifest_key)
-    # The archive is published and restores read its manifest.json from disk: a catalog
-    # that cannot be indexed costs the file browser, not the backup.
-    connection_refresh()  # the one opened before the engine ran may be long gone
-    try:
-        manifest = manifest_store(run, manifest_file)
-    except Exception as error:
-        logger.exception("run %s: indexing %s into the catalog failed", run.pk, manifest_file)
-        hooks.warn(index_failed_warning(error))
-    else:
-        if manifest.duplicates:
-            hooks.log(
-                f"{manifest.duplicates} path(s) appear more than once in the archive; "
-                "the catalog lists the first copy of each, as a restore keeps it"
-            )
     return {
         "archive": result.locator,
         "size": result.size,
         "sha256": result.sha256,
         "payload_bytes": result.bytes,
         "payload_files": result.files,
+        "recipients": list(result.recipients),
     }
+
+
+def _catalog(run: Run, manifest: ManifestReader, hooks: RunHooks) -> None:
+    """Index a published backup's manifest into the catalog, from the backup's own spool.
+
+    The plaintext the backup produced, not the file: an encrypted manifest is indexed on
+    a host that holds only the public key. The archive is published and restores read
+    the manifest from its storage: a catalog that cannot be indexed costs the file
+    browser, not the backup.
+    """
+    connection_refresh()  # the one opened before the engine ran may be long gone
+    try:
+        stored = manifest_store(run, manifest)
+    except Exception as error:
+        logger.exception("run %s: indexing %s into the catalog failed", run.pk, manifest)
+        hooks.warn(index_failed_warning(error))
+        return
+    if stored.duplicates:
+        hooks.log(
+            f"{stored.duplicates} path(s) appear more than once in the archive; "
+            "the catalog lists the first copy of each, as a restore keeps it"
+        )
 
 
 def backup_plan(source: Source) -> dict:

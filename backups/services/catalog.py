@@ -2,12 +2,50 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils.text import slugify
 
+from backups.engine.crypto import load_recipients_file, parse_recipients
+from backups.engine.errors import KeyFileError
 from backups.models import Policy, Source
 from backups.services.schedules import schedule_sync
+
+
+class RecipientsRefused(ValueError):
+    """An `--encrypt-to` value is not an age recipient nor a file of them; says which."""
+
+
+def recipients_from_options(values: list[str]) -> list[str]:
+    """Return the age recipients named by `--encrypt-to` values, each checked, without repeats.
+
+    A value that is an existing file is read as a recipients file (one a line, `#`
+    comments); any other is a recipient itself. Raise RecipientsRefused naming the bad one.
+    """
+    try:
+        return _recipients(values)
+    except KeyFileError as error:
+        raise RecipientsRefused(str(error)) from None
+
+
+def _recipients(values: list[str]) -> list[str]:
+    recipients: list[str] = []
+    for number, value in enumerate(values, start=1):
+        text = value.strip()
+        if text and not text.startswith("age1") and os.path.isfile(text):
+            found = load_recipients_file(Path(text))
+        elif not text or text.startswith("#"):
+            raise KeyFileError(
+                f"Recipient {number} is empty: give an age public key (age1…) or a file of them."
+            )
+        else:
+            # Blank lines before it are skipped but counted: the message names it by number.
+            found = parse_recipients([""] * (number - 1) + [text])
+        recipients.extend(found)
+    return list(dict.fromkeys(recipients))
 
 
 @transaction.atomic

@@ -161,6 +161,8 @@ def file_value(attr: str, value: Any) -> Any:
         return exact_duration(value)
     if attr == "notify" and isinstance(value, str):
         return value.split(",") if value else []
+    if attr == "recipients":
+        return value.splitlines()
     return value
 
 

@@ -22,11 +22,12 @@ from django.db import DatabaseError, connection, transaction
 from django.utils import timezone
 from django.utils.text import slugify
 
-from backups.engine.errors import EngineError
-from backups.engine.manifest import iter_manifest
+from backups.engine.errors import EngineError, KeyFileError
+from backups.engine.manifest import open_manifest
 from backups.engine.names import printable
 from backups.engine.storage import StoredFile
 from backups.models import Run, Source, Storage
+from backups.services.encryption import identities_load
 from backups.services.manifests import manifest_store
 from backups.services.standing import standing_refresh
 
@@ -36,6 +37,7 @@ CLOCK_SKEW = timedelta(minutes=5)
 MAX_RUN_ID = 2**62
 _STEM = re.compile(r"^\d{8}T\d{6}Z-(\d+)$")
 _SUFFIX = ".manifest.json"
+_AGE_SUFFIX = ".manifest.json.age"
 
 
 @dataclass
@@ -61,7 +63,7 @@ class ManifestRefused(EngineError):
 
 def _stem_id(manifest: Path | StoredFile) -> tuple[str, int]:
     """Return the manifest's stem `<stamp>-<id>` and the id, or refuse a malformed name."""
-    stem = manifest.name.removesuffix(_SUFFIX)
+    stem = manifest.name.removesuffix(_AGE_SUFFIX).removesuffix(_SUFFIX)
     match = _STEM.match(stem)
     if match is None:
         raise ManifestRefused(
@@ -78,7 +80,7 @@ def _archive_for(manifest: Path | StoredFile, stem: str, name: str) -> tuple[obj
         and "/" not in name
         and "\x00" not in name
         and name.startswith(f"{stem}.")
-        and not name.endswith((_SUFFIX, ".sha256", ".tmp"))
+        and not name.endswith((_SUFFIX, _AGE_SUFFIX, ".sha256", ".tmp"))
     )
     if not plain:
         raise ManifestRefused(
@@ -175,20 +177,26 @@ def _run_id(stem_id: int, header: dict) -> int | None:
 
 
 def import_archive(
-    manifest_path: Path | StoredFile, report: ImportReport, storage: Storage | None = None
+    manifest_path: Path | StoredFile,
+    report: ImportReport,
+    storage: Storage | None = None,
+    identities=(),
 ) -> None:
     """Add the run described by one manifest; for a known run, index a missing file list.
 
-    `manifest_path` is a file in ARCHIVE_ROOT, or in `storage` when one is given.
+    `manifest_path` is a file in ARCHIVE_ROOT, or in `storage` when one is given. An
+    encrypted manifest (`….manifest.json.age`) is read with `identities`.
     """
     stem, stem_id = _stem_id(manifest_path)
-    header, _ = iter_manifest(manifest_path)
+    manifest = open_manifest(manifest_path, identities=identities)
+    header = manifest.header
     archive_info = header["archive"]
     archive, size = _archive_for(manifest_path, stem, archive_info["name"])
     if isinstance(manifest_path, StoredFile):
         slug = manifest_path.key.rpartition("/")[0]
     else:
         slug = manifest_path.parent.name
+    recipients = (header.get("encryption") or {}).get("recipients", [])
     known = Run.objects.filter(archive=str(archive))
     if known.exists():
         # Verifications name the archive too: only the backup itself holds the file list.
@@ -196,7 +204,7 @@ def import_archive(
         if unindexed is None:
             report.known += 1
         else:
-            manifest_store(unindexed, manifest_path)
+            manifest_store(unindexed, manifest)
             report.reindexed.append(unindexed.pk)
         return
     started, finished = _check_times(header, timezone.now())
@@ -219,12 +227,47 @@ def import_archive(
             sha256=archive_info["sha256"].lower(),
             payload_bytes=totals["bytes"],
             payload_files=totals["files"],
+            recipients=list(recipients),
         )
-        manifest_store(run, manifest_path)
+        manifest_store(run, manifest)
     report.imported.append(run.pk)
     moment = run.started_at or run.queued_at
     oldest = report.oldest_by_source.get(source.pk)
     report.oldest_by_source[source.pk] = min(moment, oldest) if oldest else moment
+
+
+def _identities(manifests: list) -> tuple[list, str | None]:
+    """Return this host's identities when some manifests are encrypted, or why there are none.
+
+    Without one, each encrypted manifest is refused with the sentence and the plain ones
+    are imported all the same.
+    """
+    if not any(path.name.endswith(_AGE_SUFFIX) for path in manifests):
+        return [], None
+    try:
+        identities = identities_load()
+    except KeyFileError as error:
+        return [], str(error)
+    if not identities:
+        return [], (
+            "it is encrypted, and reading it needs the identity (private key) of one of its "
+            "recipients: set AGE_IDENTITY_FILE on this host to the file that holds it, then "
+            "run import_archives again; skipped."
+        )
+    return identities, None
+
+
+def _indexed(manifest: Path | StoredFile) -> bool:
+    """Return whether the backup of a manifest this host cannot read is in the catalog
+    already, file list included: then there is nothing to import, key or no key."""
+    if isinstance(manifest, StoredFile):
+        return False  # such a backup is looked up by its address, which needs the header
+    stem = manifest.name.removesuffix(_AGE_SUFFIX)
+    return Run.objects.filter(
+        kind=Run.Kind.BACKUP,
+        archive__startswith=f"{manifest.parent / stem}.",
+        manifest__isnull=False,
+    ).exists()
 
 
 class ImportRefused(Exception):
@@ -240,7 +283,7 @@ def _stored_manifests(storage: Storage) -> list[StoredFile]:
             if not folder.is_folder:
                 continue
             for entry in opened.list(folder.name):
-                if not entry.is_folder and entry.name.endswith(_SUFFIX):
+                if not entry.is_folder and entry.name.endswith((_SUFFIX, _AGE_SUFFIX)):
                     found.append(StoredFile(opened, f"{folder.name}/{entry.name}"))
     except EngineError as error:
         raise ImportRefused(f"Storage {storage.name!r} cannot be listed: {error}") from None
@@ -265,15 +308,23 @@ def import_archives(root: Path | None = None, *, storage: Storage | None = None)
             f"{root} is not ARCHIVE_ROOT ({archive_root}): restores, verifications and prunes "
             "read archives only there. Run the import with ARCHIVE_ROOT set to that folder."
         )
-    return _import_all(sorted(root.glob(f"*/*{_SUFFIX}")), None)
+    manifests = sorted([*root.glob(f"*/*{_SUFFIX}"), *root.glob(f"*/*{_AGE_SUFFIX}")])
+    return _import_all(manifests, None)
 
 
 def _import_all(manifests: list, storage: Storage | None) -> ImportReport:
     """Import each manifest, each refusal a line of the report; then fix what follows."""
     report = ImportReport()
+    identities, key_problem = _identities(manifests)
     for manifest in manifests:
+        if key_problem and manifest.name.endswith(_AGE_SUFFIX):
+            if _indexed(manifest):
+                report.known += 1
+            else:
+                report.refused.append(f"{manifest}: {key_problem}")
+            continue
         try:
-            import_archive(manifest, report, storage)
+            import_archive(manifest, report, storage, identities)
         except EngineError as error:
             report.refused.append(f"{manifest}: {error}")
         except OSError as error:

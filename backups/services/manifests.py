@@ -19,15 +19,17 @@ from __future__ import annotations
 import logging
 import posixpath
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from django.db import IntegrityError, connection, transaction
 from django.db.models import Q
 
-from backups.engine.manifest import DIR, Entry, iter_manifest
+from backups.engine.crypto import Identity
+from backups.engine.manifest import DIR, Entry, ManifestReader, open_manifest
 from backups.engine.names import name_to_catalog
+from backups.engine.storage import StoredFile
 from backups.models import Manifest, ManifestDir, ManifestEntry, Run
 
 logger = logging.getLogger(__name__)
@@ -150,19 +152,32 @@ def _insert_generic(rows: Iterator[tuple]) -> None:
 
 
 @transaction.atomic
-def manifest_store(run: Run, path: Path) -> Manifest:
-    """Replace the catalog copy of `run`'s manifest with the contents of `path`.
+def manifest_store(
+    run: Run,
+    where: Path | StoredFile | ManifestReader,
+    *,
+    identities: Sequence[Identity] = (),
+    recipients: Sequence[str] = (),
+) -> Manifest:
+    """Replace the catalog copy of `run`'s manifest with the contents of `where`.
 
-    A path listed more than once is stored once, its first copy; the returned manifest's
+    `where` is a manifest file (an encrypted one is opened with `identities`, naming
+    `recipients` when none fits), or the manifest a backup hands over as it ends. A path
+    listed more than once is stored once, its first copy; the returned manifest's
     `duplicates` says how many later copies were skipped.
     """
+    reader = (
+        where
+        if isinstance(where, ManifestReader)
+        else open_manifest(where, identities=identities, recipients=recipients)
+    )
     Manifest.objects.filter(run=run).delete()
-    header, entries = iter_manifest(path)
-    folders, listed = _folders(entries)
+    header = reader.header
+    folders, listed = _folders(reader.entries())
     totals = header.get("totals", {})
     manifest = Manifest.objects.create(
         run=run,
-        path=str(path),
+        path=str(reader),
         files=int(totals.get("files", 0)),
         bytes=int(totals.get("bytes", 0)),
     )
@@ -176,12 +191,12 @@ def manifest_store(run: Run, path: Path) -> Manifest:
     if connection.vendor == "postgresql":
         try:
             with transaction.atomic():
-                stored = _insert_postgres(_rows(iter_manifest(path)[1], dir_ids))
+                stored = _insert_postgres(_rows(reader.entries(), dir_ids))
         except IntegrityError:
             # Rare (a tar that lists a path twice): only then pay for the scratch table.
-            stored = _insert_postgres_first_copies(_rows(iter_manifest(path)[1], dir_ids))
+            stored = _insert_postgres_first_copies(_rows(reader.entries(), dir_ids))
     else:
-        _insert_generic(_rows(iter_manifest(path)[1], dir_ids))
+        _insert_generic(_rows(reader.entries(), dir_ids))
         # The batches do not say how many conflicts they ignored: count what was stored.
         stored = ManifestEntry.objects.filter(directory__manifest=manifest).count()
     manifest.entries = stored
@@ -192,7 +207,7 @@ def manifest_store(run: Run, path: Path) -> Manifest:
             "run %s: %d path(s) of %s appear more than once; the catalog kept the first copy",
             run.pk,
             manifest.duplicates,
-            path,
+            reader,
         )
     return manifest
 

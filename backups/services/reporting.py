@@ -31,6 +31,8 @@ def run_to_dict(run: Run) -> dict:
         data["copies"] = copies_of(run)
         data["verified"] = run.verified
         data["keep"] = run.keep
+        # The age recipients (public keys) it was encrypted to; empty: not encrypted.
+        data["recipients"] = list(run.recipients or [])
     if run.kind in (Run.Kind.RESTORE, Run.Kind.VERIFY, Run.Kind.COPY):
         data["backup"] = run.backup_id
     if run.kind in (Run.Kind.RESTORE, Run.Kind.COPY):

@@ -18,6 +18,7 @@ from backups.engine.names import catalog_to_name, name_to_catalog, printable
 from backups.engine.restore import RestoreRequest, check_target, restore_archive
 from backups.engine.storage import StoredFile
 from backups.models import DEFAULT_STORAGE_NAME, AuditEvent, Copy, Run, Source, Storage
+from backups.services.encryption import identities_load
 from backups.services.queue import run_enqueue
 from backups.services.runs import RunHooks, SourceBusy, reap_abandoned
 
@@ -161,6 +162,7 @@ def _engine_request(
         timeout_s=timeout_s,
         # The files beside each other can be swapped together; the catalog's record cannot.
         catalog_sha256=backup.sha256 or None,
+        recipients=list(backup.recipients or []),
         **restore_places(source=source, in_place=in_place, trigger=trigger),
         **more,
     )
@@ -183,6 +185,8 @@ def restore_target_problem(
     that cannot be read for `paths` is a problem too.
     """
     try:
+        # The paths are looked up in the manifest: an encrypted one needs this host's key.
+        keys = {"identities": identities_load()} if paths and backup.encrypted else {}
         check_target(
             _engine_request(
                 backup,
@@ -191,6 +195,7 @@ def restore_target_problem(
                 paths=paths,
                 trigger=trigger,
                 place=place,
+                **keys,
             )
         )
     except EngineError as error:
@@ -331,6 +336,7 @@ def restore_execute(run: Run, hooks: RunHooks) -> dict:
             state_dir=settings.STATE_DIR,
             run_id=str(run.pk),
             place=place,
+            identities=identities_load() if backup.encrypted else (),
         )
         try:
             result = restore_archive(request, hooks)

@@ -23,6 +23,7 @@ from django.utils import timezone
 
 from backups.engine.atomic import TMP_SUFFIX
 from backups.engine.compression import GZIP, ZSTD, compression_of
+from backups.engine.crypto import SUFFIX as AGE_SUFFIX
 from backups.engine.errors import StorageError
 from backups.engine.locations import parse_pod_path
 from backups.engine.storage import LocalStorage
@@ -120,21 +121,32 @@ def _points(source: Source) -> dict[str, list[RestorePoint]]:
         Run.objects.restorable()
         .filter(source=source)
         .exclude(archive="")
-        .only("pk", "source", "status", "started_at", "size", "sha256", "archive", "verified")
+        .select_related("storage")
+        .only(
+            "pk", "source", "status", "started_at", "size", "sha256", "archive", "verified",
+            "recipients", "storage__name",
+        )
         .order_by("-started_at", "-pk")[:POINTS]
-    )
-    points = []
+    )  # fmt: skip
+    points: dict[str, list[RestorePoint]] = {}
     for run in runs:
         run.source = source
-        path = Path(run.archive)
-        points.append(
-            RestorePoint(run=run, storage=LOCAL_STORAGE, archive=path.name, folder=str(path.parent))
+        # An absolute path, or an s3://bucket/key address: the folder is all before the name.
+        folder, _, name = run.archive.rpartition("/")
+        where = f"storage {run.storage.name}" if run.storage_id else LOCAL_STORAGE
+        points.setdefault(where, []).append(
+            RestorePoint(run=run, storage=where, archive=name, folder=folder)
         )
-    return {LOCAL_STORAGE: points}
+    return points or {LOCAL_STORAGE: []}
 
 
 def _decompress(archive: str) -> str:
     name = shlex.quote(archive)
+    if archive.endswith(AGE_SUFFIX):
+        # Encrypted: the identity (private key) file opens it, then as any archive.
+        compressed = archive.removesuffix(AGE_SUFFIX)
+        plain = _decompress(compressed).replace(shlex.quote(compressed), "-")
+        return f"age -d -i key.txt < {name} | {plain.replace(' < -', '')}"
     compression = compression_of(archive)
     if compression == ZSTD:
         return f"zstd -d < {name}"
@@ -342,6 +354,11 @@ def runbook_markdown(runbook: Runbook) -> str:
 def runbook_write(source: Source) -> Path:
     """Write RUNBOOK.md beside the source's archives, crash-safely; return its path."""
     text = runbook_markdown(runbook_build(source)).encode()
+    policy = source.policy
+    if policy is not None and policy.storage_id:
+        # Beside the archives in the policy's storage, where they are when all else is gone.
+        policy.storage.open().put_atomic(f"{source.slug}/{RUNBOOK_NAME}", text)
+        return Path(f"{source.slug}/{RUNBOOK_NAME}")
     storage = LocalStorage(settings.ARCHIVE_ROOT)
     key = f"{source.slug}/{RUNBOOK_NAME}"
     try:

@@ -411,10 +411,11 @@ def remove_dead_temps(folder) -> list[str]:
     temps = list(stale_temps(folder))
     orphans = [
         path
-        for path in folder.glob("*.manifest.json")
+        for pattern in ("*.manifest.json", "*.manifest.json.age")
+        for path in folder.glob(pattern)
         if not any(
-            not sibling.name.endswith((".json", ".sha256", ".tmp"))
-            for sibling in folder.glob(path.name.removesuffix(".manifest.json") + ".*")
+            not sibling.name.endswith((".json", ".json.age", ".sha256", ".tmp"))
+            for sibling in folder.glob(path.name.split(".", 1)[0] + ".*")
         )
     ]
     ids = {temp_run_id(path.name) for path in temps + orphans}
@@ -431,7 +432,7 @@ def remove_dead_temps(folder) -> list[str]:
         run_id = temp_run_id(manifest.name)
         if run_id is None or run_id in live:
             continue
-        stem = manifest.name.removesuffix(".manifest.json")
+        stem = manifest.name.split(".", 1)[0]
         for path in [manifest, *folder.glob(f"{stem}.*.sha256")]:
             path.unlink(missing_ok=True)
             removed.append(path.name)

@@ -73,6 +73,12 @@ def _models(apps=None) -> _Models:
 _MODEL_NAMES = ("Run", "Source", "SourceStanding", "SourceDay", "RpoGap")
 
 
+def _has_field(model, name: str) -> bool:
+    """Return whether `model` has the field: the migration that fills the standing runs
+    on the models as they were then."""
+    return any(field.name == name for field in model._meta.get_fields())
+
+
 def _newest(runs, *order: str, column: str = "pk") -> Subquery:
     return Subquery(runs.order_by(*order, "-pk").values(column)[:1])
 
@@ -87,6 +93,10 @@ def _head_facts(m: _Models, source_ids: list[int]) -> list[dict]:
     verdicts = mine.filter(
         kind=Run.Kind.VERIFY, status__in=[*Run.GOOD, Run.Status.FAILED], finished_at__isnull=False
     )
+    if _has_field(m.run, "checks_skipped"):
+        # A verification that could not read an encrypted backup's contents (no key on
+        # its host) says nothing of its integrity: the verdict before it stands.
+        verdicts = verdicts.filter(checks_skipped=False)
     proofs = mine.filter(
         kind__in=[Run.Kind.RESTORE, Run.Kind.VERIFY],
         status__in=Run.GOOD,

@@ -6,9 +6,10 @@ from django.conf import settings
 from django.db import IntegrityError, transaction
 
 from backups.audit import audit_record
-from backups.engine.errors import ArchiveError
+from backups.engine.errors import ArchiveError, KeyFileError
 from backups.engine.verify import restore_drill, verify_archive
 from backups.models import AuditEvent, Run
+from backups.services.encryption import identities_load
 from backups.services.queue import run_enqueue
 from backups.services.runs import RunHooks, connection_refresh
 
@@ -73,7 +74,13 @@ def _audit(run: Run, trigger: str, user, *, existing: bool) -> None:
 
 
 def verify_execute(run: Run, hooks: RunHooks) -> dict:
-    """Run the checks of a claimed verify run; fail it, naming the checks that failed."""
+    """Run the checks of a claimed verify run; fail it, naming the checks that failed.
+
+    On a host without the private key of an encrypted backup, only the checksum check
+    runs: the run ends with a warning saying the content checks need the key, and the
+    backup's verdict stays as it was. A drill there fails: it exists to prove that the
+    key at hand still opens the backup.
+    """
     backup = run.backup
     source = backup.source
     names = ["checksum", "contents"]
@@ -81,6 +88,8 @@ def verify_execute(run: Run, hooks: RunHooks) -> dict:
         names.append("database")
     queries = source.policy.check_queries if source.policy_id else []
     archive = backup.stored_archive()
+    identities = _identities(backup, hooks, required=run.drill)
+    keys = {"identities": identities, "recipients": list(backup.recipients or [])}
     checks = verify_archive(
         archive=archive,
         manifest=backup.stored_manifest(),
@@ -90,9 +99,13 @@ def verify_execute(run: Run, hooks: RunHooks) -> dict:
         query_time_s=settings.CHECK_QUERY_TIMEOUT_S,
         hooks=hooks,
         catalog_sha256=backup.sha256 or None,
+        **keys,
     )
     result: dict = {"archive": backup.archive, "sha256": backup.sha256}
-    if run.drill and all(check["ok"] for check in checks):
+    skipped = [check for check in checks if check.get("skipped")]
+    if run.drill and skipped:
+        checks.append({"name": "drill", "ok": False, "skipped": True, "detail": _why(skipped)})
+    elif run.drill and all(check["ok"] for check in checks):
         scratch = settings.ARCHIVE_ROOT / ".drills"
         scratch.mkdir(parents=True, exist_ok=True)
         outcome = restore_drill(
@@ -102,18 +115,45 @@ def verify_execute(run: Run, hooks: RunHooks) -> dict:
             scratch_dir=scratch,
             hooks=hooks,
             catalog_sha256=backup.sha256 or None,
+            **keys,
         )
         checks.append(outcome)
         if outcome.get("ok"):
             result["restore_seconds"] = outcome.get("duration_s")
-    ok = all(check["ok"] for check in checks)
+    failed = [check for check in checks if not check["ok"] and not check.get("skipped")]
     connection_refresh()  # the checks may have outlasted the one opened before them
-    backup.mark_verified(ok)
-    run.record_checks(checks)
-    if not ok:
-        failed = [check for check in checks if not check["ok"]]
+    if failed or not skipped:
+        backup.mark_verified(not failed)
+    run.record_checks(checks, skipped=bool(skipped) and not failed)
+    if failed:
         raise ArchiveError(
             "Verification failed: "
             + "; ".join(f"{check['name']}: {check.get('detail', '')}" for check in failed)
         )
+    if skipped:
+        if run.drill:
+            raise ArchiveError(f"The drill could not restore the backup: {_why(skipped)}")
+        hooks.warn(_why(skipped))
     return {**result, "checks": checks}
+
+
+def _why(skipped: list[dict]) -> str:
+    """Return the sentence of the first check that did not run, without its "Not run: "."""
+    return skipped[0].get("detail", "").removeprefix("Not run: ")
+
+
+def _identities(backup: Run, hooks: RunHooks, *, required: bool) -> list:
+    """Return this host's identities for an encrypted `backup` (none for a plain one).
+
+    An unusable AGE_IDENTITY_FILE fails a drill; a verification goes on without it (the
+    checksum needs no key) and says why its content checks did not run.
+    """
+    if not backup.encrypted:
+        return []
+    try:
+        return identities_load()
+    except KeyFileError as error:
+        if required:
+            raise
+        hooks.warn(str(error))
+        return []

@@ -7,7 +7,7 @@ import argparse
 from backups.audit import audit_record, field_changes, field_values
 from backups.cli import CliCommand, usage_error
 from backups.models import DEFAULT_RUN_TIMEOUT_S, Compression, Policy
-from backups.services.catalog import policy_create
+from backups.services.catalog import RecipientsRefused, policy_create, recipients_from_options
 from backups.services.formats import parse_duration
 from backups.services.storages import StorageRefused, storage_named
 
@@ -73,6 +73,13 @@ class Command(CliCommand):
             "--archive-to", metavar="NAME", help="move old restore points to this storage"
         )
         add.add_argument("--archive-after", type=duration, metavar="DUR", help="how old, e.g. 30d")
+        add.add_argument(
+            "--encrypt-to",
+            action="append",
+            default=[],
+            metavar="RECIPIENT",
+            help="age public key (age1…) to encrypt backups to, or a file of them; repeatable",
+        )
         add.add_argument("--json", action="store_true")
 
     def handle(self, *args, **options):
@@ -91,6 +98,10 @@ class Command(CliCommand):
             raise usage_error(
                 "--copy-to names a storage added with `storage add`, not the default ARCHIVE_ROOT."
             )
+        try:
+            recipients = recipients_from_options(options["encrypt_to"])
+        except RecipientsRefused as error:
+            raise usage_error(str(error)) from None
         policy = policy_create(
             name=name,
             schedule=options["schedule"],
@@ -106,6 +117,7 @@ class Command(CliCommand):
             copy_to=copy_to,
             archive_to=archive_to,
             archive_after_s=options["archive_after"],
+            recipients="\n".join(recipients),
             **{f"keep_{rule}": options[f"keep_{rule}"] for rule in KEEP_RULES},
         )
         # As the admin does for its changes: who created it, with every value it started with.
