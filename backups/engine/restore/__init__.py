@@ -38,6 +38,7 @@ import time
 from ..errors import Cancelled, TargetError
 from ..hooks import Hooks
 from ..locations import DIRECTORY, KUBERNETES, POSTGRES, SQLITE
+from .chain import restore_chain
 from .contents import ContentCheck, listed, member_key
 from .directory import restore_directory
 from .extract import tar_extract_argv
@@ -89,6 +90,7 @@ __all__ = [
     "reading_mode",
     "recover_interrupted",
     "restore_archive",
+    "restore_chain",
     "scan_archive",
     "sidecar_of",
     "sidecar_path",
