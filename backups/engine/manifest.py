@@ -291,6 +291,7 @@ class _Header(msgspec.Struct):
     base: Annotated[int, Meta(ge=1, le=MAX_INT64)] | msgspec.UnsetType = msgspec.UNSET
     full: Annotated[int, Meta(ge=1, le=MAX_INT64)] | msgspec.UnsetType = msgspec.UNSET
     deleted: list[_Text] | msgspec.UnsetType = msgspec.UNSET
+    excludes: list[str] | msgspec.UnsetType = msgspec.UNSET
 
 
 class _Document(_Header):

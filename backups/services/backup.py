@@ -12,6 +12,7 @@ from backups.audit import audit_record
 from backups.engine.backup import BackupRequest, plan_backup, run_backup
 from backups.engine.errors import EngineError
 from backups.models import AuditEvent, Run, Source
+from backups.services.levels import level_choose
 from backups.services.manifests import index_failed_warning, manifest_store
 from backups.services.queue import run_enqueue
 from backups.services.runs import (
@@ -29,8 +30,19 @@ class PlanRefused(Exception):
     """The source cannot be read to plan a backup; the message says why."""
 
 
-def backup_request(*, source: Source, trigger: str, user=None, enqueue: bool = True) -> Run:
+def backup_request(
+    *,
+    source: Source,
+    trigger: str,
+    user=None,
+    enqueue: bool = True,
+    level: str = "",
+    rehash: bool = False,
+) -> Run:
     """Create a queued backup run for `source`; raise SourceBusy if one is active.
+
+    `level` forces a level ('' lets the policy decide, see levels); `rehash` reads and
+    hashes every file, even those whose metadata did not change.
 
     With `enqueue`, the run is handed to the workers once the transaction commits. A
     person's request (not a scheduled one), granted or refused, is audited.
@@ -39,7 +51,12 @@ def backup_request(*, source: Source, trigger: str, user=None, enqueue: bool = T
         try:
             with transaction.atomic():
                 run = Run.objects.create(
-                    source=source, kind=Run.Kind.BACKUP, trigger=trigger, requested_by=user
+                    source=source,
+                    kind=Run.Kind.BACKUP,
+                    trigger=trigger,
+                    requested_by=user,
+                    level_asked=level,
+                    rehash=rehash,
                 )
             break
         except IntegrityError:
@@ -81,6 +98,10 @@ def backup_execute(run: Run, hooks: RunHooks) -> dict:
         hooks.log(f"removed {len(removed)} temporary file(s) left by dead runs")
     previous = Run.objects.newest_restorable(source)
     started = run.started_at or timezone.now()
+    level = level_choose(run)
+    if level.warning:
+        hooks.warn(level.warning)
+    run.record_level(level.level, base=level.base, full=level.full)
     request = BackupRequest(
         kind=source.kind,
         location=source.location,
@@ -94,10 +115,16 @@ def backup_execute(run: Run, hooks: RunHooks) -> dict:
             "source": {"name": source.name, "kind": source.kind, "location": source.location},
             "started_at": started.isoformat(),
             "trigger": run.trigger,
+            "excludes": sorted(source.excludes),
         },
         reserve_bytes=(previous.size or 0) + settings.DISK_RESERVE_BYTES if previous else 0,
+        delta=level.delta,
+        rehash=run.rehash,
     )
-    hooks.log(f"backing up {source.kind} {source.location} to {folder}")
+    hooks.log(
+        f"backing up {source.kind} {source.location} to {folder}"
+        + (f" ({level.level}, relative to backup #{level.base.pk})" if level.base else "")
+    )
     result = run_backup(request, hooks)
     hooks.log(f"published {result.archive.name} ({result.size} bytes, sha256 {result.sha256})")
     # The archive is published and restores read its manifest.json from disk: a catalog

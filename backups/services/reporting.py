@@ -27,6 +27,9 @@ def run_to_dict(run: Run) -> dict:
     if run.kind == Run.Kind.BACKUP:
         data["verified"] = run.verified
         data["keep"] = run.keep
+        data["level"] = run.level
+        data["base"] = run.base_id
+        data["full"] = run.full_id
     if run.kind in (Run.Kind.RESTORE, Run.Kind.VERIFY):
         data["backup"] = run.backup_id
     if run.kind == Run.Kind.RESTORE:

@@ -8,8 +8,15 @@ from django.db import IntegrityError, transaction
 from backups.audit import audit_record
 from backups.engine.errors import EngineError
 from backups.engine.names import catalog_to_name, name_to_catalog, printable
-from backups.engine.restore import RestoreRequest, check_target, restore_archive
+from backups.engine.restore import (
+    RestoreRequest,
+    check_target,
+    composed_manifest,
+    restore_archive,
+    restore_chain,
+)
 from backups.models import AuditEvent, Run, Source
+from backups.services.chains import chain_requests
 from backups.services.queue import run_enqueue
 from backups.services.runs import RunHooks, SourceBusy, reap_abandoned
 
@@ -92,9 +99,17 @@ def restore_target_problem(
     that cannot be read for `paths` is a problem too.
     """
     try:
-        check_target(
-            _engine_request(backup, target=target, in_place=in_place, paths=paths, trigger=trigger)
+        requests = chain_requests(
+            backup,
+            lambda member: _engine_request(
+                member, target=target, in_place=in_place, paths=paths, trigger=trigger
+            ),
         )
+        if len(requests) == 1:
+            check_target(requests[0])
+        else:
+            manifest, _ = composed_manifest([request.load_manifest() for request in requests])
+            check_target(requests[-1], manifest)
     except EngineError as error:
         return str(error)
     return None
@@ -195,17 +210,24 @@ def restore_execute(run: Run, hooks: RunHooks) -> dict:
         + (f" (paths: {', '.join(run.paths)})" if run.paths else "")
     )
     source = run.backup.source
-    request = _engine_request(
+    requests = chain_requests(
         run.backup,
-        target=run.target,
-        in_place=run.in_place,
-        paths=run.paths,
-        trigger=run.trigger,
-        timeout_s=source.run_timeout_s,
-        state_dir=settings.STATE_DIR,
-        run_id=str(run.pk),
+        lambda member: _engine_request(
+            member,
+            target=run.target,
+            in_place=run.in_place,
+            paths=run.paths,
+            trigger=run.trigger,
+            timeout_s=source.run_timeout_s,
+            state_dir=settings.STATE_DIR,
+            run_id=str(run.pk),
+        ),
     )
-    result = restore_archive(request, hooks)
+    if len(requests) == 1:
+        result = restore_archive(requests[0], hooks)
+    else:
+        hooks.log(f"restoring through a chain of {len(requests)} backups")
+        result = restore_chain(requests, hooks)
     return {
         "payload_bytes": result.bytes,
         "payload_files": result.files,

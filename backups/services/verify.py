@@ -7,8 +7,10 @@ from django.db import IntegrityError, transaction
 
 from backups.audit import audit_record
 from backups.engine.errors import ArchiveError
-from backups.engine.verify import restore_drill, verify_archive
+from backups.engine.restore import RestoreRequest
+from backups.engine.verify import CHAIN, restore_drill, verify_archive, verify_chain
 from backups.models import AuditEvent, Run
+from backups.services.chains import chain_of
 from backups.services.queue import run_enqueue
 from backups.services.runs import RunHooks, connection_refresh
 
@@ -91,6 +93,16 @@ def verify_execute(run: Run, hooks: RunHooks) -> dict:
         hooks=hooks,
         catalog_sha256=backup.sha256 or None,
     )
+    chain: list[Run] = []
+    if backup.level != Run.Level.FULL:
+        try:
+            chain = chain_of(backup)[:-1]
+        except ArchiveError as error:
+            checks.append({"name": CHAIN, "ok": False, "detail": str(error)})
+        else:
+            checks.append(
+                verify_chain(archives=[member.stored_archive() for member in chain], hooks=hooks)
+            )
     result: dict = {"archive": backup.archive, "sha256": backup.sha256}
     if run.drill and all(check["ok"] for check in checks):
         scratch = settings.ARCHIVE_ROOT / ".drills"
@@ -102,6 +114,16 @@ def verify_execute(run: Run, hooks: RunHooks) -> dict:
             scratch_dir=scratch,
             hooks=hooks,
             catalog_sha256=backup.sha256 or None,
+            chain=[
+                RestoreRequest(
+                    archive=member.stored_archive(),
+                    manifest=member.manifest_path,
+                    kind=source.kind,
+                    target="",
+                    catalog_sha256=member.sha256 or None,
+                )
+                for member in chain
+            ],
         )
         checks.append(outcome)
         if outcome.get("ok"):
