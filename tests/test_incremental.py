@@ -162,3 +162,23 @@ def test_verify_of_an_incremental_checks_every_archive_of_its_chain(source, data
         call_command("verify", str(delta["id"]), "--inline", "--json", stdout=out)
     checks = {check["name"]: check for check in json.loads(out.getvalue())["checks"]}
     assert not checks["chain"]["ok"] and "damaged" in checks["chain"]["detail"]
+
+
+def test_import_rebuilds_chains_from_the_manifests_on_disk(source, data_dir, tmp_path):
+    full = call_json("backup", source.name, "--inline")
+    (data_dir / "new.txt").write_text("new\n")
+    first = call_json("backup", source.name, "--inline", "--level", "incremental")
+    (data_dir / "newer.txt").write_text("newer\n")
+    second = call_json("backup", source.name, "--inline", "--level", "incremental")
+    Run.objects.filter(kind="verify").delete()
+    Run.objects.all().delete()
+
+    call_command("import_archives", stdout=StringIO())
+
+    runs = {run.pk: run for run in Run.objects.all()}
+    assert runs[full["id"]].level == "full"
+    assert (runs[second["id"]].base_id, runs[second["id"]].full_id) == (first["id"], full["id"])
+    assert [run.pk for run in runs[second["id"]].chain()] == [full["id"], first["id"], second["id"]]
+    target = tmp_path / "restored"
+    call_json("restore", str(second["id"]), "--to", str(target), "--inline")
+    assert tree_of(target) == tree_of(data_dir)
