@@ -182,3 +182,19 @@ def test_import_rebuilds_chains_from_the_manifests_on_disk(source, data_dir, tmp
     target = tmp_path / "restored"
     call_json("restore", str(second["id"]), "--to", str(target), "--inline")
     assert tree_of(target) == tree_of(data_dir)
+
+
+def test_the_source_page_shows_each_backups_level_and_chain(client, admin_user, source, data_dir):
+    source.policy.full_every_s = 7 * 86400
+    source.policy.save()
+    full = call_json("backup", source.name, "--inline")
+    (data_dir / "new.txt").write_text("new\n")
+    delta = call_json("backup", source.name, "--inline")
+    client.force_login(admin_user)
+
+    page = client.get(f"/sources/{source.slug}/").content.decode()
+
+    assert "a full every 7d, incremental otherwise" in page
+    assert "incremental" in page and f'href="/runs/{full["id"]}/">#{full["id"]}</a>' in page
+    detail = client.get(f"/runs/{delta['id']}/").content.decode()
+    assert f'relative to <a href="/runs/{full["id"]}/">#{full["id"]}</a>' in detail
