@@ -785,6 +785,8 @@ class ManifestEntry(models.Model):
         DIR = "d", "dir"
         SYMLINK = "l", "symlink"
         HARDLINK = "h", "hardlink"
+        # A differential's or incremental's record that the path is gone since its base.
+        DELETED = "x", "deleted"
 
     pk = models.CompositePrimaryKey("directory", "name")
     # Column order matters on PostgreSQL: the 8-byte columns first, then the narrow ones

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from django.core.management import CommandError, call_command
 
-from backups.models import Policy, Run
+from backups.models import ManifestEntry, Policy, Run
 from backups.services.catalog import source_create
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -198,3 +198,25 @@ def test_the_source_page_shows_each_backups_level_and_chain(client, admin_user, 
     assert "incremental" in page and f'href="/runs/{full["id"]}/">#{full["id"]}</a>' in page
     detail = client.get(f"/runs/{delta['id']}/").content.decode()
     assert f'relative to <a href="/runs/{full["id"]}/">#{full["id"]}</a>' in detail
+
+
+def test_the_catalog_of_an_incremental_holds_its_delta_and_browses_as_of_it(
+    client, admin_user, source, data_dir
+):
+    call_json("backup", source.name, "--inline")
+    (data_dir / "new.txt").write_text("new\n")
+    (data_dir / "a.txt").unlink()
+    delta = call_json("backup", source.name, "--inline", "--level", "incremental")
+    stored = ManifestEntry.objects.filter(directory__manifest__run_id=delta["id"])
+    # The new file and the marker for the deleted one; the unchanged sub/ is not stored again.
+    assert sorted(stored.values_list("name", "type")) == [("a.txt", "x"), ("new.txt", "f")]
+    client.force_login(admin_user)
+
+    root = client.get(f"/runs/{delta['id']}/files/").content.decode()
+    inside = client.get(f"/runs/{delta['id']}/files/", {"path": "sub"}).content.decode()
+    found = client.get(f"/runs/{delta['id']}/files/", {"q": "b.bi"}).content.decode()
+    gone = client.get(f"/runs/{delta['id']}/files/", {"q": "a.tx"}).content.decode()
+
+    assert "new.txt" in root and "sub" in root and "a.txt" not in root
+    assert "b.bin" in inside
+    assert "b.bin" in found and "a.txt" not in gone

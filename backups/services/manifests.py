@@ -33,7 +33,8 @@ from backups.models import Manifest, ManifestDir, ManifestEntry, Run
 logger = logging.getLogger(__name__)
 
 BATCH = 5000
-TYPE_CODES = {"file": "f", "dir": "d", "symlink": "l", "hardlink": "h"}
+TYPE_CODES = {"file": "f", "dir": "d", "symlink": "l", "hardlink": "h", "deleted": "x"}
+DELETED = "deleted"
 COLUMNS = ("directory_id", "name", "type", "size", "mode", "mtime", "sha256", "target")
 # The start of the warning a backup records when its catalog could not be indexed; the
 # file browser finds it by this prefix to explain the missing file list.
@@ -149,6 +150,18 @@ def _insert_generic(rows: Iterator[tuple]) -> None:
     ManifestEntry.objects.bulk_create(batch, ignore_conflicts=True)
 
 
+def _with_deleted(entries: Iterator[Entry], header: dict) -> Iterator[Entry]:
+    """Yield the entries, then a marker for each path a delta records as deleted."""
+    yield from entries
+    for deleted in header.get("deleted") or ():
+        yield Entry(path=deleted, type=DELETED)
+
+
+def _entries_of(path: Path) -> Iterator[Entry]:
+    header, entries = iter_manifest(path)
+    return _with_deleted(entries, header)
+
+
 @transaction.atomic
 def manifest_store(run: Run, path: Path) -> Manifest:
     """Replace the catalog copy of `run`'s manifest with the contents of `path`.
@@ -158,7 +171,7 @@ def manifest_store(run: Run, path: Path) -> Manifest:
     """
     Manifest.objects.filter(run=run).delete()
     header, entries = iter_manifest(path)
-    folders, listed = _folders(entries)
+    folders, listed = _folders(_with_deleted(entries, header))
     totals = header.get("totals", {})
     manifest = Manifest.objects.create(
         run=run,
@@ -176,12 +189,12 @@ def manifest_store(run: Run, path: Path) -> Manifest:
     if connection.vendor == "postgresql":
         try:
             with transaction.atomic():
-                stored = _insert_postgres(_rows(iter_manifest(path)[1], dir_ids))
+                stored = _insert_postgres(_rows(_entries_of(path), dir_ids))
         except IntegrityError:
             # Rare (a tar that lists a path twice): only then pay for the scratch table.
-            stored = _insert_postgres_first_copies(_rows(iter_manifest(path)[1], dir_ids))
+            stored = _insert_postgres_first_copies(_rows(_entries_of(path), dir_ids))
     else:
-        _insert_generic(_rows(iter_manifest(path)[1], dir_ids))
+        _insert_generic(_rows(_entries_of(path), dir_ids))
         # The batches do not say how many conflicts they ignored: count what was stored.
         stored = ManifestEntry.objects.filter(directory__manifest=manifest).count()
     manifest.entries = stored
@@ -285,6 +298,9 @@ def folder_entries(manifest: Manifest, folder: str, *, after: str, limit: int) -
     None when the backup holds no such folder. Ordered by name within one folder: a
     range of the (directory, name) primary key.
     """
+    chain = _chain_ids(manifest)
+    if chain is not None:
+        return _composed_folder(chain, folder, after=after, limit=limit)
     directory = ManifestDir.objects.filter(manifest=manifest, path=folder).first()
     if directory is None:
         return None
@@ -293,6 +309,49 @@ def folder_entries(manifest: Manifest, folder: str, *, after: str, limit: int) -
         entries = entries.filter(name__gt=after)
     rows = entries.order_by("name").values_list(*ROW_COLUMNS[1:])[:limit]
     return [Row(folder, *row) for row in rows]
+
+
+def _chain_ids(manifest: Manifest) -> list[int] | None:
+    """Return the catalog manifests of a delta's chain, its full first; None for a full."""
+    run = manifest.run
+    if run.level == Run.Level.FULL:
+        return None
+    chain = [member.pk for member in run.chain()]
+    indexed = set(Manifest.objects.filter(pk__in=chain).values_list("pk", flat=True))
+    return [pk for pk in chain if pk in indexed]
+
+
+def _composed_folder(chain: list[int], folder: str, *, after: str, limit: int) -> list[Row] | None:
+    """Return a folder as of the last backup of `chain`: each name's newest row, the
+    deleted left out. Each backup's slice is read by name from `after`; a name is only
+    answered once every backup's slice reaches past it, so a page is never missing one."""
+    directories = dict(
+        ManifestDir.objects.filter(manifest_id__in=chain, path=folder).values_list(
+            "manifest_id", "pk"
+        )
+    )
+    if not directories:
+        return None
+    size = limit + 1
+    while True:
+        merged: dict[str, tuple] = {}
+        boundary = None
+        for manifest_id in chain:
+            if manifest_id not in directories:
+                continue
+            entries = ManifestEntry.objects.filter(directory_id=directories[manifest_id])
+            if after:
+                entries = entries.filter(name__gt=after)
+            rows = list(entries.order_by("name").values_list(*ROW_COLUMNS[1:])[:size])
+            if len(rows) == size and (boundary is None or rows[-1][0] < boundary):
+                boundary = rows[-1][0]
+            for row in rows:
+                merged[row[0]] = row
+        names = sorted(name for name in merged if boundary is None or name <= boundary)
+        shown = [merged[name] for name in names if merged[name][1] != ManifestEntry.Type.DELETED]
+        if len(shown) >= limit or boundary is None:
+            return [Row(folder, *row) for row in shown[:limit]]
+        size *= 2
 
 
 def _sqlite_name_index() -> bool:
@@ -342,6 +401,24 @@ def _by_name(manifest: Manifest, text: str, limit: int):
 
 def manifest_search(manifest: Manifest, text: str, limit: int) -> list[Row]:
     """Return up to `limit` entries whose full path contains `text` (case-insensitive).
+
+    For a differential or incremental, the tree as of that backup is searched: each
+    backup of its chain is, and each path keeps its newest row (the deleted left out).
+    """
+    chain = _chain_ids(manifest)
+    if chain is None:
+        return _search(manifest, text, limit)
+    rows: dict[tuple[str, str], Row] = {}
+    members = Manifest.objects.in_bulk(chain)
+    for manifest_id in chain:
+        for row in _search(members[manifest_id], text, limit):
+            rows[(row.folder, row.name)] = row
+    shown = [row for row in rows.values() if row.type != ManifestEntry.Type.DELETED]
+    return sorted(shown, key=lambda row: (row.folder, row.name))[:limit]
+
+
+def _search(manifest: Manifest, text: str, limit: int) -> list[Row]:
+    """Search one backup's own catalog rows (see manifest_search).
 
     A path is `folder/name`. A `text` without '/' is inside the path exactly when it is
     inside the folder or inside the name; one with a '/' is inside the folder, or it spans
