@@ -220,3 +220,20 @@ def test_the_catalog_of_an_incremental_holds_its_delta_and_browses_as_of_it(
     assert "new.txt" in root and "sub" in root and "a.txt" not in root
     assert "b.bin" in inside
     assert "b.bin" in found and "a.txt" not in gone
+
+
+def test_changes_since_the_previous_backup_of_an_incremental_are_its_delta(
+    client, admin_user, source, data_dir
+):
+    call_json("backup", source.name, "--inline")
+    (data_dir / "new.txt").write_text("new\n")
+    (data_dir / "a.txt").unlink()
+    (data_dir / "sub" / "b.bin").write_bytes(b"other")
+    delta = call_json("backup", source.name, "--inline", "--level", "incremental")
+    client.force_login(admin_user)
+
+    page = client.get(f"/runs/{delta['id']}/diff/")
+
+    changes = {(c.kind, c.row.path) for c in page.context["changes"]}
+    assert {("added", "new.txt"), ("removed", "a.txt"), ("changed", "sub/b.bin")} <= changes
+    assert ("added", "sub/b.bin") not in changes

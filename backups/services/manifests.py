@@ -564,6 +564,9 @@ def diff_page(old_id: int, new_id: int, *, prefix: str = "", after=None) -> dict
     differences, DIFF_SCAN_LIMIT entries or DIFF_TIME_S, returning the key to continue
     from.
     """
+    newer = Run.objects.filter(pk=new_id).only("level", "base_id", "full_id").first()
+    if newer is not None and newer.level != Run.Level.FULL and newer.base_id == old_id:
+        return _delta_page(newer, prefix=prefix, after=after)
     changes: list[Change] = []
     scanned = 0
     size = DIFF_FIRST_SLICE
@@ -593,3 +596,39 @@ def diff_page(old_id: int, new_id: int, *, prefix: str = "", after=None) -> dict
             size = int(min(DIFF_MAX_SLICE, max(DIFF_FIRST_SLICE, wanted)))
         else:
             size = min(size * 4, DIFF_MAX_SLICE)
+
+
+def _delta_page(newer: Run, *, prefix: str, after) -> dict:
+    """Return the differences of a differential or incremental from its base: its own
+    delta, each row with the base's version of it (as of the base, from its chain)."""
+    rows = _slice(newer.pk, prefix, after, None, DIFF_LIMIT)
+    base = Run.objects.get(pk=newer.base_id)
+    chain = list(reversed([member.pk for member in base.chain()]))
+    changes = []
+    for row in rows:
+        old = _newest_row(chain, row.folder, row.name)
+        if row.type == ManifestEntry.Type.DELETED:
+            if old is not None:
+                changes.append(Change("removed", old, None))
+        elif old is None:
+            changes.append(Change("added", None, row))
+        elif not old.same_as(row):
+            changes.append(Change("changed", old, row))
+    last = (rows[-1].folder, rows[-1].name) if len(rows) == DIFF_LIMIT else None
+    return {"changes": changes, "scanned": len(rows), "next": last}
+
+
+def _newest_row(chain_newest_first: list[int], folder: str, name: str) -> Row | None:
+    """Return a path's row as of the first backup of the list that records it."""
+    for manifest_id in chain_newest_first:
+        found = (
+            ManifestEntry.objects.filter(
+                directory__manifest_id=manifest_id, directory__path=folder, name=name
+            )
+            .values_list(*ROW_COLUMNS)
+            .first()
+        )
+        if found is not None:
+            row = Row(*found)
+            return None if row.type == ManifestEntry.Type.DELETED else row
+    return None
