@@ -555,16 +555,20 @@ def _merge(old: list[Row], new: list[Row]):
             j += 1
 
 
-def diff_page(old_id: int, new_id: int, *, prefix: str = "", after=None) -> dict:
+def diff_page(
+    old_id: int, new_id: int, *, prefix: str = "", after=None, newer: Run | None = None
+) -> dict:
     """Return the next differences between two manifests after the key `after`.
 
     Read a slice of the old backup, then the new backup up to the same key (or, when the
     new one has more entries there, a slice of it and the old one up to its end), compare,
     and go on with slices sized by how dense the differences were; stop at DIFF_LIMIT
     differences, DIFF_SCAN_LIMIT entries or DIFF_TIME_S, returning the key to continue
-    from.
+    from. `newer` is the backup `new_id` names, when the caller has it loaded. A
+    differential or incremental against its base is its own delta (`_delta_page`).
     """
-    newer = Run.objects.filter(pk=new_id).only("level", "base_id", "full_id").first()
+    if newer is None or newer.pk != new_id:
+        newer = Run.objects.filter(pk=new_id).only("level", "base_id", "full_id").first()
     if newer is not None and newer.level != Run.Level.FULL and newer.base_id == old_id:
         return _delta_page(newer, prefix=prefix, after=after)
     changes: list[Change] = []
