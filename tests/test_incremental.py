@@ -237,3 +237,20 @@ def test_changes_since_the_previous_backup_of_an_incremental_are_its_delta(
     changes = {(c.kind, c.row.path) for c in page.context["changes"]}
     assert {("added", "new.txt"), ("removed", "a.txt"), ("changed", "sub/b.bin")} <= changes
     assert ("added", "sub/b.bin") not in changes
+
+
+def test_the_fleet_file_carries_how_often_each_level_runs(tmp_path):
+    call_command(
+        "policy", "add", "chains", "--keep-last", "5", "--full-every", "7d",
+        "--differential-every", "1d", stdout=StringIO(),
+    )  # fmt: skip
+    exported = tmp_path / "fleet.yaml"
+    call_command("export", str(exported), stdout=StringIO())
+    text = exported.read_text()
+    assert "full_every: 1w" in text and "differential_every: 1d" in text
+    Policy.objects.all().delete()
+
+    call_command("apply", str(exported), stdout=StringIO())
+
+    policy = Policy.objects.get(name="chains")
+    assert (policy.full_every_s, policy.differential_every_s) == (7 * 86400, 86400)
