@@ -254,3 +254,17 @@ def test_the_fleet_file_carries_how_often_each_level_runs(tmp_path):
 
     policy = Policy.objects.get(name="chains")
     assert (policy.full_every_s, policy.differential_every_s) == (7 * 86400, 86400)
+
+
+def test_a_path_of_an_incremental_restores_in_place(source, data_dir):
+    call_json("backup", source.name, "--inline")
+    (data_dir / "new.txt").write_text("new\n")
+    delta = call_json("backup", source.name, "--inline", "--level", "incremental")
+    (data_dir / "sub" / "b.bin").write_bytes(b"damaged")
+    (data_dir / "new.txt").write_text("edited since\n")
+
+    run = call_json("restore", str(delta["id"]), "--in-place", "--yes", "--path", "sub", "--inline")
+
+    assert run["status"] == "succeeded"
+    assert (data_dir / "sub" / "b.bin").read_bytes() == bytes(range(256)) * 10
+    assert (data_dir / "new.txt").read_text() == "edited since\n"

@@ -10,7 +10,7 @@ import pytest
 
 from backups.engine.backup import BackupRequest, run_backup
 from backups.engine.chain import Delta, compose
-from backups.engine.errors import ArchiveError, TargetError
+from backups.engine.errors import ArchiveError
 from backups.engine.hooks import RecordingHooks
 from backups.engine.manifest import load_manifest
 from backups.engine.restore import RestoreRequest, restore_chain
@@ -155,11 +155,17 @@ def test_a_damaged_earlier_archive_fails_the_restore_and_leaves_nothing(history,
     assert not target.exists()
 
 
-def test_some_paths_in_place_are_refused_with_what_to_do(history):
-    with pytest.raises(TargetError, match="new folder"):
-        restore_chain(
-            history.requests(3, history.tree, in_place=True, paths=["sub"]), RecordingHooks()
-        )
+def test_some_paths_restore_in_place_and_leave_the_rest_as_it_is(history):
+    (history.tree / "sub" / "text.txt").write_bytes(b"changed after the backups\n")
+    (history.tree / "small.txt").write_bytes(b"left alone\n")
+
+    restore_chain(history.requests(3, history.tree, in_place=True, paths=["sub"]), RecordingHooks())
+
+    now = snapshot(history.tree)
+    assert {p: v for p, v in now.items() if p.startswith("sub")} == {
+        p: v for p, v in history.expected[3].items() if p.startswith("sub")
+    }
+    assert (history.tree / "small.txt").read_bytes() == b"left alone\n"
 
 
 def without_folder_times(tree: dict) -> dict:

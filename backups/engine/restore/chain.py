@@ -26,6 +26,7 @@ from .contents import member_key
 from .directory import swap_staging
 from .hardlink_helpers import drop_helpers
 from .job import RestoreJob
+from .paths_in_place import restore_paths
 from .request import (
     RestoreRequest,
     RestoreResult,
@@ -98,17 +99,10 @@ def restore_chain(requests: Sequence[RestoreRequest], hooks: Hooks) -> RestoreRe
                 if entry.type == HARDLINK:
                     links[index].append(entry)
         helpers = _helpers(wanted, links)
-        if request.in_place and not selection.everything and target.is_dir():
-            raise TargetError(
-                "Restoring some paths of a differential or incremental backup in place is not "
-                "supported yet; restore them into a new folder with --to, or restore the whole "
-                "backup in place."
-            )
         if not target.parent.exists():
             target.parent.mkdir(parents=True)
-        check_space(target.parent, manifest.total_bytes)
 
-        def extract(staging: Path) -> None:
+        def extract(staging: Path, *_ignored) -> None:
             for index, job in enumerate(jobs):
                 if wanted[index]:
                     job.extract(staging, _Exact(wanted[index] | helpers[index]))
@@ -118,7 +112,13 @@ def restore_chain(requests: Sequence[RestoreRequest], hooks: Hooks) -> RestoreRe
             _restore_folder_times(staging, manifest, selection)
 
         totals = [0, 0]
-        swap_staging(point, target, extract)
+        existed = target.is_dir()
+        mount = existed and request.in_place and os.path.ismount(target)
+        if existed and request.in_place and (mount or not selection.everything):
+            restore_paths(_ChainJob(point, manifest, extract), target, selection, (), mount=mount)
+        else:
+            check_space(target.parent, manifest.total_bytes)
+            swap_staging(point, target, extract)
     except Cancelled:
         raise
     except BaseException as error:
@@ -136,6 +136,19 @@ def restore_chain(requests: Sequence[RestoreRequest], hooks: Hooks) -> RestoreRe
         duration_s=round(time.monotonic() - started, 3),
         checks=[check for job in jobs for check in job.checks],
     )
+
+
+class _ChainJob:
+    """A chain's restore seen as one job: the composed manifest, and an extraction that
+    reads each archive of the chain in turn (for the path-by-path restore in place)."""
+
+    def __init__(self, point: RestoreJob, manifest: Manifest, extract) -> None:
+        self._point = point
+        self.manifest = manifest
+        self.extract = extract
+
+    def __getattr__(self, name: str):
+        return getattr(self._point, name)
 
 
 def _helpers(wanted: list[set[str]], links: list[list[Entry]]) -> list[set[str]]:
