@@ -79,6 +79,8 @@ class PolicyAdmin(AuditedAdmin):
                 "fields": [
                     "compression",
                     "compression_level",
+                    "full_every_s",
+                    "differential_every_s",
                     "verify_after_backup",
                     "drill_every_s",
                     "run_timeout_s",

@@ -217,6 +217,20 @@ class Policy(models.Model):
         blank=True,
         help_text="How often a restore drill proves the RTO, e.g. 7d. Empty: never.",
     )
+    full_every_s = SecondsField(
+        "full every",
+        null=True,
+        blank=True,
+        help_text="How often a scheduled backup is a full one, e.g. 7d; the others are "
+        "differential or incremental (directory sources). Empty: every backup is a full.",
+    )
+    differential_every_s = SecondsField(
+        "differential every",
+        null=True,
+        blank=True,
+        help_text="How often a scheduled backup between fulls is a differential, e.g. 1d; "
+        "the others are incremental. Needs a full every.",
+    )
     verify_after_backup = models.BooleanField(
         default=True, help_text="Check checksum and contents after every backup."
     )
@@ -311,6 +325,14 @@ class Policy(models.Model):
         if self.archive_to_id is not None and self.archive_to_id == self.storage_id:
             raise ValidationError(
                 {"archive_to": "The archive storage must differ from the one backups go to."}
+            )
+        if self.differential_every_s and not self.full_every_s:
+            raise ValidationError(
+                {"differential_every_s": "A differential needs a full to build on: set full every."}
+            )
+        if self.differential_every_s and self.differential_every_s >= self.full_every_s:
+            raise ValidationError(
+                {"differential_every_s": "Take differentials more often than fulls."}
             )
         if not isinstance(self.check_queries, list) or not all(
             isinstance(q, dict) and isinstance(q.get("sql"), str) for q in self.check_queries
@@ -553,6 +575,11 @@ class Run(models.Model):
         PRUNING = "pruning"
         PRUNED = "pruned"
 
+    class Level(models.TextChoices):
+        FULL = "full"
+        DIFFERENTIAL = "differential"
+        INCREMENTAL = "incremental"
+
     class Trigger(models.TextChoices):
         SCHEDULE = "schedule"
         MANUAL = "manual"
@@ -625,6 +652,17 @@ class Run(models.Model):
     )
     archive = models.CharField(max_length=1000, blank=True)
     size = models.BigIntegerField(null=True, blank=True)
+    # A backup's level as taken; `level_asked` is what the request forced ('' lets the
+    # policy decide), `base` the backup a delta is relative to and `full` its chain's full.
+    level = models.CharField(max_length=12, choices=Level.choices, default=Level.FULL)
+    level_asked = models.CharField(max_length=12, choices=Level.choices, blank=True)
+    rehash = models.BooleanField(default=False)
+    base = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="dependants"
+    )
+    full = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="chain_members"
+    )
     sha256 = models.CharField(max_length=64, blank=True)
     payload_bytes = models.BigIntegerField(null=True, blank=True)
     payload_files = models.BigIntegerField(null=True, blank=True)
@@ -926,6 +964,35 @@ class Run(models.Model):
         self.storage, self.archive = storage, archive
         Run.objects.filter(pk=self.pk).update(storage=storage, archive=archive)
 
+    def record_level(self, level: str, *, base: Run | None = None, full: Run | None = None) -> None:
+        """Record the level this backup is taken at and, for a delta, its base and full."""
+        self.level, self.base, self.full = level, base, full
+        Run.objects.filter(pk=self.pk).update(level=level, base=base, full=full)
+
+    def chain(self) -> list[Run]:
+        """Return the backups a restore of this one reads: its full, ..., itself.
+
+        A full's chain is itself. A link that is gone from the catalog ends the list early:
+        `chain()[0].level` then says it is not a full.
+        """
+        if self.level == self.Level.FULL or self.full_id is None:
+            return [self]
+        members = {
+            run.pk: run
+            for run in Run.objects.filter(Q(full_id=self.full_id) | Q(pk=self.full_id))
+            .select_related("source")
+            .order_by()
+        }
+        chain = [self]
+        current = self
+        while current.level != self.Level.FULL and current.base_id in members:
+            current = members[current.base_id]
+            chain.append(current)
+            if len(chain) > len(members) + 1:
+                break  # a cycle in a damaged catalog
+        chain.reverse()
+        return chain
+
     def mark_verified(self, ok: bool) -> None:
         """Record the verdict of this backup's newest verification."""
         self.verified, self.verified_at = ok, timezone.now()
@@ -1080,6 +1147,8 @@ class ManifestEntry(models.Model):
         DIR = "d", "dir"
         SYMLINK = "l", "symlink"
         HARDLINK = "h", "hardlink"
+        # A differential's or incremental's record that the path is gone since its base.
+        DELETED = "x", "deleted"
 
     pk = models.CompositePrimaryKey("directory", "name")
     # Column order matters on PostgreSQL: the 8-byte columns first, then the narrow ones

@@ -152,7 +152,7 @@ def test_import_archives_rebuilds_a_lost_catalog_idempotently(source):
 def test_import_refuses_a_manifest_with_a_newer_format(source):
     made = call_json("backup", source.name, "--inline")
     manifest_path = Run.objects.get(pk=made["id"]).manifest_path
-    text = manifest_path.read_text().replace('"format": 1', '"format": 99', 1)
+    text = manifest_path.read_text().replace('"format": 2', '"format": 99', 1)
     manifest_path.write_text(text)
     Run.objects.filter(kind="verify").delete()
     Run.objects.all().delete()

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from .atomic import format_bytes, free_bytes, raise_if_no_space
+from .chain import Delta
 from .compression import KINDS as COMPRESSIONS
 from .compression import archive_suffix, compressor
 from .crypto import SUFFIX as AGE_SUFFIX
@@ -31,7 +32,7 @@ from .errors import EngineError, NoSpaceError
 from .hooks import Hooks
 from .locations import DIRECTORY
 from .manifest import FORMAT as MANIFEST_FORMAT
-from .manifest import EntrySpool, ManifestReader, manifest_name, sidecar_text
+from .manifest import FULL, EntrySpool, ManifestReader, manifest_name, sidecar_text
 from .sources import Output, Plan, open_source
 from .sources.kubernetes import parse_kubernetes_location
 from .storage import LocalStorage, Storage, StoredFile, Upload, check_key
@@ -86,6 +87,8 @@ class BackupRequest:
     recipients: Sequence[str] = ()
     size_hint: int | None = None
     catalog: Callable[[ManifestReader], None] | None = None
+    delta: Delta | None = None
+    rehash: bool = False
 
     def target(self) -> tuple[Storage, str, Path]:
         """Return the storage, the folder in it, and the local scratch folder."""
@@ -211,6 +214,8 @@ def run_backup(request: BackupRequest, hooks: Hooks) -> BackupResult:
         # A tree that holds the archive folder must not archive the archive.
         dest_dir=local_folder if request.kind == DIRECTORY and local_folder else scratch,
         stem=stem,
+        base=request.delta.tree if request.delta is not None else None,
+        rehash=request.rehash,
     )
     try:
         scratch.mkdir(parents=True, exist_ok=True)
@@ -288,7 +293,9 @@ def _write(request, source, hooks, spool, storage, keys, recipients) -> BackupRe
         out.finish_warnings()
         digest, size = hashed.hexdigest(), hashed.size
 
-        header = {"format": MANIFEST_FORMAT, **request.manifest_header}
+        header = {"format": MANIFEST_FORMAT, **request.manifest_header, "level": FULL}
+        if request.delta is not None:
+            header.update(request.delta.header(), deleted=out.deleted or [])
         header["finished_at"] = datetime.now(UTC).isoformat()
         header["archive"] = {
             "name": keys.archive.rsplit("/", 1)[-1],

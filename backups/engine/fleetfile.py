@@ -151,6 +151,8 @@ POLICY_FIELDS = {
         Field("keep_monthly", "keep_monthly", _count),
         Field("keep_yearly", "keep_yearly", _count),
         Field("drill_every", "drill_every_s", _duration),
+        Field("full_every", "full_every_s", _duration),
+        Field("differential_every", "differential_every_s", _duration),
         Field("verify_after_backup", "verify_after_backup", _flag),
         Field("run_timeout", "run_timeout_s", _duration),
         Field("check_queries", "check_queries", _queries),

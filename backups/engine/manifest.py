@@ -1,9 +1,13 @@
 """Manifests: what an archive holds, file by file, kept as JSON beside it.
 
 The format is part of the contract (`format`, `run`, `source`, `started_at`, `finished_at`,
-`archive`, `totals`, `entries`). Paths are relative to the source root; bytes that are not
-valid UTF-8 are kept as Python surrogate escapes, which JSON writes as `\\udcXX`, so any name
-round-trips exactly.
+`archive`, `totals`, `entries`). Format 2 adds a backup's `level` (full, differential,
+incremental); a delta (a differential or an incremental) also names its `base` and its
+chain's `full` (run ids) and lists the paths `deleted` since the base, and its entries are
+only the new and changed ones. Entries gain `mtime_ns`, `ino` and `ctime_ns`, what change
+detection compares; they are optional, so format 1 still reads. Paths are relative to the
+source root; bytes that are not valid UTF-8 are kept as Python surrogate escapes, which JSON
+writes as `\\udcXX`, so any name round-trips exactly.
 """
 
 from __future__ import annotations
@@ -32,7 +36,9 @@ from .errors import ArchiveError, MissingObjectError, UnsupportedFormatError
 from .locations import KINDS
 from .storage.stored import StoredFile
 
-FORMAT = 1
+FORMAT = 2
+FULL, DIFFERENTIAL, INCREMENTAL = "full", "differential", "incremental"
+LEVELS = (FULL, DIFFERENTIAL, INCREMENTAL)
 FILE, DIR, SYMLINK, HARDLINK = "file", "dir", "symlink", "hardlink"
 SUFFIX = ".manifest.json"
 # A manifest is read whole by load_manifest: a million entries take about 200 MB.
@@ -82,6 +88,9 @@ class Entry(msgspec.Struct):
     mtime: _Mtime = 0
     sha256: _Sha256 | None = None
     target: str | None = None
+    mtime_ns: int | None = None
+    ino: _Count | None = None
+    ctime_ns: int | None = None
 
 
 def clamp_mtime(mtime: int | float) -> int | float:
@@ -145,6 +154,21 @@ class Manifest:
     def total_files(self) -> int:
         return int(self.header["totals"]["files"])
 
+    @property
+    def level(self) -> str:
+        """Return the backup's level; a format-1 manifest is always a full."""
+        return self.header.get("level", FULL)
+
+    @property
+    def base(self) -> int | None:
+        """Return the run id a delta is relative to (None for a full)."""
+        return self.header.get("base")
+
+    @property
+    def deleted(self) -> list[str]:
+        """Return the paths a delta records as gone since its base."""
+        return self.header.get("deleted", [])
+
 
 def _encode_entry(entry: Entry) -> str:
     """Return the compact JSON of an entry, exactly as json.dumps writes it, only faster.
@@ -160,7 +184,14 @@ def _encode_entry(entry: Entry) -> str:
         f'"size":{int(entry.size)},"mode":{int(entry.mode)},'
         f'"mtime":{mtime if type(mtime) is int else json.dumps(mtime)},'
         f'"sha256":{"null" if sha256 is None else _json_str(sha256)},'
-        f'"target":{"null" if target is None else _json_str(target)}}}'
+        f'"target":{"null" if target is None else _json_str(target)}'
+        + (
+            ""
+            if entry.mtime_ns is None
+            else f',"mtime_ns":{int(entry.mtime_ns)},"ino":{int(entry.ino or 0)},'
+            f'"ctime_ns":{int(entry.ctime_ns or 0)}'
+        )
+        + "}"
     )
 
 
@@ -319,6 +350,11 @@ class _Header(msgspec.Struct):
     finished_at: Annotated[datetime, Meta(tz=True)] | msgspec.UnsetType = msgspec.UNSET
     trigger: _Text | msgspec.UnsetType = msgspec.UNSET
     encryption: Encryption | msgspec.UnsetType = msgspec.UNSET
+    level: Literal[LEVELS] | msgspec.UnsetType = msgspec.UNSET
+    base: Annotated[int, Meta(ge=1, le=MAX_INT64)] | msgspec.UnsetType = msgspec.UNSET
+    full: Annotated[int, Meta(ge=1, le=MAX_INT64)] | msgspec.UnsetType = msgspec.UNSET
+    deleted: list[_Text] | msgspec.UnsetType = msgspec.UNSET
+    excludes: list[str] | msgspec.UnsetType = msgspec.UNSET
 
 
 class _Document(_Header):

@@ -14,6 +14,7 @@ from backups.engine.errors import EngineError
 from backups.engine.manifest import ManifestReader
 from backups.models import AuditEvent, Run, Source
 from backups.services.encryption import recipients_shown
+from backups.services.levels import level_choose
 from backups.services.manifests import index_failed_warning, manifest_store
 from backups.services.queue import run_enqueue
 from backups.services.runs import (
@@ -32,8 +33,19 @@ class PlanRefused(Exception):
     """The source cannot be read to plan a backup; the message says why."""
 
 
-def backup_request(*, source: Source, trigger: str, user=None, enqueue: bool = True) -> Run:
+def backup_request(
+    *,
+    source: Source,
+    trigger: str,
+    user=None,
+    enqueue: bool = True,
+    level: str = "",
+    rehash: bool = False,
+) -> Run:
     """Create a queued backup run for `source`; raise SourceBusy if one is active.
+
+    `level` forces a level ('' lets the policy decide, see levels); `rehash` reads and
+    hashes every file, even those whose metadata did not change.
 
     With `enqueue`, the run is handed to the workers once the transaction commits. A
     person's request (not a scheduled one), granted or refused, is audited.
@@ -42,7 +54,12 @@ def backup_request(*, source: Source, trigger: str, user=None, enqueue: bool = T
         try:
             with transaction.atomic():
                 run = Run.objects.create(
-                    source=source, kind=Run.Kind.BACKUP, trigger=trigger, requested_by=user
+                    source=source,
+                    kind=Run.Kind.BACKUP,
+                    trigger=trigger,
+                    requested_by=user,
+                    level_asked=level,
+                    rehash=rehash,
                 )
             break
         except IntegrityError:
@@ -99,6 +116,10 @@ def backup_execute(run: Run, hooks: RunHooks) -> dict:
         hooks.log(f"removed {len(removed)} temporary file(s) left by dead runs")
     previous = Run.objects.newest_restorable(source)
     started = run.started_at or timezone.now()
+    level = level_choose(run)
+    if level.warning:
+        hooks.warn(level.warning)
+    run.record_level(level.level, base=level.base, full=level.full)
     # Read when the backup starts: a policy's new recipients apply to new backups only.
     recipients = policy.recipient_list if policy else []
     if recipients:
@@ -115,14 +136,20 @@ def backup_execute(run: Run, hooks: RunHooks) -> dict:
             "source": {"name": source.name, "kind": source.kind, "location": source.location},
             "started_at": started.isoformat(),
             "trigger": run.trigger,
+            "excludes": sorted(source.excludes),
         },
         reserve_bytes=(previous.size or 0) + settings.DISK_RESERVE_BYTES if previous else 0,
         **target,
         recipients=recipients,
         size_hint=previous.size if previous else None,
         catalog=lambda manifest: _catalog(run, manifest, hooks),
+        delta=level.delta,
+        rehash=run.rehash,
     )
-    hooks.log(f"backing up {source.kind} {source.location} to {where}")
+    hooks.log(
+        f"backing up {source.kind} {source.location} to {where}"
+        + (f" ({level.level}, relative to backup #{level.base.pk})" if level.base else "")
+    )
     result = run_backup(request, hooks)
     hooks.log(
         f"published {result.locator.rpartition('/')[2]} ({result.size} bytes, "

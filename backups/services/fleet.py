@@ -43,7 +43,14 @@ from backups.fields import exact_duration
 from backups.models import AuditEvent, Policy, Run, Source
 from backups.services.schedules import schedule_sync_all
 
-DURATION_ATTRS = {"rpo_s", "rto_s", "drill_every_s", "run_timeout_s"}
+DURATION_ATTRS = {
+    "rpo_s",
+    "rto_s",
+    "drill_every_s",
+    "run_timeout_s",
+    "full_every_s",
+    "differential_every_s",
+}
 POLICY_ATTRS = [spec.attr for spec in POLICY_FIELDS.values()]
 # The slug is not compared like the others: it names the archive folder and never changes.
 SOURCE_ATTRS = [spec.attr for spec in SOURCE_FIELDS.values() if spec.attr != "slug"]

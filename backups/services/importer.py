@@ -55,6 +55,10 @@ class ImportReport:
     refused: list[str] = field(default_factory=list)
     # The oldest run imported per source id: its standing is derived again from there.
     oldest_by_source: dict[int, datetime] = field(default_factory=dict)
+    # Each imported delta's (base, full) run ids as its manifest records them, linked once
+    # every manifest is in; and the run id each manifest recorded, to the id it got.
+    chains: dict[int, tuple[int | None, int | None]] = field(default_factory=dict)
+    run_ids: dict[int, int] = field(default_factory=dict)
 
 
 class ManifestRefused(EngineError):
@@ -228,9 +232,13 @@ def import_archive(
             payload_bytes=totals["bytes"],
             payload_files=totals["files"],
             recipients=list(recipients),
+            level=header.get("level", Run.Level.FULL),
         )
         manifest_store(run, manifest)
     report.imported.append(run.pk)
+    report.run_ids[header.get("run", stem_id)] = run.pk
+    if run.level != Run.Level.FULL:
+        report.chains[run.pk] = (header.get("base"), header.get("full"))
     moment = run.started_at or run.queued_at
     oldest = report.oldest_by_source.get(source.pk)
     report.oldest_by_source[source.pk] = min(moment, oldest) if oldest else moment
@@ -268,6 +276,23 @@ def _indexed(manifest: Path | StoredFile) -> bool:
         archive__startswith=f"{manifest.parent / stem}.",
         manifest__isnull=False,
     ).exists()
+
+
+def _link_chains(report: ImportReport) -> None:
+    """Point each imported delta at its base and full, by the run ids its manifest names."""
+    for pk, (base, full) in report.chains.items():
+        links = {}
+        for name, recorded in (("base_id", base), ("full_id", full)):
+            target = report.run_ids.get(recorded, recorded)
+            if target is not None and Run.objects.filter(pk=target, kind=Run.Kind.BACKUP).exists():
+                links[name] = target
+        if links:
+            Run.objects.filter(pk=pk).update(**links)
+        if "base_id" not in links:
+            report.refused.append(
+                f"Backup #{pk} is a delta of backup #{base}, which is not in the catalog: it "
+                "cannot be restored until that backup's files are imported too."
+            )
 
 
 class ImportRefused(Exception):
@@ -334,6 +359,7 @@ def _import_all(manifests: list, storage: Storage | None) -> ImportReport:
                 f"{manifest}: the database refused it ({error}); fix the database, then run "
                 "import_archives again."
             )
+    _link_chains(report)
     for source_id, since in sorted(report.oldest_by_source.items()):
         standing_refresh(source_id, since=since)
     if report.imported:

@@ -35,7 +35,8 @@ from backups.models import Manifest, ManifestDir, ManifestEntry, Run
 logger = logging.getLogger(__name__)
 
 BATCH = 5000
-TYPE_CODES = {"file": "f", "dir": "d", "symlink": "l", "hardlink": "h"}
+TYPE_CODES = {"file": "f", "dir": "d", "symlink": "l", "hardlink": "h", "deleted": "x"}
+DELETED = "deleted"
 COLUMNS = ("directory_id", "name", "type", "size", "mode", "mtime", "sha256", "target")
 # The start of the warning a backup records when its catalog could not be indexed; the
 # file browser finds it by this prefix to explain the missing file list.
@@ -151,6 +152,13 @@ def _insert_generic(rows: Iterator[tuple]) -> None:
     ManifestEntry.objects.bulk_create(batch, ignore_conflicts=True)
 
 
+def _with_deleted(entries: Iterator[Entry], header: dict) -> Iterator[Entry]:
+    """Yield the entries, then a marker for each path a delta records as deleted."""
+    yield from entries
+    for deleted in header.get("deleted") or ():
+        yield Entry(path=deleted, type=DELETED)
+
+
 @transaction.atomic
 def manifest_store(
     run: Run,
@@ -173,7 +181,7 @@ def manifest_store(
     )
     Manifest.objects.filter(run=run).delete()
     header = reader.header
-    folders, listed = _folders(reader.entries())
+    folders, listed = _folders(_with_deleted(reader.entries(), header))
     totals = header.get("totals", {})
     manifest = Manifest.objects.create(
         run=run,
@@ -191,12 +199,14 @@ def manifest_store(
     if connection.vendor == "postgresql":
         try:
             with transaction.atomic():
-                stored = _insert_postgres(_rows(reader.entries(), dir_ids))
+                stored = _insert_postgres(_rows(_with_deleted(reader.entries(), header), dir_ids))
         except IntegrityError:
             # Rare (a tar that lists a path twice): only then pay for the scratch table.
-            stored = _insert_postgres_first_copies(_rows(reader.entries(), dir_ids))
+            stored = _insert_postgres_first_copies(
+                _rows(_with_deleted(reader.entries(), header), dir_ids)
+            )
     else:
-        _insert_generic(_rows(reader.entries(), dir_ids))
+        _insert_generic(_rows(_with_deleted(reader.entries(), header), dir_ids))
         # The batches do not say how many conflicts they ignored: count what was stored.
         stored = ManifestEntry.objects.filter(directory__manifest=manifest).count()
     manifest.entries = stored
@@ -300,6 +310,9 @@ def folder_entries(manifest: Manifest, folder: str, *, after: str, limit: int) -
     None when the backup holds no such folder. Ordered by name within one folder: a
     range of the (directory, name) primary key.
     """
+    chain = _chain_ids(manifest)
+    if chain is not None:
+        return _composed_folder(chain, folder, after=after, limit=limit)
     directory = ManifestDir.objects.filter(manifest=manifest, path=folder).first()
     if directory is None:
         return None
@@ -308,6 +321,49 @@ def folder_entries(manifest: Manifest, folder: str, *, after: str, limit: int) -
         entries = entries.filter(name__gt=after)
     rows = entries.order_by("name").values_list(*ROW_COLUMNS[1:])[:limit]
     return [Row(folder, *row) for row in rows]
+
+
+def _chain_ids(manifest: Manifest) -> list[int] | None:
+    """Return the catalog manifests of a delta's chain, its full first; None for a full."""
+    run = manifest.run
+    if run.level == Run.Level.FULL:
+        return None
+    chain = [member.pk for member in run.chain()]
+    indexed = set(Manifest.objects.filter(pk__in=chain).values_list("pk", flat=True))
+    return [pk for pk in chain if pk in indexed]
+
+
+def _composed_folder(chain: list[int], folder: str, *, after: str, limit: int) -> list[Row] | None:
+    """Return a folder as of the last backup of `chain`: each name's newest row, the
+    deleted left out. Each backup's slice is read by name from `after`; a name is only
+    answered once every backup's slice reaches past it, so a page is never missing one."""
+    directories = dict(
+        ManifestDir.objects.filter(manifest_id__in=chain, path=folder).values_list(
+            "manifest_id", "pk"
+        )
+    )
+    if not directories:
+        return None
+    size = limit + 1
+    while True:
+        merged: dict[str, tuple] = {}
+        boundary = None
+        for manifest_id in chain:
+            if manifest_id not in directories:
+                continue
+            entries = ManifestEntry.objects.filter(directory_id=directories[manifest_id])
+            if after:
+                entries = entries.filter(name__gt=after)
+            rows = list(entries.order_by("name").values_list(*ROW_COLUMNS[1:])[:size])
+            if len(rows) == size and (boundary is None or rows[-1][0] < boundary):
+                boundary = rows[-1][0]
+            for row in rows:
+                merged[row[0]] = row
+        names = sorted(name for name in merged if boundary is None or name <= boundary)
+        shown = [merged[name] for name in names if merged[name][1] != ManifestEntry.Type.DELETED]
+        if len(shown) >= limit or boundary is None:
+            return [Row(folder, *row) for row in shown[:limit]]
+        size *= 2
 
 
 def _sqlite_name_index() -> bool:
@@ -357,6 +413,24 @@ def _by_name(manifest: Manifest, text: str, limit: int):
 
 def manifest_search(manifest: Manifest, text: str, limit: int) -> list[Row]:
     """Return up to `limit` entries whose full path contains `text` (case-insensitive).
+
+    For a differential or incremental, the tree as of that backup is searched: each
+    backup of its chain is, and each path keeps its newest row (the deleted left out).
+    """
+    chain = _chain_ids(manifest)
+    if chain is None:
+        return _search(manifest, text, limit)
+    rows: dict[tuple[str, str], Row] = {}
+    members = Manifest.objects.in_bulk(chain)
+    for manifest_id in chain:
+        for row in _search(members[manifest_id], text, limit):
+            rows[(row.folder, row.name)] = row
+    shown = [row for row in rows.values() if row.type != ManifestEntry.Type.DELETED]
+    return sorted(shown, key=lambda row: (row.folder, row.name))[:limit]
+
+
+def _search(manifest: Manifest, text: str, limit: int) -> list[Row]:
+    """Search one backup's own catalog rows (see manifest_search).
 
     A path is `folder/name`. A `text` without '/' is inside the path exactly when it is
     inside the folder or inside the name; one with a '/' is inside the folder, or it spans
@@ -493,15 +567,22 @@ def _merge(old: list[Row], new: list[Row]):
             j += 1
 
 
-def diff_page(old_id: int, new_id: int, *, prefix: str = "", after=None) -> dict:
+def diff_page(
+    old_id: int, new_id: int, *, prefix: str = "", after=None, newer: Run | None = None
+) -> dict:
     """Return the next differences between two manifests after the key `after`.
 
     Read a slice of the old backup, then the new backup up to the same key (or, when the
     new one has more entries there, a slice of it and the old one up to its end), compare,
     and go on with slices sized by how dense the differences were; stop at DIFF_LIMIT
     differences, DIFF_SCAN_LIMIT entries or DIFF_TIME_S, returning the key to continue
-    from.
+    from. `newer` is the backup `new_id` names, when the caller has it loaded. A
+    differential or incremental against its base is its own delta (`_delta_page`).
     """
+    if newer is None or newer.pk != new_id:
+        newer = Run.objects.filter(pk=new_id).only("level", "base_id", "full_id").first()
+    if newer is not None and newer.level != Run.Level.FULL and newer.base_id == old_id:
+        return _delta_page(newer, prefix=prefix, after=after)
     changes: list[Change] = []
     scanned = 0
     size = DIFF_FIRST_SLICE
@@ -531,3 +612,39 @@ def diff_page(old_id: int, new_id: int, *, prefix: str = "", after=None) -> dict
             size = int(min(DIFF_MAX_SLICE, max(DIFF_FIRST_SLICE, wanted)))
         else:
             size = min(size * 4, DIFF_MAX_SLICE)
+
+
+def _delta_page(newer: Run, *, prefix: str, after) -> dict:
+    """Return the differences of a differential or incremental from its base: its own
+    delta, each row with the base's version of it (as of the base, from its chain)."""
+    rows = _slice(newer.pk, prefix, after, None, DIFF_LIMIT)
+    base = Run.objects.get(pk=newer.base_id)
+    chain = list(reversed([member.pk for member in base.chain()]))
+    changes = []
+    for row in rows:
+        old = _newest_row(chain, row.folder, row.name)
+        if row.type == ManifestEntry.Type.DELETED:
+            if old is not None:
+                changes.append(Change("removed", old, None))
+        elif old is None:
+            changes.append(Change("added", None, row))
+        elif not old.same_as(row):
+            changes.append(Change("changed", old, row))
+    last = (rows[-1].folder, rows[-1].name) if len(rows) == DIFF_LIMIT else None
+    return {"changes": changes, "scanned": len(rows), "next": last}
+
+
+def _newest_row(chain_newest_first: list[int], folder: str, name: str) -> Row | None:
+    """Return a path's row as of the first backup of the list that records it."""
+    for manifest_id in chain_newest_first:
+        found = (
+            ManifestEntry.objects.filter(
+                directory__manifest_id=manifest_id, directory__path=folder, name=name
+            )
+            .values_list(*ROW_COLUMNS)
+            .first()
+        )
+        if found is not None:
+            row = Row(*found)
+            return None if row.type == ManifestEntry.Type.DELETED else row
+    return None

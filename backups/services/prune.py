@@ -52,6 +52,7 @@ IN_USE = "in use"
 MISSING = "missing"
 HELD = "held"
 OUTSIDE = "outside its folder"
+BASE_OF = "base of #"
 
 # Backups claimed and deleted together: one transaction and one folder fsync per batch.
 BATCH = 100
@@ -228,9 +229,39 @@ def prune_plan(*, source: Source, now: datetime | None = None) -> PrunePlan:
         plan.keep.reverse()
     else:
         plan.remove = [by_id[snapshot.id] for snapshot in decision.remove]
+        _keep_chains(plan)
     plan.keep.extend((run, [MISSING]) for run in missing)
     plan.keep.extend((run, [OUTSIDE]) for run, _problem in outside)
     return plan
+
+
+def _keep_chains(plan: PrunePlan) -> None:
+    """Keep every backup a kept differential or incremental builds on, saying for whom.
+
+    A chain is restored from its full through each base: removing one would make every
+    later backup of the chain unrestorable.
+    """
+    removing = {run.pk: run for run in plan.remove}
+    kept = {run.pk: reasons for run, reasons in plan.keep}
+    pending = [run for run, _reasons in plan.keep]
+    moved = False
+    while pending:
+        run = pending.pop()
+        if run.base_id is None:
+            continue
+        reason = f"{BASE_OF}{run.pk}"
+        if run.base_id in removing:
+            base = removing.pop(run.base_id)
+            kept[base.pk] = [reason]
+            plan.keep.append((base, kept[base.pk]))
+            pending.append(base)
+            moved = True
+        elif run.base_id in kept and reason not in kept[run.base_id]:
+            kept[run.base_id].append(reason)
+    if moved:
+        plan.remove = [run for run in plan.remove if run.pk in removing]
+        plan.keep.sort(key=lambda item: (item[0].started_at or item[0].queued_at, item[0].pk))
+        plan.keep.reverse()
 
 
 def _entry(run: Run, source: Source, reasons: list[str] | None = None) -> dict:
@@ -293,10 +324,19 @@ def _claim(runs: list[Run], me: str, now: datetime) -> tuple[list[Run], dict[int
             .first()
             for source_id in {row["source_id"] for row in rows.values()}
         }
+        # A backup taken since the plan (or still running) may build on one of these.
+        dependants = dict(
+            Run.objects.filter(base_id__in=list(rows), kind=Run.Kind.BACKUP)
+            .filter(status__in=(*Run.GOOD, *Run.ACTIVE))
+            .exclude(pk__in=list(wanted))
+            .values_list("base_id", "pk")
+        )
         for pk in wanted:
             row = rows.get(pk)
             if row is None:
                 kept[pk] = "changed"
+            elif pk in dependants:
+                kept[pk] = f"{BASE_OF}{dependants[pk]}"
             elif row["keep"]:
                 kept[pk] = KEEP
             elif pk in in_use:

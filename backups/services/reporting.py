@@ -33,6 +33,9 @@ def run_to_dict(run: Run) -> dict:
         data["keep"] = run.keep
         # The age recipients (public keys) it was encrypted to; empty: not encrypted.
         data["recipients"] = list(run.recipients or [])
+        data["level"] = run.level
+        data["base"] = run.base_id
+        data["full"] = run.full_id
     if run.kind in (Run.Kind.RESTORE, Run.Kind.VERIFY, Run.Kind.COPY):
         data["backup"] = run.backup_id
     if run.kind in (Run.Kind.RESTORE, Run.Kind.COPY):

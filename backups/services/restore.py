@@ -15,9 +15,16 @@ from backups.engine.errors import (
     UnsafeArchiveError,
 )
 from backups.engine.names import catalog_to_name, name_to_catalog, printable
-from backups.engine.restore import RestoreRequest, check_target, restore_archive
+from backups.engine.restore import (
+    RestoreRequest,
+    check_target,
+    composed_manifest,
+    restore_archive,
+    restore_chain,
+)
 from backups.engine.storage import StoredFile
 from backups.models import DEFAULT_STORAGE_NAME, AuditEvent, Copy, Run, Source, Storage
+from backups.services.chains import chain_requests
 from backups.services.encryption import identities_load
 from backups.services.queue import run_enqueue
 from backups.services.runs import RunHooks, SourceBusy, reap_abandoned
@@ -187,17 +194,23 @@ def restore_target_problem(
     try:
         # The paths are looked up in the manifest: an encrypted one needs this host's key.
         keys = {"identities": identities_load()} if paths and backup.encrypted else {}
-        check_target(
-            _engine_request(
-                backup,
+        requests = chain_requests(
+            backup,
+            lambda member: _engine_request(
+                member,
                 target=target,
                 in_place=in_place,
                 paths=paths,
                 trigger=trigger,
-                place=place,
+                place=place if member.pk == backup.pk else None,
                 **keys,
-            )
+            ),
         )
+        if len(requests) == 1:
+            check_target(requests[0])
+        else:
+            manifest, _ = composed_manifest([request.load_manifest() for request in requests])
+            check_target(requests[-1], manifest)
     except EngineError as error:
         return str(error)
     return None
@@ -326,20 +339,29 @@ def restore_execute(run: Run, hooks: RunHooks) -> dict:
         if place.copy:
             hooks.log(f"reading the copy in storage {place.name}: {place.archive.locator}")
             run.record_storage(place.storage)
-        request = _engine_request(
+        requests = chain_requests(
             backup,
-            target=run.target,
-            in_place=run.in_place,
-            paths=run.paths,
-            trigger=run.trigger,
-            timeout_s=backup.source.run_timeout_s,
-            state_dir=settings.STATE_DIR,
-            run_id=str(run.pk),
-            place=place,
-            identities=identities_load() if backup.encrypted else (),
+            lambda member, place=place: _engine_request(
+                member,
+                target=run.target,
+                in_place=run.in_place,
+                paths=run.paths,
+                trigger=run.trigger,
+                timeout_s=backup.source.run_timeout_s,
+                state_dir=settings.STATE_DIR,
+                run_id=str(run.pk),
+                # The point itself may be read from a copy; the backups it builds on from
+                # where they are.
+                place=place if member.pk == backup.pk else None,
+                identities=identities_load() if member.encrypted else (),
+            ),
         )
         try:
-            result = restore_archive(request, hooks)
+            if len(requests) == 1:
+                result = restore_archive(requests[0], hooks)
+            else:
+                hooks.log(f"restoring through a chain of {len(requests)} backups")
+                result = restore_chain(requests, hooks)
             break
         except (ArchiveError, MissingObjectError) as error:
             # A damaged or vanished archive: a proven copy elsewhere may still be whole.

@@ -7,8 +7,10 @@ from django.db import IntegrityError, transaction
 
 from backups.audit import audit_record
 from backups.engine.errors import ArchiveError, KeyFileError
-from backups.engine.verify import restore_drill, verify_archive
+from backups.engine.restore import RestoreRequest
+from backups.engine.verify import CHAIN, restore_drill, verify_archive, verify_chain
 from backups.models import AuditEvent, Run
+from backups.services.chains import chain_of
 from backups.services.encryption import identities_load
 from backups.services.queue import run_enqueue
 from backups.services.runs import RunHooks, connection_refresh
@@ -101,6 +103,16 @@ def verify_execute(run: Run, hooks: RunHooks) -> dict:
         catalog_sha256=backup.sha256 or None,
         **keys,
     )
+    chain: list[Run] = []
+    if backup.level != Run.Level.FULL:
+        try:
+            chain = chain_of(backup)[:-1]
+        except ArchiveError as error:
+            checks.append({"name": CHAIN, "ok": False, "detail": str(error)})
+        else:
+            checks.append(
+                verify_chain(archives=[member.stored_archive() for member in chain], hooks=hooks)
+            )
     result: dict = {"archive": backup.archive, "sha256": backup.sha256}
     skipped = [check for check in checks if check.get("skipped")]
     if run.drill and skipped:
@@ -116,6 +128,18 @@ def verify_execute(run: Run, hooks: RunHooks) -> dict:
             hooks=hooks,
             catalog_sha256=backup.sha256 or None,
             **keys,
+            chain=[
+                RestoreRequest(
+                    archive=member.stored_archive(),
+                    manifest=member.stored_manifest(),
+                    kind=source.kind,
+                    target="",
+                    catalog_sha256=member.sha256 or None,
+                    identities=identities,
+                    recipients=list(member.recipients or []),
+                )
+                for member in chain
+            ],
         )
         checks.append(outcome)
         if outcome.get("ok"):

@@ -115,6 +115,6 @@ def manifest_diff(request, pk):
     after = None
     if "after_dir" in request.GET:
         after = (request.GET["after_dir"], request.GET.get("after_name", ""))
-    result = diff_page(old.pk, new.pk, prefix=prefix, after=after)
+    result = diff_page(old.pk, new.pk, prefix=prefix, after=after, newer=new)
     context.update(old=old, new=new, resumed=after is not None, **result)
     return render(request, "dashboard/manifest_diff.html", context)

@@ -103,7 +103,7 @@ def test_the_manifest_records_every_entry_with_hashes_of_the_source_files(tree, 
     result, _ = backup(tree, tmp_path / "dest")
     data = json.loads(result.manifest.read_text())
 
-    assert data["format"] == 1
+    assert data["format"] == 2 and data["level"] == "full"
     assert data["run"] == 42 and data["source"] == HEADER["source"]
     assert data["started_at"] == HEADER["started_at"] and data["finished_at"]
     assert data["archive"] == {

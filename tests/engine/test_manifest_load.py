@@ -162,7 +162,7 @@ def test_a_header_field_of_the_wrong_type_is_named(tmp_path, change, what):
     path = written(tmp_path, header={**HEADER, **change})
     # Writing sets the format and the totals itself: those two are altered afterwards.
     text = path.read_text()
-    text = text.replace('"format": 1', '"format": "1"') if "format" in change else text
+    text = text.replace('"format": 2', '"format": "2"') if "format" in change else text
     text = text.replace('"files": 1', '"files": -1') if "totals" in change else text
     path.write_text(text)
     with pytest.raises(ArchiveError, match=what):

@@ -38,6 +38,7 @@ import time
 from ..errors import Cancelled, TargetError
 from ..hooks import Hooks
 from ..locations import DIRECTORY, KUBERNETES, POSTGRES, SQLITE
+from .chain import composed_manifest, restore_chain
 from .contents import ContentCheck, listed, member_key
 from .directory import restore_directory
 from .extract import tar_extract_argv
@@ -77,6 +78,7 @@ __all__ = [
     "RestoreResult",
     "catalog_mismatch",
     "check_target",
+    "composed_manifest",
     "decompress_verified",
     "expected_sha256",
     "kubectl_binary",
@@ -89,6 +91,7 @@ __all__ = [
     "reading_mode",
     "recover_interrupted",
     "restore_archive",
+    "restore_chain",
     "scan_archive",
     "sidecar_of",
     "sidecar_path",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from ..atomic import fsync_dir
@@ -39,8 +40,13 @@ def restore_directory(job: RestoreJob) -> str:
 
 def _restore_tree(job: RestoreJob, target: Path, selection: Selection, helpers) -> None:
     """Extract into a staging folder next to `target`, then rename it into place."""
-    request = job.request
     check_space(target.parent, job.manifest.total_bytes)
+    swap_staging(job, target, lambda staging: job.extract(staging, selection, helpers))
+
+
+def swap_staging(job: RestoreJob, target: Path, fill: Callable[[Path], object]) -> None:
+    """Have `fill` write a staging folder next to `target`, then rename it into place."""
+    request = job.request
     before = None
     if target.is_dir():
         before = "dir" if request.in_place else "empty"
@@ -49,7 +55,7 @@ def _restore_tree(job: RestoreJob, target: Path, selection: Selection, helpers) 
     aside = journal.aside if before == "dir" else None
     with undone_on_failure(journal):
         prepare_staging(staging, target if before else None)
-        job.extract(staging, selection, helpers)
+        fill(staging)
         sync_filesystem(staging)
         job.tick()
 

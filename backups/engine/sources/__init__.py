@@ -6,11 +6,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from ..errors import SourceError
 from ..locations import DIRECTORY, KINDS, KUBERNETES, POSTGRES, SQLITE
+from ..manifest import Entry
 from .base import Output, Plan, SourceDriver
 from .directory import DirectoryDriver
 from .kubernetes import KubernetesDriver
@@ -27,16 +28,26 @@ def open_source(
     excludes: Sequence[str] = (),
     dest_dir: Path | None = None,
     stem: str | None = None,
+    base: Mapping[str, Entry] | None = None,
+    rehash: bool = False,
 ) -> SourceDriver:
     """Return the driver for `kind`, validating `location`; raise SourceError if it is bad.
 
     `dest_dir` and `stem` name where a driver may keep a snapshot while it runs
     (`<dest_dir>/<stem>.snapshot.tmp`, found by the stale-temp cleanup after a crash).
+    `base` (a tree as of an earlier backup) makes a directory's backup a delta; the other
+    kinds always take everything.
     """
     if kind == DIRECTORY:
         return DirectoryDriver(
-            location, excludes=excludes, dest_dir=str(dest_dir) if dest_dir else None
+            location,
+            excludes=excludes,
+            dest_dir=str(dest_dir) if dest_dir else None,
+            base=base,
+            rehash=rehash,
         )
+    if base is not None:
+        raise SourceError(f"A {kind} source always takes a full backup; it has no delta.")
     if kind == SQLITE:
         snapshot = dest_dir / f"{stem}.snapshot.tmp" if dest_dir is not None and stem else None
         return SqliteDriver(location, snapshot=snapshot)

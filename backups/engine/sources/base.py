@@ -73,6 +73,8 @@ class Output:
         self.suppressed = 0
         self.progress = Progress()
         self._last_progress = 0.0
+        # A delta backup's paths gone since its base; None for a full.
+        self.deleted: list[str] | None = None
 
     def add(self, entry: Entry) -> None:
         """Record one manifest entry."""

@@ -10,17 +10,19 @@ in C, several times faster than Python's tarfile on small files.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import operator
 import os
 import stat
 import subprocess
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import BinaryIO
 
 from ..errors import ArchiveError, SourceError
 from ..locations import DIRECTORY
+from ..manifest import DIR, FILE, HARDLINK, SYMLINK, Entry
 from ..tarstream import TarScanner
 from .base import (
     PLAN_LIST_LIMIT,
@@ -34,6 +36,7 @@ from .base import (
     command_env,
     entry_for,
 )
+from .changes import ChangeFilter, StatSpool
 
 # tar's messages about one file that did not stop the archive: the file is skipped or
 # stored as far as it could be read, and the stream stays valid.
@@ -117,7 +120,8 @@ class Walk:
         entries.sort(key=_by_name)
         return entries
 
-    def __iter__(self) -> Iterator[tuple[str, bool, int]]:
+    def __iter__(self) -> Iterator[tuple[str, str, int, os.stat_result]]:
+        """Yield (relative path, type, size, stat) in tar's order; type as in a manifest."""
         excludes = self.excludes
         linked: set[tuple[int, int]] = set()
         # A stack of (prefix, entries, index) gives tar's order: a folder, then its contents.
@@ -140,22 +144,22 @@ class Walk:
                             # tar stores the data of a hard-linked file once.
                             key = (info.st_dev, info.st_ino)
                             if key in linked:
-                                yield path, False, 0
+                                yield path, HARDLINK, 0, info
                                 continue
                             linked.add(key)
                         self.files += 1
                         self.bytes += size
-                        yield path, True, size
+                        yield path, FILE, size, info
                     elif entry.is_dir(follow_symlinks=False):
                         if entry.path == self.skip:
                             continue  # the archive folder itself, inside the source
                         self.dirs += 1
-                        yield path, False, 0
+                        yield path, DIR, 0, entry.stat(follow_symlinks=False)
                         stack.append((prefix, entries, index))
                         stack.append((path + "/", self._scan(entry.path, path), 0))
                         break
                     elif entry.is_symlink():
-                        yield path, False, 0
+                        yield path, SYMLINK, 0, entry.stat(follow_symlinks=False)
                     else:
                         mode = entry.stat(follow_symlinks=False).st_mode
                         what = _SPECIAL.get(stat.S_IFMT(mode), "not a regular file")
@@ -170,12 +174,22 @@ class DirectoryDriver(SourceDriver):
     """A local directory tree."""
 
     def __init__(
-        self, location: str, *, excludes: Sequence[str] = (), dest_dir: str | None = None
+        self,
+        location: str,
+        *,
+        excludes: Sequence[str] = (),
+        dest_dir: str | None = None,
+        base: Mapping[str, Entry] | None = None,
+        rehash: bool = False,
     ) -> None:
+        """Read the tree at `location`; with `base` (a tree as of an earlier backup, by
+        path), stream only what is new or changed since it (see `changes`)."""
         checked(DIRECTORY, location)
         self.root = location
         self.excludes = Excludes(excludes)
         self.scratch = dest_dir
+        self.base = base
+        self.rehash = rehash
         # Backing up a tree that holds the archive folder must not archive the archive.
         self.skip = None
         if dest_dir is not None:
@@ -201,12 +215,27 @@ class DirectoryDriver(SourceDriver):
         )
 
     @staticmethod
-    def _write_names(walk: Walk, names: BinaryIO, check: Callable[[], None]) -> None:
-        """Write the walk's paths, NUL-terminated, checking for a cancel as it goes."""
+    def _write_names(
+        walk: Walk,
+        names: BinaryIO,
+        check: Callable[[], None],
+        stats: StatSpool,
+        changes: ChangeFilter | None,
+    ) -> None:
+        """Write the paths tar is to store, NUL-terminated, checking for a cancel as it goes.
+
+        Without `changes` that is every walked path; with it, only the new and changed.
+        """
         batch: list[bytes] = []
         fsencode = os.fsencode
-        for path, _is_file, _size in walk:
-            batch.append(fsencode(path))
+        record = stats.add
+        changed = changes.changed if changes is not None else None
+        for path, kind, size, info in walk:
+            if changed is not None and not changed(path, kind, size, info):
+                continue
+            name = fsencode(path)
+            record(name, info)
+            batch.append(name)
             if len(batch) >= 2048:
                 batch.append(b"")
                 names.write(b"\0".join(batch))
@@ -240,10 +269,19 @@ class DirectoryDriver(SourceDriver):
         progress = out.progress
         files = 0
 
+        changes = (
+            ChangeFilter(self.root, self.base, rehash=self.rehash)
+            if self.base is not None
+            else None
+        )
+        stats = StatSpool(self.scratch)
+        annotate = stats.annotate
+
         def on_member(member) -> None:
             nonlocal files
             entry = entry_for(member)
             if entry is not None:
+                annotate(entry)
                 add(entry)
                 if entry.type == "file":
                     files += 1
@@ -262,9 +300,22 @@ class DirectoryDriver(SourceDriver):
         # The walk comes first, into an unnamed temporary file that becomes tar's stdin:
         # totals are known before the first byte, memory stays flat on huge trees, and no
         # thread competes with the stream for the interpreter.
-        with tempfile.TemporaryFile(dir=self.scratch, prefix=".names-") as names:
-            self._write_names(walk, names, out.hooks.check)
-            out.totals(files=walk.files, bytes=walk.bytes)
+        with (
+            contextlib.closing(stats),
+            tempfile.TemporaryFile(dir=self.scratch, prefix=".names-") as names,
+        ):
+            self._write_names(walk, names, out.hooks.check, stats, changes)
+            stats.rewind()
+            if changes is None:
+                out.totals(files=walk.files, bytes=walk.bytes)
+            else:
+                out.totals(files=changes.files, bytes=changes.bytes)
+                out.deleted = changes.deleted()
+                for path in changes.silent_changes:
+                    out.warn(
+                        f"{path}: its content changed while its size, mtime, inode and ctime "
+                        "did not; stored again"
+                    )
             names.seek(0)
             with Command(argv, what=f"the directory {self.root}", stdin=names) as command:
                 command.pump(consume, out.hooks.check)

@@ -1,4 +1,4 @@
-"""`backup SOURCE [--wait | --inline] [--dry-run] [--json]`."""
+"""`backup SOURCE [--level LEVEL] [--rehash] [--wait | --inline] [--dry-run] [--json]`."""
 
 from __future__ import annotations
 
@@ -26,6 +26,18 @@ class Command(CliCommand):
         parser.add_argument("source")
         add_mode_arguments(parser)
         parser.add_argument("--dry-run", action="store_true", help="print the plan only")
+        parser.add_argument(
+            "--level",
+            choices=Run.Level.values,
+            help="take this level, whatever the policy says (a differential or incremental "
+            "falls back to a full, with a warning, when it has no usable base)",
+        )
+        parser.add_argument(
+            "--rehash",
+            action="store_true",
+            help="read and hash every file, and report those whose content changed while "
+            "their size, mtime, inode and ctime did not",
+        )
 
     def handle(self, *args, **options):
         source = get_source(options["source"])
@@ -33,7 +45,11 @@ class Command(CliCommand):
             return self.dry_run(source, options["json"])
         try:
             run = backup_request(
-                source=source, trigger=Run.Trigger.CLI, enqueue=not options["inline"]
+                source=source,
+                trigger=Run.Trigger.CLI,
+                enqueue=not options["inline"],
+                level=options["level"] or "",
+                rehash=options["rehash"],
             )
         except SourceBusy as busy:
             raise busy_error(str(busy)) from None

@@ -48,6 +48,17 @@ class Command(CliCommand):
         for rule in KEEP_RULES:
             add.add_argument(f"--keep-{rule}", type=count, default=0, metavar="N")
         add.add_argument("--drill-every", type=duration, help="restore drill interval, e.g. 7d")
+        add.add_argument(
+            "--full-every",
+            type=duration,
+            help="a scheduled backup is a full one this often, e.g. 7d; the others are "
+            "incremental (directory sources)",
+        )
+        add.add_argument(
+            "--differential-every",
+            type=duration,
+            help="between fulls, a scheduled backup is a differential this often, e.g. 1d",
+        )
         add.add_argument("--run-timeout", type=duration, default=DEFAULT_RUN_TIMEOUT_S)
         add.add_argument(
             "--no-verify", action="store_true", help="do not verify after every backup"
@@ -110,6 +121,8 @@ class Command(CliCommand):
             compression=options["compression"],
             compression_level=options["level"],
             drill_every_s=options["drill_every"],
+            full_every_s=options["full_every"],
+            differential_every_s=options["differential_every"],
             run_timeout_s=options["run_timeout"],
             verify_after_backup=not options["no_verify"],
             notify=",".join(options["notify"]),
