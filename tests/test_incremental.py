@@ -268,3 +268,12 @@ def test_a_path_of_an_incremental_restores_in_place(source, data_dir):
     assert run["status"] == "succeeded"
     assert (data_dir / "sub" / "b.bin").read_bytes() == bytes(range(256)) * 10
     assert (data_dir / "new.txt").read_text() == "edited since\n"
+
+
+def test_the_runbook_of_an_incremental_restores_its_whole_chain(source, data_dir):
+    call_json("backup", source.name, "--inline")
+    (data_dir / "new.txt").write_text("new\n")
+    delta = call_json("backup", source.name, "--inline", "--level", "incremental")
+
+    runbook = (source.archive_dir / "RUNBOOK.md").read_text()
+    assert f"restore-chain.sh . {manifest_path(delta).name}" in runbook

@@ -124,7 +124,7 @@ def _points(source: Source) -> dict[str, list[RestorePoint]]:
         .select_related("storage")
         .only(
             "pk", "source", "status", "started_at", "size", "sha256", "archive", "verified",
-            "recipients", "storage__name",
+            "recipients", "storage__name", "level",
         )
         .order_by("-started_at", "-pk")[:POINTS]
     )  # fmt: skip
@@ -164,6 +164,31 @@ def _plain_commands(source: Source, point: RestorePoint) -> list[tuple[str, list
     scratch = f"/tmp/restore-{source.slug}-{point.run.pk}"
     if source.kind == Source.Kind.DIRECTORY:
         restored = f"{location.rstrip('/')}.restored"
+        if point.run.level != Run.Level.FULL:
+            # A differential or incremental holds only what changed: its whole chain, the
+            # full first, is extracted in order (the script needs sh, tar, zstd, jq).
+            manifest = f"{point.archive.split('.', 1)[0]}.manifest.json"
+            return [
+                (
+                    "Check every archive of the chain is intact",
+                    [f"cd {q(point.folder)}", "sha256sum -c *.sha256"],
+                ),
+                (
+                    f"Unpack the chain of this {point.run.level} beside the original "
+                    "(scripts/restore-chain.sh, in the project's sources)",
+                    [
+                        f"mkdir -p {q(restored)}",
+                        f"sh restore-chain.sh . {q(manifest)} {q(restored)}",
+                    ],
+                ),
+                (
+                    "Swap it in once checked (keep the broken copy until the service works)",
+                    [
+                        f"mv {q(location)} {q(location.rstrip('/') + '.broken')}",
+                        f"mv {q(restored)} {q(location)}",
+                    ],
+                ),
+            ]
         return [
             ("Check the archive is intact", check),
             (
