@@ -22,18 +22,25 @@ import argparse
 import json
 import os
 import random
-import secrets
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from datetime import UTC, datetime, timedelta
-from urllib.parse import urlsplit, urlunsplit
 
-from bench.pages import PG_URL, ROOT, RUN_COLUMNS, _copy_or_insert, _pg_admin, _time, _when
+from bench.pages import (
+    ROOT,
+    RUN_COLUMNS,
+    _copy_or_insert,
+    _time,
+    _when,
+    later_run_columns,
+    run_postgresql,
+    run_sqlite,
+)
 
 PG_DATABASE = "bench_fleet_pages"
+MODULE = "bench.fleet_pages"
 HISTORIES = (30, 90)
 # (figure, target median); each must also stay within GROWTH_LIMIT of its 30-day value.
 TARGETS = [
@@ -70,7 +77,7 @@ def _seed(sources: list, hour: datetime, first_day: int, last_day: int) -> None:
         "payload_bytes": None, "payload_files": None, "error": "", "warnings": "[]", "log": "",
         "backup_id": None, "target": "", "in_place": boolean(False), "paths": "[]",
         "drill": boolean(False), "checks": "[]", "restore_seconds": None, "verified": None,
-        "verified_at": None, "heartbeat_at": None,
+        "verified_at": None, "heartbeat_at": None, **later_run_columns(boolean),
     }  # fmt: skip
 
     def run(**fields) -> tuple:
@@ -237,45 +244,6 @@ def child(quick: bool, repeat: int) -> dict:
     return {"vendor": connection.vendor, "sources": count, "results": results}
 
 
-def _run_child(database_url: str, args) -> dict:
-    with tempfile.TemporaryDirectory(prefix="bench-fleet-") as scratch:
-        env = dict(
-            os.environ,
-            DATABASE_URL=database_url,
-            ARCHIVE_ROOT=scratch,
-            DEBUG="0",
-            SECRET_KEY=secrets.token_urlsafe(50),
-            ALLOWED_HOSTS="testserver",
-            SECURE_SSL_REDIRECT="0",
-        )
-        argv = [sys.executable, "-m", "bench.fleet_pages", "--child", "--repeat", str(args.repeat)]
-        if args.quick:
-            argv.append("--quick")
-        result = subprocess.run(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, check=False)
-    if result.returncode != 0:
-        raise SystemExit(f"the {database_url.split(':')[0]} run failed ({result.returncode})")
-    return json.loads(result.stdout.decode().strip().splitlines()[-1])
-
-
-def run_sqlite(args) -> dict:
-    with tempfile.TemporaryDirectory(prefix="bench-fleet-db-") as folder:
-        return _run_child(f"sqlite:///{folder}/bench.sqlite3", args)
-
-
-def run_postgresql(args) -> dict | None:
-    try:
-        _pg_admin(f'DROP DATABASE IF EXISTS "{PG_DATABASE}"')
-        _pg_admin(f'CREATE DATABASE "{PG_DATABASE}"')
-    except Exception as error:  # no server: say so and go on with SQLite
-        print(f"PostgreSQL skipped: {error}", file=sys.stderr)
-        return None
-    try:
-        url = urlunsplit(urlsplit(PG_URL)._replace(path=f"/{PG_DATABASE}"))
-        return _run_child(url, args)
-    finally:
-        _pg_admin(f'DROP DATABASE IF EXISTS "{PG_DATABASE}" WITH (FORCE)')
-
-
 def _flag(value: float, target: float, base: float | None) -> str:
     over = value >= target or (base is not None and value > GROWTH_LIMIT * base)
     return " !" if over else ""
@@ -329,7 +297,11 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     for vendor in args.only:
         print(f"{vendor}: seeding and timing…", file=sys.stderr)
-        result = run_sqlite(args) if vendor == "sqlite" else run_postgresql(args)
+        result = (
+            run_sqlite(args, MODULE)
+            if vendor == "sqlite"
+            else run_postgresql(args, MODULE, PG_DATABASE)
+        )
         if result is not None:
             results.append(result)
     if results:

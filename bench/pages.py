@@ -52,7 +52,21 @@ RUN_COLUMNS = [
     "bytes_total", "files_done", "files_total", "current_item", "archive", "size", "sha256",
     "payload_bytes", "payload_files", "error", "warnings", "log", "backup_id", "target",
     "in_place", "paths", "drill", "checks", "restore_seconds", "verified", "verified_at",
+    "requested_by_id", "resent_at", "resends", "worker_host", "worker_pid", "worker_started",
+    "worker_pid_ns", "publishing_at", "storage_id", "level", "level_asked", "rehash",
+    "base_id", "full_id", "picked_storage", "recipients", "checks_skipped",
 ]  # fmt: skip
+
+
+def later_run_columns(boolean) -> dict:
+    """Return the values of the run columns the seeders do not set themselves."""
+    return {
+        "requested_by_id": None, "resent_at": None, "resends": 0, "worker_host": "bench",
+        "worker_pid": None, "worker_started": None, "worker_pid_ns": "", "publishing_at": None,
+        "storage_id": None, "level": "full", "level_asked": "", "rehash": boolean(False),
+        "base_id": None, "full_id": None, "picked_storage": boolean(False), "recipients": "[]",
+        "checks_skipped": boolean(False),
+    }  # fmt: skip
 
 
 class Scale:
@@ -140,7 +154,7 @@ def _seed_runs(scale: Scale, sources: list, now: datetime) -> dict:
             "sha256": "", "payload_bytes": None, "payload_files": None, "error": "",
             "warnings": "[]", "log": log, "backup_id": None, "target": "", "in_place": False,
             "paths": "[]", "drill": False, "checks": "[]", "restore_seconds": None,
-            "verified": None, "verified_at": None, **fields,
+            "verified": None, "verified_at": None, **later_run_columns(boolean), **fields,
         }  # fmt: skip
         for name in ("exclusive", "keep", "cancel_requested", "in_place", "drill", "verified"):
             if values[name] is not None:
@@ -417,12 +431,13 @@ def _pg_admin(sql: str) -> None:
         connection.execute(sql)
 
 
-def _pg_database_url() -> str:
+def _pg_database_url(database: str) -> str:
     parts = urlsplit(PG_URL)
-    return urlunsplit(parts._replace(path=f"/{PG_DATABASE}"))
+    return urlunsplit(parts._replace(path=f"/{database}"))
 
 
-def _run_child(database_url: str, args) -> dict:
+def run_child(database_url: str, args, module: str) -> dict:
+    """Run `module --child` against `database_url` with production settings; its result."""
     with tempfile.TemporaryDirectory(prefix="bench-pages-") as scratch:
         # Production settings, as the pages are served for real: DEBUG off (no SQL log,
         # no template instrumentation), hashed static files.
@@ -434,8 +449,10 @@ def _run_child(database_url: str, args) -> dict:
             SECRET_KEY=secrets.token_urlsafe(50),
             ALLOWED_HOSTS="testserver",
             SECURE_SSL_REDIRECT="0",
+            # Scraped as Prometheus would, without a token in this throw-away setup.
+            METRICS_PUBLIC="1",
         )
-        argv = [sys.executable, "-m", "bench.pages", "--child", "--repeat", str(args.repeat)]
+        argv = [sys.executable, "-m", module, "--child", "--repeat", str(args.repeat)]
         if args.quick:
             argv.append("--quick")
         result = subprocess.run(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, check=False)
@@ -444,22 +461,24 @@ def _run_child(database_url: str, args) -> dict:
     return json.loads(result.stdout.decode().strip().splitlines()[-1])
 
 
-def run_sqlite(args) -> dict:
+def run_sqlite(args, module: str = "bench.pages") -> dict:
+    """Run `module`'s child on a fresh SQLite file."""
     with tempfile.TemporaryDirectory(prefix="bench-pages-db-") as folder:
-        return _run_child(f"sqlite:///{folder}/bench.sqlite3", args)
+        return run_child(f"sqlite:///{folder}/bench.sqlite3", args, module)
 
 
-def run_postgresql(args) -> dict | None:
+def run_postgresql(args, module: str = "bench.pages", database: str = PG_DATABASE) -> dict | None:
+    """Run `module`'s child on a fresh PostgreSQL database `database`; None without a server."""
     try:
-        _pg_admin(f'DROP DATABASE IF EXISTS "{PG_DATABASE}"')
-        _pg_admin(f'CREATE DATABASE "{PG_DATABASE}"')
+        _pg_admin(f'DROP DATABASE IF EXISTS "{database}"')
+        _pg_admin(f'CREATE DATABASE "{database}"')
     except Exception as error:  # no server: say so and go on with SQLite
         print(f"PostgreSQL skipped: {error}", file=sys.stderr)
         return None
     try:
-        return _run_child(_pg_database_url(), args)
+        return run_child(_pg_database_url(database), args, module)
     finally:
-        _pg_admin(f'DROP DATABASE IF EXISTS "{PG_DATABASE}" WITH (FORCE)')
+        _pg_admin(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
 
 
 def print_table(results: list[dict], repeat: int) -> None:
