@@ -9,6 +9,7 @@ from django.conf import settings
 from django.utils import timezone
 
 from backups.models import Manifest, ManifestDir, ManifestEntry, Policy, Run, Source
+from backups.services.manifests import name_index_add
 from backups.services.standing import standing_refresh
 
 _counter = {"n": 0}
@@ -105,6 +106,7 @@ def make_manifest(run: Run, files: dict[str, str | None]) -> Manifest:
             )
         )
     ManifestEntry.objects.bulk_create(entries)
+    name_index_add(manifest)
     manifest.entries = len(entries)
     manifest.save(update_fields=["entries"])
     return manifest
