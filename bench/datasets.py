@@ -117,6 +117,23 @@ def small_files(quick: bool = False) -> Path:
     return _build("small", quick, create)
 
 
+def million(quick: bool = False) -> Path:
+    """Return a folder of 1,000,000 files of a few bytes (quick: 20,000) in 1,000 folders.
+
+    Not in DATASETS: only the catalog-growth benchmark wants a tree this wide.
+    """
+    count = 20_000 if quick else 1_000_000
+
+    def create(folder: Path) -> None:
+        for index in range(count):
+            sub = folder / f"d{index % 1000:03d}"
+            if index < 1000:
+                sub.mkdir()
+            (sub / f"f{index:07d}").write_bytes(b"%d\n" % index)
+
+    return _build("million", quick, create)
+
+
 DATASETS: dict[str, Callable[[bool], Path]] = {
     "bigfile": bigfile,
     "stdlib": stdlib,
