@@ -55,12 +55,43 @@ def default_storage() -> LocalStorage:
     return LocalStorage(settings.ARCHIVE_ROOT)
 
 
-class Storage(models.Model):
+# The retention rules, in the order their reasons are listed (restic's `--keep-*`).
+KEEP_RULES = ("last", "hourly", "daily", "weekly", "monthly", "yearly")
+
+
+class KeepRules(models.Model):
+    """How many backups retention keeps: the N newest, and the newest of N hours, days..."""
+
+    keep_last = models.PositiveIntegerField(default=0)
+    keep_hourly = models.PositiveIntegerField(default=0)
+    keep_daily = models.PositiveIntegerField(default=0)
+    keep_weekly = models.PositiveIntegerField(default=0)
+    keep_monthly = models.PositiveIntegerField(default=0)
+    keep_yearly = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        abstract = True
+
+    @property
+    def keep_rules(self) -> dict[str, int]:
+        """Return the retention counts by rule name."""
+        return {rule: getattr(self, f"keep_{rule}") for rule in KEEP_RULES}
+
+    @property
+    def has_keep_rules(self) -> bool:
+        """Return whether any rule keeps something."""
+        return any(self.keep_rules.values())
+
+
+class Storage(KeepRules):
     """Where archives live besides ARCHIVE_ROOT: a local folder or an S3 bucket and prefix.
 
     Only where, never a secret: an S3 storage's credentials come from the workers'
     environment, the standard AWS variables or `<credentials_env>_ACCESS_KEY_ID` and
     `<credentials_env>_SECRET_ACCESS_KEY`.
+
+    Its own keep rules, when it has any, decide which of the copies it holds stay: a
+    storage without them keeps a copy as long as the backup's policy keeps the backup.
     """
 
     class Kind(models.TextChoices):
@@ -165,6 +196,15 @@ class Storage(models.Model):
         where = "s3://" + "/".join(part for part in (self.bucket, self.prefix) if part)
         return f"{where} at {self.endpoint}" if self.endpoint else where
 
+    def set_keep_rules(self, rules: dict[str, int]) -> dict[str, list]:
+        """Replace the storage's keep rules (all 0: none); return `{field: [old, new]}`."""
+        before = {f"keep_{rule}": getattr(self, f"keep_{rule}") for rule in KEEP_RULES}
+        for rule in KEEP_RULES:
+            setattr(self, f"keep_{rule}", rules.get(rule, 0))
+        after = {f"keep_{rule}": getattr(self, f"keep_{rule}") for rule in KEEP_RULES}
+        self.save(update_fields=list(after))
+        return {name: [before[name], after[name]] for name in after if before[name] != after[name]}
+
     def record_check(self, error: str = "") -> None:
         """Record the outcome of a write, read back and delete probe (empty error: passed)."""
         self.checked_at, self.check_error = timezone.now(), printable(error)
@@ -184,7 +224,7 @@ def normalized_tags(value: str) -> str:
         return value
 
 
-class Policy(models.Model):
+class Policy(KeepRules):
     """How often a source is backed up, how long backups are kept, and the targets to meet."""
 
     name = models.CharField(max_length=100, unique=True)
@@ -196,12 +236,6 @@ class Policy(models.Model):
     )
     rpo_s = SecondsField("RPO", null=True, blank=True, help_text="Most data you accept to lose.")
     rto_s = SecondsField("RTO", null=True, blank=True, help_text="Longest restore you accept.")
-    keep_last = models.PositiveIntegerField(default=0)
-    keep_hourly = models.PositiveIntegerField(default=0)
-    keep_daily = models.PositiveIntegerField(default=0)
-    keep_weekly = models.PositiveIntegerField(default=0)
-    keep_monthly = models.PositiveIntegerField(default=0)
-    keep_yearly = models.PositiveIntegerField(default=0)
     compression = models.CharField(
         max_length=8, choices=Compression.choices, default=Compression.ZSTD
     )
@@ -350,17 +384,6 @@ class Policy(models.Model):
         """Return the age recipients backups are encrypted to (empty: not encrypted)."""
         return parse_recipients(self.recipients or "")
 
-    @property
-    def keep_rules(self) -> dict[str, int]:
-        """Return the retention counts by rule name."""
-        return {
-            "last": self.keep_last,
-            "hourly": self.keep_hourly,
-            "daily": self.keep_daily,
-            "weekly": self.keep_weekly,
-            "monthly": self.keep_monthly,
-            "yearly": self.keep_yearly,
-        }
 
 
 class Source(models.Model):
@@ -651,6 +674,9 @@ class Run(models.Model):
         Storage, null=True, blank=True, on_delete=models.PROTECT, related_name="runs"
     )
     archive = models.CharField(max_length=1000, blank=True)
+    # Its policy no longer keeps it: it lives on as the copy in `storage` (and maybe in
+    # others) that a storage's own keep rules hold, and leaves once none does.
+    copy_only = models.BooleanField(default=False)
     size = models.BigIntegerField(null=True, blank=True)
     # A backup's level as taken; `level_asked` is what the request forced ('' lets the
     # policy decide), `base` the backup a delta is relative to and `full` its chain's full.
@@ -963,6 +989,13 @@ class Run(models.Model):
         """Record that the backup's files now live in `storage`, at `archive`."""
         self.storage, self.archive = storage, archive
         Run.objects.filter(pk=self.pk).update(storage=storage, archive=archive)
+
+    def keep_as_copy(self, copy: Copy) -> None:
+        """Record that the backup now lives only as `copy`, which its storage's rules keep."""
+        self.storage, self.archive, self.copy_only = copy.storage, copy.archive, True
+        Run.objects.filter(pk=self.pk).update(
+            storage=copy.storage, archive=copy.archive, copy_only=True
+        )
 
     def record_level(self, level: str, *, base: Run | None = None, full: Run | None = None) -> None:
         """Record the level this backup is taken at and, for a delta, its base and full."""

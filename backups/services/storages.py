@@ -41,8 +41,12 @@ def storage_create(
     endpoint: str = "",
     region: str = "",
     credentials_env: str = "",
+    keep: dict[str, int] | None = None,
 ) -> Storage:
-    """Create a storage after validating it; raise StorageRefused or ValidationError."""
+    """Create a storage after validating it; raise StorageRefused or ValidationError.
+
+    `keep` gives the storage its own retention rules for the copies it holds.
+    """
     if Storage.objects.filter(name=name).exists():
         raise StorageRefused(f"A storage named {name!r} already exists.")
     if kind == Storage.Kind.S3:
@@ -67,10 +71,28 @@ def storage_create(
         endpoint=endpoint,
         region=region,
         credentials_env=credentials_env,
+        **{f"keep_{rule}": count for rule, count in (keep or {}).items()},
     )
     storage.full_clean()
     storage.save()
     return storage
+
+
+@transaction.atomic
+def storage_set_retention(*, name: str, keep: dict[str, int]) -> tuple[Storage, dict]:
+    """Give the storage `name` the keep rules `keep` (all 0 or empty: none of its own).
+
+    Return the storage and `{field: [old, new]}`. Raise StorageRefused for ARCHIVE_ROOT,
+    whose archives are the backups themselves and follow their policies.
+    """
+    if name in ("", DEFAULT_STORAGE_NAME):
+        raise StorageRefused(
+            f"The {DEFAULT_STORAGE_NAME!r} storage holds backups, not copies: its archives "
+            "follow their policies' keep rules. Set rules on a storage that copies go to."
+        )
+    storage_named(name)  # the message naming the known storages
+    storage = Storage.objects.select_for_update().get(name=name)
+    return storage, storage.set_keep_rules(keep)
 
 
 def storage_named(name: str | None) -> Storage | None:
@@ -126,6 +148,7 @@ class StorageRow:
     bytes: int
     checked_at: datetime | None
     check_error: str
+    keep: dict[str, int] | None = None
 
     def to_dict(self) -> dict:
         """Return the JSON object of `storage list --json`."""
@@ -137,6 +160,7 @@ class StorageRow:
             "bytes": self.bytes,
             "checked_at": self.checked_at.isoformat() if self.checked_at else None,
             "check_error": self.check_error or None,
+            "keep": self.keep,
         }
 
 
@@ -175,6 +199,7 @@ def storage_rows() -> list[StorageRow]:
                 location=storage.location,
                 checked_at=storage.checked_at,
                 check_error=storage.check_error,
+                keep=storage.keep_rules if storage.has_keep_rules else None,
             )
         )
     return rows

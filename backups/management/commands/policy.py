@@ -6,12 +6,11 @@ import argparse
 
 from backups.audit import audit_record, field_changes, field_values
 from backups.cli import CliCommand, usage_error
-from backups.models import DEFAULT_RUN_TIMEOUT_S, Compression, Policy
+from backups.models import DEFAULT_RUN_TIMEOUT_S, KEEP_RULES, Compression, Policy
 from backups.services.catalog import RecipientsRefused, policy_create, recipients_from_options
 from backups.services.formats import parse_duration
 from backups.services.storages import StorageRefused, storage_named
 
-KEEP_RULES = ("last", "hourly", "daily", "weekly", "monthly", "yearly")
 
 
 def duration(text: str) -> int:

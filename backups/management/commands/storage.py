@@ -1,10 +1,11 @@
-"""`storage add|list|check`: where archives are written, ARCHIVE_ROOT or a named storage."""
+"""`storage add|list|check|retention`: where archives are written and copies kept."""
 
 from __future__ import annotations
 
 from backups.audit import audit_record, field_changes, field_values
 from backups.cli import CliCommand, failed_error, usage_error
-from backups.models import Storage
+from backups.management.commands.policy import count
+from backups.models import KEEP_RULES, Storage
 from backups.services.formats import format_bytes
 from backups.services.storages import (
     StorageRefused,
@@ -12,7 +13,28 @@ from backups.services.storages import (
     storage_create,
     storage_named,
     storage_rows,
+    storage_set_retention,
 )
+
+
+def keep_arguments(parser) -> None:
+    """Add `--keep-last N` ... `--keep-yearly N`: the storage's own rules for its copies."""
+    for rule in KEEP_RULES:
+        parser.add_argument(
+            f"--keep-{rule}", type=count, default=0, metavar="N", help=f"copies: keep {rule} N"
+        )
+
+
+def keep_of(options) -> dict[str, int]:
+    """Return the rules given on the command line, by rule name."""
+    return {rule: options[f"keep_{rule}"] for rule in KEEP_RULES}
+
+
+def describe_keep(keep: dict[str, int] | None) -> str:
+    """Return `monthly 12, daily 7`, or `-` for a storage whose copies follow their backups."""
+    if not keep:
+        return "-"
+    return ", ".join(f"{rule} {number}" for rule, number in keep.items() if number)
 
 
 class Command(CliCommand):
@@ -34,7 +56,16 @@ class Command(CliCommand):
             help="read PREFIX_ACCESS_KEY_ID and PREFIX_SECRET_ACCESS_KEY from the "
             "workers' environment (default: the standard AWS variables)",
         )
+        keep_arguments(add)
         add.add_argument("--json", action="store_true")
+        retention = actions.add_parser(
+            "retention",
+            help="Set the keep rules of the copies a storage holds (--clear: copies follow "
+            "their backups again).",
+        )
+        retention.add_argument("name")
+        keep_arguments(retention)
+        retention.add_argument("--clear", action="store_true", help="drop the storage's rules")
         listing = actions.add_parser("list", help="List storages with their archives.")
         listing.add_argument("--json", action="store_true")
         check = actions.add_parser("check", help="Write, read back and delete a probe object.")
@@ -53,6 +84,7 @@ class Command(CliCommand):
                 endpoint=options["endpoint"],
                 region=options["region"],
                 credentials_env=options["credentials_env"],
+                keep=keep_of(options),
             )
         except StorageRefused as refused:
             raise usage_error(str(refused)) from None
@@ -68,12 +100,41 @@ class Command(CliCommand):
         else:
             self.stdout.write(f"Created storage {storage.name!r} ({storage.location}).")
 
+    def retention(self, options):
+        keep = keep_of(options)
+        if options["clear"] == any(keep.values()):
+            raise usage_error(
+                "Give the rules (--keep-monthly 12 ...) or --clear to drop them, not both."
+            )
+        try:
+            storage, changes = storage_set_retention(name=options["name"], keep=keep)
+        except StorageRefused as refused:
+            raise usage_error(str(refused)) from None
+        # The rules decide which copies prune deletes: a change is recorded as any other.
+        audit_record(
+            actor=None,
+            action="storage.retention",
+            outcome="succeeded",
+            obj=storage,
+            detail={"changes": changes},
+        )
+        if storage.has_keep_rules:
+            self.stdout.write(
+                f"Storage {storage.name!r} keeps its copies by its own rules: "
+                f"{describe_keep(storage.keep_rules)}."
+            )
+        else:
+            self.stdout.write(
+                f"Storage {storage.name!r} has no rules of its own: its copies go with "
+                "their backups."
+            )
+
     def list(self, options):
         rows = storage_rows()
         if options["json"]:
             self.print_json({"storages": [row.to_dict() for row in rows]})
             return
-        table = [("NAME", "KIND", "ARCHIVES", "SIZE", "LAST CHECK", "LOCATION")] + [
+        table = [("NAME", "KIND", "ARCHIVES", "SIZE", "LAST CHECK", "KEEP", "LOCATION")] + [
             (
                 row.name,
                 row.kind,
@@ -82,14 +143,15 @@ class Command(CliCommand):
                 "-"
                 if row.checked_at is None
                 else f"{row.checked_at:%Y-%m-%d %H:%M} " + ("failed" if row.check_error else "ok"),
+                describe_keep(row.keep),
                 row.location,
             )
             for row in rows
         ]
-        widths = [max(len(line[i]) for line in table) for i in range(5)]
+        widths = [max(len(line[i]) for line in table) for i in range(6)]
         for line in table:
             cells = [cell.ljust(width) for cell, width in zip(line, widths, strict=False)]
-            self.stdout.write("  ".join([*cells, line[5]]))
+            self.stdout.write("  ".join([*cells, line[6]]))
 
     def check(self, options):
         try:
