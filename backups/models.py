@@ -385,7 +385,6 @@ class Policy(KeepRules):
         return parse_recipients(self.recipients or "")
 
 
-
 class Source(models.Model):
     """Something that is backed up: a directory, a SQLite file, a pod path, a database."""
 

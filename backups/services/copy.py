@@ -165,7 +165,8 @@ def archive_move(backup: Run, *, now: datetime | None = None) -> bool:
     restore or verification reads the backup. Return whether the backup moved.
     """
     now = now or timezone.now()
-    if not _old_enough(backup, now=now) or backup.status not in Run.GOOD:
+    # A backup kept only as a copy is its storage's rules' to decide, not the tier's.
+    if not _old_enough(backup, now=now) or backup.status not in Run.GOOD or backup.copy_only:
         return False
     target = backup.source.policy.archive_to
     if backup.storage_id == target.pk:
@@ -203,6 +204,7 @@ def archive_due(*, now: datetime | None = None) -> dict:
         Run.objects.restore_points()
         .filter(source__policy__archive_to__isnull=False)
         .exclude(storage=F("source__policy__archive_to"))
+        .exclude(copy_only=True)
         .select_related("source__policy__archive_to", "storage")
         .defer("log")
     )

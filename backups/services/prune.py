@@ -17,6 +17,14 @@ over finds it no longer owns it, and stops without deleting anything.
 If an archive folder cannot be listed, or lists none of the archives the catalog has in
 it, nothing of that source is removed and the discrepancy is reported: a missing mount
 must never look like permission to delete.
+
+A storage with keep rules of its own plans the copies it holds by them, chains kept whole
+there too. A copy its rules drop while the policy keeps the backup loses only its own
+files. A backup the policy drops while such a storage keeps its copy stays a restore
+point: its primary files go and the catalog points at the kept copy (`copy_only`), which
+its storage's rules then decide alone. A backup leaves the catalog once nothing keeps it.
+Copies in storages without rules go with the backup's primary archive, as before. Only
+files the catalog names are deleted; a listing only confirms they are there.
 """
 
 from __future__ import annotations
@@ -39,7 +47,7 @@ from backups.engine.atomic import fsync_dir
 from backups.engine.errors import EngineError
 from backups.engine.retention import PINNED, Rules, Snapshot, select
 from backups.engine.storage import StoredFile
-from backups.models import Copy, Manifest, Run, Source
+from backups.models import DEFAULT_STORAGE_NAME, Copy, Manifest, Run, Source, Storage
 from backups.services.runs import worker_identity
 from backups.services.standing import standing_refresh
 
@@ -53,6 +61,7 @@ MISSING = "missing"
 HELD = "held"
 OUTSIDE = "outside its folder"
 BASE_OF = "base of #"
+COPY_IN = "copy in "
 
 # Backups claimed and deleted together: one transaction and one folder fsync per batch.
 BATCH = 100
@@ -67,13 +76,39 @@ class PruneFenced(Exception):
 
 
 @dataclass
+class StoragePlan:
+    """What one storage keeps (with the reasons) and lets go, newest first.
+
+    The primary plan covers the backups' own archives by their policy's rules; a copies
+    plan covers the proven copies a storage holds, by that storage's own rules.
+    """
+
+    name: str
+    rules: Rules
+    primary: bool
+    storage: Storage | None = None
+    keep: list[tuple[Run, list[str]]] = field(default_factory=list)
+    remove: list[Run] = field(default_factory=list)
+    copies: dict[int, Copy] = field(default_factory=dict)
+
+
+@dataclass
 class PrunePlan:
-    """What retention keeps (with the reasons) and removes for one source, newest first."""
+    """What retention keeps (with the reasons) and removes for one source, newest first.
+
+    `keep` and `remove` are the catalog's: a backup stays while any storage keeps it.
+    `storages` says it per storage, the primary first. `moves` are the backups whose own
+    archive goes while a storage's rules keep a copy, which becomes the backup's archive;
+    `copy_drops` the copies removed while their backup stays where it is.
+    """
 
     source: Source
     keep: list[tuple[Run, list[str]]] = field(default_factory=list)
     remove: list[Run] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    storages: list[StoragePlan] = field(default_factory=list)
+    moves: dict[int, list[Copy]] = field(default_factory=dict)
+    copy_drops: list[Copy] = field(default_factory=list)
 
 
 def _rules(source: Source) -> Rules:
@@ -183,39 +218,61 @@ def prune_plan(*, source: Source, now: datetime | None = None) -> PrunePlan:
     plan = PrunePlan(source=source)
     for run in backups:
         run.source = source  # its own backups: no query per run to find their folder
-    backups, outside = _split_outside(backups)
-    plan.problems.extend(problem for _run, problem in outside)
-    if not backups:
-        plan.keep.extend((run, [OUTSIDE]) for run, _problem in outside)
-        return plan
-    names, listing_problems, held = _listings(backups)
-    plan.problems.extend(listing_problems)
-    present = [run for run in backups if held or _present(run, names)]
-    present_ids = {run.pk for run in present}
-    missing = [run for run in backups if run.pk not in present_ids]
-    for run in missing:
-        plan.problems.append(
-            f"Backup #{run.pk}'s archive {run.archive} is missing: it is left in the catalog "
-            "and does not count towards the rules. Run `import_archives` or check the storage."
+    policy_storage = source.policy.storage
+    primary = StoragePlan(
+        name=policy_storage.name if policy_storage else DEFAULT_STORAGE_NAME,
+        rules=rules,
+        primary=True,
+    )
+    # A backup kept only as a copy is its storage's to decide, not the policy's.
+    held = _plan_primary(primary, [run for run in backups if not run.copy_only], plan.problems)
+    copies = _copies_by_storage(backups)
+    plan.storages.append(primary)
+    for storage, held_copies in copies.items():
+        storage_plan = StoragePlan(
+            name=storage.name, rules=Rules(**storage.keep_rules), primary=False, storage=storage
         )
+        held = _plan_copies(storage_plan, held_copies, plan.problems) or held
+        plan.storages.append(storage_plan)
+    if held:
+        # One storage that cannot be trusted holds everything back: whether a backup
+        # may leave depends on what every storage keeps.
+        for storage_plan in plan.storages:
+            storage_plan.keep.extend((run, [HELD]) for run in storage_plan.remove)
+            storage_plan.remove = []
+            _newest_first(storage_plan.keep)
+    _outcome(plan, backups)
+    return plan
 
-    pins: dict[int, list[str]] = {run.pk: [] for run in present}
-    for run in present:
+
+def _newest_first(keep: list[tuple[Run, list[str]]]) -> None:
+    keep.sort(key=lambda item: (item[0].started_at or item[0].queued_at, item[0].pk))
+    keep.reverse()
+
+
+def _pins(runs: list[Run], *, verified: bool) -> dict[int, list[str]]:
+    """Return why each run is kept whatever the rules say (empty list: it is not)."""
+    pins: dict[int, list[str]] = {run.pk: [] for run in runs}
+    for run in runs:
         if run.keep:
             pins[run.pk].append(KEEP)
-    newest_verified = next((run for run in present if run.verified), None)
+    newest_verified = next((run for run in runs if run.verified), None) if verified else None
     if newest_verified is not None:
         pins[newest_verified.pk].append(VERIFIED)
-    for pk in _in_use([run.pk for run in present]):
+    for pk in _in_use([run.pk for run in runs]):
         pins[pk].append(IN_USE)
+    return pins
 
+
+def _select(plan: StoragePlan, present: list[Run], pins: dict[int, list[str]]) -> None:
+    """Fill `plan` with what its rules keep and remove of `present`, chains kept whole."""
     by_id = {run.pk: run for run in present}
     decision = select(
         [
             Snapshot(id=run.pk, time=run.started_at or run.queued_at, pinned=bool(pins[run.pk]))
             for run in present
         ],
-        rules,
+        plan.rules,
         ZoneInfo(settings.RETENTION_TIME_ZONE),
     )
     for snapshot, reasons in decision.keep:
@@ -223,19 +280,137 @@ def prune_plan(*, source: Source, now: datetime | None = None) -> PrunePlan:
         for reason in reasons:
             expanded.extend(pins[snapshot.id] if reason == PINNED else [reason])
         plan.keep.append((by_id[snapshot.id], expanded))
-    if held:
-        plan.keep.extend((by_id[snapshot.id], [HELD]) for snapshot in decision.remove)
-        plan.keep.sort(key=lambda item: (item[0].started_at or item[0].queued_at, item[0].pk))
-        plan.keep.reverse()
-    else:
-        plan.remove = [by_id[snapshot.id] for snapshot in decision.remove]
-        _keep_chains(plan)
+    plan.remove = [by_id[snapshot.id] for snapshot in decision.remove]
+    _keep_chains(plan)
+
+
+def _plan_primary(plan: StoragePlan, backups: list[Run], problems: list[str]) -> bool:
+    """Plan the backups' own archives by the policy; return whether removal is held back."""
+    backups, outside = _split_outside(backups)
+    problems.extend(problem for _run, problem in outside)
+    if not backups:
+        plan.keep.extend((run, [OUTSIDE]) for run, _problem in outside)
+        return False
+    names, listing_problems, held = _listings(backups)
+    problems.extend(listing_problems)
+    present = [run for run in backups if held or _present(run, names)]
+    present_ids = {run.pk for run in present}
+    missing = [run for run in backups if run.pk not in present_ids]
+    for run in missing:
+        problems.append(
+            f"Backup #{run.pk}'s archive {run.archive} is missing: it is left in the catalog "
+            "and does not count towards the rules. Run `import_archives` or check the storage."
+        )
+    _select(plan, present, _pins(present, verified=True))
     plan.keep.extend((run, [MISSING]) for run in missing)
     plan.keep.extend((run, [OUTSIDE]) for run, _problem in outside)
-    return plan
+    return held
 
 
-def _keep_chains(plan: PrunePlan) -> None:
+def _copies_by_storage(backups: list[Run]) -> dict[Storage, list[Copy]]:
+    """Return the proven copies of `backups` in each storage that has keep rules."""
+    by_id = {run.pk: run for run in backups}
+    found: dict[int, tuple[Storage, list[Copy]]] = {}
+    copies = (
+        Copy.objects.filter(backup_id__in=list(by_id), status=Copy.Status.SUCCEEDED)
+        .select_related("storage")
+        .order_by("storage__name")
+    )
+    for copy in copies:
+        if not copy.storage.has_keep_rules:
+            continue
+        copy.backup = by_id[copy.backup_id]
+        found.setdefault(copy.storage_id, (copy.storage, []))[1].append(copy)
+    return dict(found.values())
+
+
+def _plan_copies(plan: StoragePlan, copies: list[Copy], problems: list[str]) -> bool:
+    """Plan a storage's copies by its own rules; return whether removal is held back.
+
+    The storage's folder is listed, as the primary's is: a copy counts towards the rules
+    only when its object is there, and a folder that cannot be listed, or lists none of
+    the copies the catalog has in it, holds back every removal of the source.
+    """
+    where = f"{plan.name}:{copies[0].backup.source.slug}/"
+    placed: list[Copy] = []
+    outside: list[Copy] = []
+    for copy in copies:
+        try:
+            copy.stored_archive()
+        except EngineError as error:
+            problems.append(str(error))
+            outside.append(copy)
+        else:
+            placed.append(copy)
+    held = False
+    listed: set[str] = set()
+    if placed:
+        try:
+            folder = plan.storage.open().list(placed[0].backup.source.slug)
+            listed = {entry.name for entry in folder if not entry.is_folder}
+        except (OSError, EngineError) as error:
+            problems.append(
+                f"Cannot list {where} ({error}) while the catalog has {len(placed)} copies "
+                "there: nothing of this source is removed."
+            )
+            held = True
+        else:
+            if not any(copy.archive.rpartition("/")[2] in listed for copy in placed):
+                problems.append(
+                    f"{where} holds none of the {len(placed)} copies the catalog has there: "
+                    "nothing of this source is removed."
+                )
+                held = True
+    present = [copy for copy in placed if held or copy.archive.rpartition("/")[2] in listed]
+    missing = [copy for copy in placed if copy not in present]
+    for copy in missing:
+        problems.append(
+            f"The copy of backup #{copy.backup_id} in storage {plan.name!r} ({copy.archive}) "
+            "is missing: it does not count towards that storage's rules."
+        )
+    plan.copies = {copy.backup_id: copy for copy in copies}
+    runs = [copy.backup for copy in present]
+    _select(plan, runs, _pins(runs, verified=False))
+    plan.keep.extend((copy.backup, [MISSING]) for copy in missing)
+    plan.keep.extend((copy.backup, [OUTSIDE]) for copy in outside)
+    return held
+
+
+def _outcome(plan: PrunePlan, backups: list[Run]) -> None:
+    """Decide each backup's fate from every storage's plan: stay, move to a kept copy,
+    lose some copies, or leave the catalog."""
+    primary, copy_plans = plan.storages[0], plan.storages[1:]
+    primary_keeps = {run.pk: reasons for run, reasons in primary.keep}
+    dropped = {p.storage.pk: {run.pk for run in p.remove} for p in copy_plans}
+    # The copies that can stand in for a backup: kept by rules, and really there.
+    holders: dict[int, list[Copy]] = {}
+    for p in copy_plans:
+        for run, reasons in p.keep:
+            if MISSING not in reasons and OUTSIDE not in reasons:
+                holders.setdefault(run.pk, []).append(p.copies[run.pk])
+    copy_plans_by_id = {p.storage.pk: p for p in copy_plans}
+    for run in backups:
+        held_by = holders.get(run.pk, [])
+        if not run.copy_only:
+            stays = run.pk in primary_keeps
+            reasons = primary_keeps.get(run.pk, [])
+        else:
+            home = copy_plans_by_id.get(run.storage_id)
+            stays = home is not None and run.pk not in dropped[run.storage_id]
+            reasons = [f"{COPY_IN}{run.storage.name}"]
+        if stays:
+            plan.keep.append((run, reasons))
+            plan.copy_drops.extend(
+                p.copies[run.pk] for p in copy_plans if run.pk in dropped[p.storage.pk]
+            )
+        elif held_by:
+            plan.moves[run.pk] = held_by
+            plan.keep.append((run, [f"{COPY_IN}{copy.storage.name}" for copy in held_by]))
+        else:
+            plan.remove.append(run)
+
+
+def _keep_chains(plan: StoragePlan) -> None:
     """Keep every backup a kept differential or incremental builds on, saying for whom.
 
     A chain is restored from its full through each base: removing one would make every
@@ -260,8 +435,7 @@ def _keep_chains(plan: PrunePlan) -> None:
             kept[run.base_id].append(reason)
     if moved:
         plan.remove = [run for run in plan.remove if run.pk in removing]
-        plan.keep.sort(key=lambda item: (item[0].started_at or item[0].queued_at, item[0].pk))
-        plan.keep.reverse()
+        _newest_first(plan.keep)
 
 
 def _entry(run: Run, source: Source, reasons: list[str] | None = None) -> dict:
@@ -275,6 +449,21 @@ def _entry(run: Run, source: Source, reasons: list[str] | None = None) -> dict:
     return data
 
 
+def _storage_entries(plan: PrunePlan) -> list[dict]:
+    """Return what each storage keeps (and why) and lets go, as `prune --json` shows it."""
+    return [
+        {
+            "source": plan.source.name,
+            "storage": storage_plan.name,
+            "role": "primary" if storage_plan.primary else "copies",
+            "rules": {rule: n for rule, n in vars(storage_plan.rules).items() if n},
+            "keep": [_entry(run, plan.source, reasons) for run, reasons in storage_plan.keep],
+            "remove": [_entry(run, plan.source) for run in storage_plan.remove],
+        }
+        for storage_plan in plan.storages
+    ]
+
+
 def _files(run: Run) -> list[StoredFile]:
     """Return the files of `run` to remove: none when its archive lies outside its folder."""
     try:
@@ -285,19 +474,88 @@ def _files(run: Run) -> list[StoredFile]:
         return []
 
 
-def _copy_files(run: Run) -> list[StoredFile]:
-    """Return the files of `run`'s proven copies in other storages, removed with it."""
+def _copy_files(run: Run, spare: list[int] = ()) -> list[StoredFile]:
+    """Return the files of `run`'s proven copies in other storages, removed with it,
+    except those in the storages `spare` (whose own rules keep them)."""
     files = []
-    for copy in run.copies.filter(status=Copy.Status.SUCCEEDED).select_related("storage"):
+    copies = run.copies.filter(status=Copy.Status.SUCCEEDED).exclude(storage_id__in=spare)
+    for copy in copies.select_related("storage"):
         copy.backup = run
-        try:
-            archive = copy.stored_archive()
-            manifest = archive.sibling(run.manifest_path.name)
-        except EngineError as error:
-            logger.warning("prune removes no file of %s: %s", copy, error)
-            continue
-        files += [archive, archive.sibling(archive.name + ".sha256"), manifest]
+        files += _files_of_copy(copy)
     return files
+
+
+def _files_of_copy(copy: Copy) -> list[StoredFile]:
+    """Return a copy's archive, checksum file and manifest: none when it is not in its folder."""
+    try:
+        archive = copy.stored_archive()
+        manifest = archive.sibling(copy.backup.manifest_path.name)
+    except EngineError as error:
+        logger.warning("prune removes no file of %s: %s", copy, error)
+        return []
+    return [archive, archive.sibling(archive.name + ".sha256"), manifest]
+
+
+def _unlink(files: list[StoredFile]) -> None:
+    """Delete `files`, with one fsync per local folder."""
+    folders = set()
+    for stored in files:
+        path = stored.local_path
+        if path is None:
+            stored.storage.delete(stored.key)
+        else:
+            # One fsync per folder and batch below, not one per file.
+            path.unlink(missing_ok=True)
+            folders.add(path.parent)
+    for folder in folders:
+        if folder.is_dir():
+            fsync_dir(folder)
+
+
+def _drop_copies(copies: list[Copy], me: str) -> tuple[list[Copy], list[str]]:
+    """Remove copies their storage's rules no longer keep while their backup stays.
+
+    The catalog first, in one transaction that re-checks each copy (still proven, its
+    backup not being read, not the backup's own archive): a crash then leaves only
+    unreferenced objects, never a copy a restore would be sent to and not find.
+    """
+    wanted = {copy.pk: copy for copy in copies}
+    with transaction.atomic():
+        rows = {
+            row["pk"]: row
+            for row in Copy.objects.select_for_update()
+            .filter(pk__in=list(wanted), status=Copy.Status.SUCCEEDED)
+            .values("pk", "backup_id", "storage_id", "backup__storage_id", "backup__copy_only")
+        }
+        in_use = _in_use([row["backup_id"] for row in rows.values()])
+        dropped = [
+            wanted[pk]
+            for pk, row in rows.items()
+            if row["backup_id"] not in in_use
+            and not (row["backup__copy_only"] and row["backup__storage_id"] == row["storage_id"])
+        ]
+        Copy.objects.filter(pk__in=[copy.pk for copy in dropped]).update(status=Copy.Status.REMOVED)
+        for copy in dropped:
+            audit_record(
+                actor=None,
+                action="copy.prune",
+                outcome="removed",
+                obj=copy.backup,
+                source=copy.backup.source,
+                detail={"storage": copy.storage.name, "archive": copy.archive, "pruner": me},
+            )
+    problems = []
+    for copy in dropped:
+        try:
+            _unlink(_files_of_copy(copy))
+        except (OSError, EngineError) as error:
+            problems.append(
+                f"The copy of backup #{copy.backup_id} in storage {copy.storage.name!r} was "
+                f"let go but its files could not all be deleted ({error}); they are no "
+                "longer used."
+            )
+        logger.info("pruned the copy of backup #%s in %s", copy.backup_id, copy.storage)
+    return dropped, problems
 
 
 def _claim(runs: list[Run], me: str, now: datetime) -> tuple[list[Run], dict[int, str]]:
@@ -350,8 +608,9 @@ def _claim(runs: list[Run], me: str, now: datetime) -> tuple[list[Run], dict[int
     return claimed, kept
 
 
-def _delete_owned(runs: list[Run], me: str) -> None:
-    """Unlink the files of runs `me` holds in `pruning`, then mark them `pruned`.
+def _delete_owned(runs: list[Run], me: str, moves: dict[int, list[Copy]] | None = None) -> None:
+    """Unlink the files of runs `me` holds in `pruning`, then mark them `pruned`, or, for
+    those in `moves`, point them at the copy a storage's own rules keep.
 
     The ownership check, the unlinks and the status change share one transaction that
     holds the rows: a pruner that lost any of them deletes nothing at all, since it was
@@ -372,24 +631,24 @@ def _delete_owned(runs: list[Run], me: str) -> None:
                 "more was deleted."
             )
         sources = Source.objects.in_bulk({run.source_id for run in runs})
-        folders = set()
+        files = []
+        spared: dict[int, list[int]] = {}
         for run in runs:
             run.source = sources[run.source_id]
-            for stored in _files(run) + _copy_files(run):
-                path = stored.local_path
-                if path is None:
-                    stored.storage.delete(stored.key)
-                else:
-                    # One fsync per folder and batch below, not one per file.
-                    path.unlink(missing_ok=True)
-                    folders.add(path.parent)
-        for folder in folders:
-            if folder.is_dir():
-                fsync_dir(folder)
-        Run.objects.mark_pruned(ids, worker=me, now=timezone.now())
-        Copy.mark_removed(ids)
-        # Deleting a backup is destructive: each one leaves an audit record, as a restore does.
+            # Planned: a run the plan does not move keeps no copy.
+            held = None if moves is None else moves.get(run.pk, [])
+            spared[run.pk] = _kept_copies(run, held)
+            files += _files(run) + _copy_files(run, spared[run.pk])
+        _unlink(files)
+        gone = [run for run in runs if not spared[run.pk]]
+        Run.objects.mark_pruned([run.pk for run in gone], worker=me, now=timezone.now())
+        Copy.mark_removed([run.pk for run in gone])
         for run in runs:
+            if spared[run.pk]:
+                _keep_as_copy(run, spared[run.pk], me)
+                continue
+            # Deleting a backup is destructive: each one leaves an audit record, as a
+            # restore does.
             audit_record(
                 actor=None,
                 action="backup.prune",
@@ -400,11 +659,59 @@ def _delete_owned(runs: list[Run], me: str) -> None:
             )
     # Outside the transaction: a big manifest takes a while to delete, and a crash here
     # leaves only rows that the next prune removes.
-    Manifest.objects.filter(run_id__in=ids).delete()
+    Manifest.objects.filter(run_id__in=[run.pk for run in gone]).delete()
     for source_id in sorted(sources):
         standing_refresh(source_id)
     for run in runs:
         logger.info("pruned backup #%s (%s)", run.pk, run.archive)
+
+
+def _kept_copies(run: Run, held: list[Copy] | None) -> list[int]:
+    """Return the storages whose copies of `run` stay when its own archive goes, the
+    one to point the run at first.
+
+    Planned (`held`): the storages whose rules keep a copy there. Finishing a dead
+    pruner's work, without its plan: every storage with rules of its own whose proven
+    copy is really there, except the one the run's archive is in, which is going. Keeping
+    too much is safe: the next prune applies those storages' rules.
+    """
+    copies = run.copies.filter(status=Copy.Status.SUCCEEDED).select_related("storage")
+    if run.copy_only:
+        copies = copies.exclude(storage_id=run.storage_id)
+    if held is not None:
+        wanted = [copy.storage_id for copy in held]
+        found = set(copies.filter(storage_id__in=wanted).values_list("storage_id", flat=True))
+        return [storage_id for storage_id in wanted if storage_id in found]
+    kept = []
+    for copy in copies.order_by("storage__name"):
+        copy.backup = run
+        files = _files_of_copy(copy) if copy.storage.has_keep_rules else []
+        if files and files[0].size() is not None:
+            kept.append(copy.storage_id)
+    return kept
+
+
+def _keep_as_copy(run: Run, kept: list[int], me: str) -> None:
+    """Point a run whose own archive was just deleted at its first kept copy, and make it
+    a restore point again."""
+    old_archive = run.archive
+    copy = Copy.objects.select_related("storage").get(backup=run, storage_id=kept[0])
+    Copy.objects.filter(backup=run, status=Copy.Status.SUCCEEDED).exclude(
+        storage_id__in=kept
+    ).update(status=Copy.Status.REMOVED)
+    status = Run.Status.WARNING if run.warnings else Run.Status.SUCCEEDED
+    Run.objects.prune_undo(run.pk, worker=me, status=status)
+    run.keep_as_copy(copy)
+    Manifest.objects.filter(run=run).update(path=str(run.stored_manifest()))
+    run.append_log(f"kept as its copy in storage {copy.storage.name} ({copy.archive})")
+    audit_record(
+        actor=None,
+        action="backup.prune",
+        outcome="kept as copy",
+        obj=run,
+        source=run.source,
+        detail={"archive": old_archive, "kept_in": copy.storage.name, "pruner": me},
+    )
 
 
 def _holder_gone(worker: str, heartbeat_at: datetime | None, now: datetime) -> bool:
@@ -485,12 +792,19 @@ def _prune_source(source: Source, me: str, dry_run: bool, result: dict) -> bool:
     plan = prune_plan(source=source)
     planned_at = time.monotonic()
     result["problems"].extend(plan.problems)
+    result["storages"].extend(_storage_entries(plan))
     keep = [_entry(run, source, reasons) for run, reasons in plan.keep]
     if dry_run:
         result["keep"].extend(keep)
         result["remove"].extend(_entry(run, source) for run in plan.remove)
         return True
-    pending = list(plan.remove)
+    for start in range(0, len(plan.copy_drops), BATCH):
+        _dropped, problems = _drop_copies(plan.copy_drops[start : start + BATCH], me)
+        result["problems"].extend(problems)
+    leaving = {run.pk for run in plan.remove}
+    moves = plan.moves
+    # The backups whose own archive goes: those leaving, and those kept as a copy.
+    pending = [*plan.remove, *(run for run, _reasons in plan.keep if run.pk in moves)]
     while pending:
         # A plan older than the grace period may be stale (a pause, a slow disk): the
         # claims re-check every pin anyway, but the rules are applied afresh too.
@@ -498,7 +812,8 @@ def _prune_source(source: Source, me: str, dry_run: bool, result: dict) -> bool:
             plan = prune_plan(source=source)
             planned_at = time.monotonic()
             keep = [_entry(run, source, reasons) for run, reasons in plan.keep]
-            pending = list(plan.remove)
+            leaving, moves = {run.pk for run in plan.remove}, plan.moves
+            pending = [*plan.remove, *(run for run, _reasons in plan.keep if run.pk in moves)]
             if not pending:
                 break
         batch, pending = pending[:BATCH], pending[BATCH:]
@@ -507,18 +822,18 @@ def _prune_source(source: Source, me: str, dry_run: bool, result: dict) -> bool:
         keep.extend(
             _entry(run, source, [kept[run.pk]])
             for run in batch
-            if kept.get(run.pk) not in (None, "changed")
+            if kept.get(run.pk) not in (None, "changed") and run.pk in leaving
         )
         if not claimed:
             continue
         try:
-            _delete_owned(claimed, me)
+            _delete_owned(claimed, me, moves)
         except PruneFenced as fenced:
             logger.warning("%s", fenced)
             result["keep"].extend(keep)
             result["problems"].append(str(fenced))
             return False
-        result["remove"].extend(_entry(run, source) for run in claimed)
+        result["remove"].extend(_entry(run, source) for run in claimed if run.pk in leaving)
     result["keep"].extend(keep)
     return True
 
@@ -527,11 +842,12 @@ def prune_execute(*, source: Source | None = None, dry_run: bool = False) -> dic
     """Apply retention to one source, or to every source with a policy; return the report.
 
     The report is the contract's `{"keep": [{"id", "source", "reasons"}], "remove": [{"id",
-    "source"}]}` (with `dry_run`, what would be removed), plus `problems` (discrepancies,
-    and removals this pruner had to leave) and `skipped` (sources whose policy keeps
-    everything). With a `source` whose policy has no keep rule, raise PruneRefused.
+    "source"}]}` (with `dry_run`, what would be removed), plus `storages` (per source and
+    storage: its role, its rules, what it keeps and why and what it lets go), `problems`
+    (discrepancies, and removals this pruner had to leave) and `skipped` (sources whose
+    policy keeps everything). With a `source` whose policy has no keep rule, raise PruneRefused.
     """
-    result: dict = {"keep": [], "remove": [], "problems": [], "skipped": []}
+    result: dict = {"keep": [], "remove": [], "storages": [], "problems": [], "skipped": []}
     if source is not None:
         _rules(source)
         sources = [source]

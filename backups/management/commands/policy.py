@@ -12,7 +12,6 @@ from backups.services.formats import parse_duration
 from backups.services.storages import StorageRefused, storage_named
 
 
-
 def duration(text: str) -> int:
     """An argparse type for `90s`, `15m`, `6h`, `7d`."""
     try:
