@@ -41,17 +41,27 @@ class Command(CliCommand):
             sys.exit(EXIT_FAILED)
 
     def print_plan(self, report: dict) -> None:
-        rows = [(entry, "keep", ", ".join(entry["reasons"])) for entry in report["keep"]]
-        rows += [(entry, "remove", "") for entry in report["remove"]]
-        if not rows:
+        if not report["keep"] and not report["remove"]:
             self.stdout.write("No backups to consider.")
             return
-        rows.sort(key=lambda row: (row[0]["source"], row[0]["started_at"] or ""), reverse=True)
-        self.stdout.write(f"{'ID':>6}  {'STARTED':25}  {'ACTION':6}  {'SOURCE':20}  REASONS")
-        for entry, action, reasons in rows:
+        self.stdout.write(
+            f"{'ID':>6}  {'STARTED':25}  {'ACTION':6}  {'SOURCE':20}  {'STORAGE':12}  REASONS"
+        )
+        for part in report["storages"]:
+            rows = [(entry, "keep", ", ".join(entry["reasons"])) for entry in part["keep"]]
+            rows += [(entry, "remove", "") for entry in part["remove"]]
+            rows.sort(key=lambda row: row[0]["started_at"] or "", reverse=True)
+            for entry, action, reasons in rows:
+                self.stdout.write(
+                    f"{entry['id']:>6}  {entry['started_at'] or '-':25}  {action:6}  "
+                    f"{entry['source']:20}  {part['storage']:12}  {reasons}"
+                )
+        for part in report["storages"]:
+            what = "backups" if part["role"] == "primary" else "copies"
+            rules = ", ".join(f"{rule} {n}" for rule, n in part["rules"].items())
             self.stdout.write(
-                f"{entry['id']:>6}  {entry['started_at'] or '-':25}  {action:6}  "
-                f"{entry['source']:20}  {reasons}"
+                f"{part['source']} in {part['storage']} ({what}, keep {rules}): would remove "
+                f"{len(part['remove'])}, keep {len(part['keep'])}."
             )
         self.stdout.write(
             f"Would remove {len(report['remove'])} backup(s) and keep {len(report['keep'])}. "

@@ -1,0 +1,305 @@
+"""Per-storage retention: a storage's own keep rules decide which of its copies stay.
+
+Real local storages, and SeaweedFS's S3 (tests/s3server.py) for one bucket.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import shutil
+from datetime import UTC, datetime, timedelta
+from io import StringIO
+from pathlib import Path
+
+import pytest
+from django.core.management import CommandError, call_command
+
+from backups.models import AuditEvent, Copy, Run, Source, Storage
+from tests.prune_helpers import make_backups, paths_of
+from tests.s3server import BUCKET
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def call_json(*args) -> dict:
+    """Run a command with --json and return its object, whatever its exit status."""
+    out = StringIO()
+    try:
+        call_command(*args, "--json", stdout=out, stderr=StringIO())
+    except SystemExit as exit_:
+        assert exit_.code in (0, 1), out.getvalue()
+    return json.loads(out.getvalue())
+
+
+def quiet(*args) -> str:
+    out = StringIO()
+    call_command(*args, stdout=out, stderr=StringIO())
+    return out.getvalue()
+
+
+def setup(data_dir, tmp_path, *policy_args, offsite_rules=("--keep-monthly", "12")) -> Source:
+    quiet(
+        "storage", "add", "offsite", "--kind", "local", "--path", str(tmp_path / "offsite"),
+        *offsite_rules,
+    )  # fmt: skip
+    quiet("policy", "add", "p", "--no-verify", "--copy-to", "offsite", *policy_args)
+    quiet(
+        "source", "add", "files", "--kind", "directory", "--location", str(data_dir),
+        "--policy", "p",
+    )  # fmt: skip
+    return Source.objects.get(name="files")
+
+
+def copy_to(runs, name: str) -> None:
+    """Give each backup a proven copy in storage `name`: its three files, and the row."""
+    storage = Storage.objects.get(name=name)
+    target = storage.open()
+    for run in runs:
+        folder = Path(storage.path) / run.source.slug
+        folder.mkdir(parents=True, exist_ok=True)
+        for path in paths_of(run):
+            shutil.copyfile(path, folder / path.name)
+        Copy.objects.update_or_create(
+            backup=run,
+            storage=storage,
+            defaults={
+                "status": Copy.Status.SUCCEEDED,
+                "archive": target.locator(f"{run.source.slug}/{Path(run.archive).name}"),
+                "sha256": "0" * 64,
+                "size": 3,
+            },
+        )
+
+
+def ids_in(folder: Path) -> set[int]:
+    """Return the run ids of the archives in `folder` (each with its sidecar and manifest)."""
+    names = [path.name for path in folder.iterdir()] if folder.is_dir() else []
+    archives = {name.split(".")[0] for name in names if name.endswith((".tar.zst", ".tar.gz"))}
+    for stem in archives:
+        assert {n for n in names if n.startswith(stem + ".")} >= {
+            f"{stem}.manifest.json",
+        }, f"{stem} lost its manifest"
+        assert any(n.endswith(".sha256") and n.startswith(stem + ".") for n in names)
+    return {int(stem.rsplit("-", 1)[1]) for stem in archives}
+
+
+def test_the_primary_keeps_7_dailies_and_the_offsite_12_monthlies_over_a_year(
+    data_dir, tmp_path, settings
+):
+    settings.RETENTION_TIME_ZONE = "UTC"
+    source = setup(data_dir, tmp_path, "--keep-daily", "7")
+    # A real backup, copied by the copy run the policy asks for, at the end of a past month.
+    real = call_json("backup", "files", "--inline")
+    assert Copy.objects.get(backup_id=real["id"]).status == Copy.Status.SUCCEEDED
+    now = datetime.now(UTC).replace(hour=3, minute=0, second=0, microsecond=0)
+    month_end = (now.replace(day=1) - timedelta(days=5 * 31)).replace(day=1) - timedelta(days=1)
+    Run.objects.filter(pk=real["id"]).update(started_at=month_end, queued_at=month_end)
+    # A backup a day for a year and a bit, the real one's day left to it.
+    times = [now - timedelta(days=day) for day in range(1, 400)]
+    times = [moment for moment in times if moment.date() != month_end.date()]
+    fakes = make_backups(source, times)
+    copy_to(fakes, "offsite")
+    every = {run.pk: run.started_at for run in fakes} | {real["id"]: month_end}
+    newest_first = sorted(every, key=every.get, reverse=True)
+    dailies = set(newest_first[:7])
+    months: dict[tuple, int] = {}
+    for pk in newest_first:
+        months.setdefault((every[pk].year, every[pk].month), pk)
+    monthlies = set(list(months.values())[:12])
+    assert real["id"] in monthlies
+
+    report = call_json("prune", "--source", "files")
+
+    assert ids_in(source.archive_dir) == dailies
+    assert ids_in(tmp_path / "offsite" / source.slug) == monthlies
+    restorable = set(Run.objects.restorable().filter(source=source).values_list("pk", flat=True))
+    assert restorable == dailies | monthlies
+    assert {entry["id"] for entry in report["remove"]} == set(every) - dailies - monthlies
+    moved = Run.objects.get(pk=real["id"])
+    assert moved.copy_only and moved.storage.name == "offsite"
+    # Restorable from the offsite, byte for byte, and it verifies there.
+    target = tmp_path / "restored"
+    restored = call_json("restore", str(real["id"]), "--to", str(target), "--inline")
+    assert restored["status"] == "succeeded", restored["error"]
+    assert restored["archive"] == str(
+        tmp_path / "offsite" / source.slug / Path(real["archive"]).name
+    )
+    assert (target / "a.txt").read_bytes() == (data_dir / "a.txt").read_bytes()
+    assert (target / "sub" / "b.bin").read_bytes() == (data_dir / "sub" / "b.bin").read_bytes()
+    verified = call_json("verify", str(real["id"]), "--inline")
+    assert verified["status"] == "succeeded", verified["error"]
+    # A second prune has nothing more to do: both storages are at their rules.
+    again = call_json("prune", "--source", "files")
+    assert again["remove"] == [] and again["problems"] == []
+    assert ids_in(tmp_path / "offsite" / source.slug) == monthlies
+
+
+def test_a_chain_kept_on_the_offsite_keeps_its_base_and_full_there(data_dir, tmp_path, settings):
+    settings.RETENTION_TIME_ZONE = "UTC"
+    source = setup(data_dir, tmp_path, "--keep-last", "1", offsite_rules=("--keep-monthly", "1"))
+    now = datetime.now(UTC)
+    full, first, second = make_backups(
+        source, [now - timedelta(days=3, hours=h) for h in (2, 1, 0)]
+    )
+    Run.objects.filter(pk=full.pk).update(level=Run.Level.FULL)
+    Run.objects.filter(pk=first.pk).update(level=Run.Level.INCREMENTAL, base=full, full=full)
+    Run.objects.filter(pk=second.pk).update(level=Run.Level.INCREMENTAL, base=first, full=full)
+    (newest,) = make_backups(source, [now])
+    copy_to([full, first, second], "offsite")
+
+    plan = call_json("prune", "--source", "files", "--dry-run")
+    (offsite,) = [part for part in plan["storages"] if part["storage"] == "offsite"]
+    reasons = {entry["id"]: entry["reasons"] for entry in offsite["keep"]}
+    assert reasons == {
+        second.pk: ["monthly"],
+        first.pk: [f"base of #{second.pk}"],
+        full.pk: [f"base of #{first.pk}"],
+    }
+    call_json("prune", "--source", "files")
+
+    assert ids_in(source.archive_dir) == {newest.pk}
+    assert ids_in(tmp_path / "offsite" / source.slug) == {full.pk, first.pk, second.pk}
+    chain = Run.objects.get(pk=second.pk).chain()
+    assert [run.pk for run in chain] == [full.pk, first.pk, second.pk]
+    assert all(run.copy_only and run.status in Run.GOOD for run in chain)
+
+
+def test_a_storage_without_rules_loses_its_copies_with_the_primary_archive(
+    data_dir, tmp_path, settings
+):
+    settings.RETENTION_TIME_ZONE = "UTC"
+    quiet("storage", "add", "nas", "--kind", "local", "--path", str(tmp_path / "nas"))
+    source = setup(data_dir, tmp_path, "--keep-last", "2", "--copy-to", "nas")
+    now = datetime.now(UTC)
+    runs = make_backups(source, [now - timedelta(days=40 * n) for n in (3, 2, 1, 0)])
+    copy_to(runs, "offsite")
+    copy_to(runs, "nas")
+
+    call_json("prune", "--source", "files")
+
+    kept_by_policy = {runs[2].pk, runs[3].pk}
+    assert ids_in(source.archive_dir) == kept_by_policy
+    assert ids_in(tmp_path / "nas" / source.slug) == kept_by_policy
+    assert ids_in(tmp_path / "offsite" / source.slug) == {run.pk for run in runs}
+    nas = dict(Copy.objects.filter(storage__name="nas").values_list("backup_id", "status"))
+    assert nas == {
+        runs[0].pk: Copy.Status.REMOVED,
+        runs[1].pk: Copy.Status.REMOVED,
+        runs[2].pk: Copy.Status.SUCCEEDED,
+        runs[3].pk: Copy.Status.SUCCEEDED,
+    }
+    # Clearing the offsite's rules: its copies go with their backups again.
+    quiet("storage", "retention", "offsite", "--clear")
+    report = call_json("prune", "--source", "files")
+    assert {entry["id"] for entry in report["remove"]} == {runs[0].pk, runs[1].pk}
+    assert ids_in(tmp_path / "offsite" / source.slug) == kept_by_policy
+
+
+def test_a_copy_its_storage_drops_goes_alone_while_the_primary_keeps_the_backup(data_dir, tmp_path):
+    source = setup(data_dir, tmp_path, "--keep-last", "3", offsite_rules=("--keep-last", "1"))
+    now = datetime.now(UTC)
+    runs = make_backups(source, [now - timedelta(hours=n) for n in (2, 1, 0)])
+    copy_to(runs, "offsite")
+
+    report = call_json("prune", "--source", "files")
+
+    assert report["remove"] == []
+    assert ids_in(source.archive_dir) == {run.pk for run in runs}
+    assert ids_in(tmp_path / "offsite" / source.slug) == {runs[2].pk}
+    statuses = dict(Copy.objects.values_list("backup_id", "status"))
+    assert statuses[runs[0].pk] == statuses[runs[1].pk] == Copy.Status.REMOVED
+    assert not Run.objects.filter(copy_only=True).exists()
+    events = AuditEvent.objects.filter(action="copy.prune")
+    assert sorted(event.object_id for event in events) == sorted(str(run.pk) for run in runs[:2])
+
+
+def test_dry_run_says_per_storage_what_goes_and_changes_nothing(data_dir, tmp_path, settings):
+    settings.RETENTION_TIME_ZONE = "UTC"
+    source = setup(data_dir, tmp_path, "--keep-last", "1", offsite_rules=("--keep-last", "2"))
+    now = datetime.now(UTC)
+    runs = make_backups(source, [now - timedelta(hours=n) for n in (2, 1, 0)])
+    copy_to(runs, "offsite")
+    before = sorted(p for p in tmp_path.rglob("*") if p.is_file())
+
+    report = call_json("prune", "--source", "files", "--dry-run")
+    text = quiet("prune", "--source", "files", "--dry-run")
+
+    parts = {part["storage"]: part for part in report["storages"]}
+    assert parts["default"]["role"] == "primary" and parts["offsite"]["role"] == "copies"
+    assert parts["offsite"]["rules"] == {"last": 2}
+    assert [entry["id"] for entry in parts["default"]["remove"]] == [runs[1].pk, runs[0].pk]
+    assert [entry["id"] for entry in parts["offsite"]["remove"]] == [runs[0].pk]
+    assert {entry["id"]: entry["reasons"] for entry in report["keep"]}[runs[1].pk] == [
+        "copy in offsite"
+    ]
+    assert [entry["id"] for entry in report["remove"]] == [runs[0].pk]
+    assert "files in offsite (copies, keep last 2): would remove 1, keep 2." in text
+    assert sorted(p for p in tmp_path.rglob("*") if p.is_file()) == before
+    assert Run.objects.filter(status=Run.Status.SUCCEEDED).count() == 3
+    assert not Run.objects.filter(copy_only=True).exists()
+    assert set(Copy.objects.values_list("status", flat=True)) == {Copy.Status.SUCCEEDED}
+
+
+def test_storage_retention_sets_and_clears_the_rules_with_an_audit_record(tmp_path):
+    quiet("storage", "add", "offsite", "--kind", "local", "--path", str(tmp_path / "o"))
+    quiet("storage", "retention", "offsite", "--keep-monthly", "12", "--keep-daily", "7")
+    listed = {row["name"]: row for row in call_json("storage", "list")["storages"]}
+    assert listed["offsite"]["keep"] == {
+        "last": 0, "hourly": 0, "daily": 7, "weekly": 0, "monthly": 12, "yearly": 0,
+    }  # fmt: skip
+    assert listed["default"]["keep"] is None
+    assert "daily 7, monthly 12" in quiet("storage", "list")
+    event = AuditEvent.objects.filter(action="storage.retention").latest("pk")
+    assert event.detail["changes"] == {"keep_daily": [0, 7], "keep_monthly": [0, 12]}
+
+    quiet("storage", "retention", "offsite", "--clear")
+    assert not Storage.objects.get(name="offsite").has_keep_rules
+    event = AuditEvent.objects.filter(action="storage.retention").latest("pk")
+    assert event.detail["changes"] == {"keep_daily": [7, 0], "keep_monthly": [12, 0]}
+    for args in (("offsite",), ("offsite", "--clear", "--keep-last", "1"), ("default", "--clear")):
+        with pytest.raises(CommandError) as caught:
+            quiet("storage", "retention", *args)
+        assert caught.value.returncode == 2
+    quiet("storage", "add", "cold", "--kind", "local", "--path", str(tmp_path / "c"),
+          "--keep-yearly", "5")  # fmt: skip
+    assert Storage.objects.get(name="cold").keep_rules["yearly"] == 5
+
+
+def test_a_bucket_keeps_its_monthlies_while_the_primary_keeps_the_last(
+    data_dir, tmp_path, s3_server, s3_env, settings
+):
+    settings.RETENTION_TIME_ZONE = "UTC"
+    prefix = f"t-{secrets.token_hex(6)}"
+    quiet(
+        "storage", "add", "bucket", "--kind", "s3", "--url", f"s3://{BUCKET}/{prefix}",
+        "--endpoint", s3_server.endpoint, "--credentials-env", s3_env, "--keep-monthly", "2",
+    )  # fmt: skip
+    quiet("policy", "add", "p", "--no-verify", "--copy-to", "bucket", "--keep-last", "1")
+    quiet(
+        "source", "add", "files", "--kind", "directory", "--location", str(data_dir),
+        "--policy", "p",
+    )  # fmt: skip
+    now = datetime.now(UTC)
+    backups = [call_json("backup", "files", "--inline") for _ in range(3)]
+    for backup, days in zip(backups, (70, 35, 0), strict=True):
+        moment = now - timedelta(days=days)
+        Run.objects.filter(pk=backup["id"]).update(started_at=moment, queued_at=moment)
+    oldest, middle, newest = (backup["id"] for backup in backups)
+
+    call_json("prune", "--source", "files")
+
+    listing = s3_server.client().list_objects_v2(Bucket=BUCKET, Prefix=f"{prefix}/")
+    keys = [item["Key"] for item in listing.get("Contents", [])]
+    assert len(keys) == 6
+    assert {int(key.rsplit("/", 1)[1].split(".")[0].rsplit("-", 1)[1]) for key in keys} == {
+        middle,
+        newest,
+    }
+    assert not Path(backups[1]["archive"]).exists() and Path(backups[2]["archive"]).exists()
+    assert Run.objects.get(pk=oldest).status == Run.Status.PRUNED
+    target = tmp_path / "restored"
+    restored = call_json("restore", str(middle), "--to", str(target), "--inline")
+    assert restored["status"] == "succeeded", restored["error"]
+    assert restored["archive"].startswith(f"s3://{BUCKET}/{prefix}/")
+    assert (target / "sub" / "b.bin").read_bytes() == (data_dir / "sub" / "b.bin").read_bytes()
