@@ -170,14 +170,14 @@ def test_query_count_does_not_grow_with_the_history(
         backup = make_run(web, ago_s=(hours + 1) * 3600, verified=hours == 0)
         make_run(web, kind="verify", ago_s=(hours + 1) * 3600 - 60, backup=backup, exclusive=False)
     client.force_login(viewer)
-    # 2 (session, user) + 1 (the source) + 5 (compliance standing: the stored standing
-    # with its two runs, the runs in progress, the 30-day counts, the RPO gaps, the
-    # schedules) + 1 (the runs page) + 1 (restore points) + 2 (retention: the backups,
-    # those in use) + 3 (charts: recent backups, the 30-day backups, the newest before the
-    # window) + 2 (the viewer's own and group permissions, read once to decide which
-    # action buttons to show) + 1 (the slots skipped recently) + 2 (the source's alerts,
-    # one per condition at most, and the silences in force) + 1 (the restore points'
-    # proven copies, with their storages).
-    with django_assert_num_queries(21):
+    # 2 (session, user) + 1 (the source) + 5 (compliance standing: the stored standing with its
+    # two runs, the runs in progress, the 30-day counts, the RPO gaps, the schedules) + 1 (the
+    # runs page) + 1 (restore points) + 3 (retention: the backups, those in use, their copies in
+    # storages with keep rules of their own) + 3 (charts: recent backups, the 30-day backups, the
+    # newest before the window) + 2 (the viewer's own and group permissions, read once to decide
+    # which action buttons to show) + 1 (the slots skipped recently) + 2 (the source's alerts, one
+    # per condition at most, and the silences in force) + 1 (the restore points' proven copies,
+    # with their storages).
+    with django_assert_num_queries(22):
         response = client.get(reverse("source-detail", args=["web"]))
     assert len(response.context["pager"].items) == min(25, 2 * count)

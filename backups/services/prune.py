@@ -40,6 +40,7 @@ from zoneinfo import ZoneInfo
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from backups.audit import audit_record
@@ -47,7 +48,7 @@ from backups.engine.atomic import fsync_dir
 from backups.engine.errors import EngineError
 from backups.engine.retention import PINNED, Rules, Snapshot, select
 from backups.engine.storage import StoredFile
-from backups.models import DEFAULT_STORAGE_NAME, Copy, Manifest, Run, Source, Storage
+from backups.models import DEFAULT_STORAGE_NAME, KEEP_RULES, Copy, Manifest, Run, Source, Storage
 from backups.services.runs import worker_identity
 from backups.services.standing import standing_refresh
 
@@ -90,6 +91,16 @@ class StoragePlan:
     keep: list[tuple[Run, list[str]]] = field(default_factory=list)
     remove: list[Run] = field(default_factory=list)
     copies: dict[int, Copy] = field(default_factory=dict)
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """Return the rules that keep something, by name."""
+        return {rule: count for rule, count in vars(self.rules).items() if count}
+
+    @property
+    def described_rules(self) -> str:
+        """Return the rules for people: `daily 7, monthly 12`."""
+        return ", ".join(f"{rule} {count}" for rule, count in self.counts.items())
 
 
 @dataclass
@@ -311,14 +322,15 @@ def _copies_by_storage(backups: list[Run]) -> dict[Storage, list[Copy]]:
     """Return the proven copies of `backups` in each storage that has keep rules."""
     by_id = {run.pk: run for run in backups}
     found: dict[int, tuple[Storage, list[Copy]]] = {}
+    with_rules = Q()
+    for rule in KEEP_RULES:
+        with_rules |= Q(**{f"storage__keep_{rule}__gt": 0})
     copies = (
-        Copy.objects.filter(backup_id__in=list(by_id), status=Copy.Status.SUCCEEDED)
+        Copy.objects.filter(with_rules, backup_id__in=list(by_id), status=Copy.Status.SUCCEEDED)
         .select_related("storage")
         .order_by("storage__name")
     )
     for copy in copies:
-        if not copy.storage.has_keep_rules:
-            continue
         copy.backup = by_id[copy.backup_id]
         found.setdefault(copy.storage_id, (copy.storage, []))[1].append(copy)
     return dict(found.values())
@@ -456,7 +468,7 @@ def _storage_entries(plan: PrunePlan) -> list[dict]:
             "source": plan.source.name,
             "storage": storage_plan.name,
             "role": "primary" if storage_plan.primary else "copies",
-            "rules": {rule: n for rule, n in vars(storage_plan.rules).items() if n},
+            "rules": storage_plan.counts,
             "keep": [_entry(run, plan.source, reasons) for run, reasons in storage_plan.keep],
             "remove": [_entry(run, plan.source) for run in storage_plan.remove],
         }

@@ -150,6 +150,13 @@ def source_detail(request, slug):
         "plan_refused": plan_refused,
         "plan_keep": plan.keep[:RETENTION_SHOWN] if plan else [],
         "plan_remove": plan.remove[:RETENTION_SHOWN] if plan else [],
+        # Per storage, once a storage keeps copies by rules of its own.
+        "storage_plans": [
+            (part, part.keep[:RETENTION_SHOWN], part.remove[:RETENTION_SHOWN])
+            for part in plan.storages
+        ]
+        if plan and len(plan.storages) > 1
+        else [],
         "retention_shown": RETENTION_SHOWN,
         "latest": restore_points[0] if restore_points else None,
         "misses": list(source.misses.order_by("-at")[:MISSES_SHOWN]),
