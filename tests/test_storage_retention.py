@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from django.core.management import CommandError, call_command
+from django.urls import reverse
 
 from backups.models import AuditEvent, Copy, Run, Source, Storage
 from tests.prune_helpers import make_backups, paths_of
@@ -303,3 +304,22 @@ def test_a_bucket_keeps_its_monthlies_while_the_primary_keeps_the_last(
     assert restored["status"] == "succeeded", restored["error"]
     assert restored["archive"].startswith(f"s3://{BUCKET}/{prefix}/")
     assert (target / "sub" / "b.bin").read_bytes() == (data_dir / "sub" / "b.bin").read_bytes()
+
+
+def test_the_source_page_previews_retention_per_storage(data_dir, tmp_path, client, viewer):
+    source = setup(data_dir, tmp_path, "--keep-last", "1", offsite_rules=("--keep-last", "2"))
+    now = datetime.now(UTC)
+    runs = make_backups(source, [now - timedelta(hours=n) for n in (2, 1, 0)])
+    copy_to(runs, "offsite")
+    client.force_login(viewer)
+
+    response = client.get(reverse("source-detail", args=["files"]))
+
+    assert response.status_code == 200
+    parts = {part.name: (keep, remove) for part, keep, remove in response.context["storage_plans"]}
+    assert [run.pk for run, _reasons in parts["offsite"][0]] == [runs[2].pk, runs[1].pk]
+    assert [run.pk for run in parts["offsite"][1]] == [runs[0].pk]
+    assert [run.pk for run in parts["default"][1]] == [runs[1].pk, runs[0].pk]
+    page = response.content.decode()
+    assert "offsite: copies, by its own rules (keep last 2): keeps 2, removes 1" in page
+    assert "copy in offsite" in page
