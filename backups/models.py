@@ -1107,13 +1107,14 @@ class Copy(models.Model):
         """Record that the copies of the backups `backup_ids` were removed with them."""
         return cls.objects.filter(backup_id__in=list(backup_ids)).update(status=cls.Status.REMOVED)
 
-    def stored_archive(self) -> StoredFile:
+    def stored_archive(self, opened=None) -> StoredFile:
         """Return the copied archive in its storage, at the key the backup has in its own.
 
+        `opened` is the storage already opened, to check many copies with one client.
         Raise ArchiveError when `archive` is not that key's locator, StorageError when
         the storage cannot be opened.
         """
-        storage = self.storage.open()
+        storage = opened if opened is not None else self.storage.open()
         key = f"{self.backup.source.slug}/{self.archive.rpartition('/')[2]}"
         try:
             fits = check_key(key) and storage.locator(key) == self.archive

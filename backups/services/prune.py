@@ -253,6 +253,12 @@ def prune_plan(*, source: Source, now: datetime | None = None) -> PrunePlan:
             storage_plan.remove = []
             _newest_first(storage_plan.keep)
     _outcome(plan, backups)
+    if held:
+        moving = [run for run, _reasons in plan.keep if run.pk in plan.moves]
+        plan.keep = [item for item in plan.keep if item[0].pk not in plan.moves]
+        plan.keep.extend((run, [HELD]) for run in [*moving, *plan.remove])
+        _newest_first(plan.keep)
+        plan.moves, plan.remove, plan.copy_drops = {}, [], []
     return plan
 
 
@@ -344,11 +350,21 @@ def _plan_copies(plan: StoragePlan, copies: list[Copy], problems: list[str]) -> 
     the copies the catalog has in it, holds back every removal of the source.
     """
     where = f"{plan.name}:{copies[0].backup.source.slug}/"
+    plan.copies = {copy.backup_id: copy for copy in copies}
+    try:
+        opened = plan.storage.open()
+    except EngineError as error:
+        problems.append(
+            f"Cannot open storage {plan.name!r} ({error}) while the catalog has "
+            f"{len(copies)} copies there: nothing of this source is removed."
+        )
+        plan.keep.extend((copy.backup, [HELD]) for copy in copies)
+        return True
     placed: list[Copy] = []
     outside: list[Copy] = []
     for copy in copies:
         try:
-            copy.stored_archive()
+            copy.stored_archive(opened)
         except EngineError as error:
             problems.append(str(error))
             outside.append(copy)
@@ -358,7 +374,7 @@ def _plan_copies(plan: StoragePlan, copies: list[Copy], problems: list[str]) -> 
     listed: set[str] = set()
     if placed:
         try:
-            folder = plan.storage.open().list(placed[0].backup.source.slug)
+            folder = opened.list(placed[0].backup.source.slug)
             listed = {entry.name for entry in folder if not entry.is_folder}
         except (OSError, EngineError) as error:
             problems.append(
@@ -380,7 +396,6 @@ def _plan_copies(plan: StoragePlan, copies: list[Copy], problems: list[str]) -> 
             f"The copy of backup #{copy.backup_id} in storage {plan.name!r} ({copy.archive}) "
             "is missing: it does not count towards that storage's rules."
         )
-    plan.copies = {copy.backup_id: copy for copy in copies}
     runs = [copy.backup for copy in present]
     _select(plan, runs, _pins(runs, verified=False))
     plan.keep.extend((copy.backup, [MISSING]) for copy in missing)
@@ -620,13 +635,15 @@ def _claim(runs: list[Run], me: str, now: datetime) -> tuple[list[Run], dict[int
     return claimed, kept
 
 
-def _delete_owned(runs: list[Run], me: str, moves: dict[int, list[Copy]] | None = None) -> None:
+def _delete_owned(
+    runs: list[Run], me: str, moves: dict[int, list[Copy]] | None = None
+) -> list[Run]:
     """Unlink the files of runs `me` holds in `pruning`, then mark them `pruned`, or, for
     those in `moves`, point them at the copy a storage's own rules keep.
 
     The ownership check, the unlinks and the status change share one transaction that
     holds the rows: a pruner that lost any of them deletes nothing at all, since it was
-    away long enough for its whole plan to be stale.
+    away long enough for its whole plan to be stale. Return the runs that left the catalog.
     """
     ids = [run.pk for run in runs]
     with transaction.atomic():
@@ -674,8 +691,9 @@ def _delete_owned(runs: list[Run], me: str, moves: dict[int, list[Copy]] | None 
     Manifest.objects.filter(run_id__in=[run.pk for run in gone]).delete()
     for source_id in sorted(sources):
         standing_refresh(source_id)
-    for run in runs:
+    for run in gone:
         logger.info("pruned backup #%s (%s)", run.pk, run.archive)
+    return gone
 
 
 def _kept_copies(run: Run, held: list[Copy] | None) -> list[int]:
@@ -768,12 +786,11 @@ def _finish_interrupted(runs, me: str, now: datetime) -> tuple[list[Run], list[s
             logger.info("backup #%s was pinned while being pruned; kept", row.pk)
             continue
         try:
-            _delete_owned([row], me)
+            finished += _delete_owned([row], me)
         except PruneFenced as fenced:
             # Another pruner adopted it in between; it finishes the job.
             problems.append(str(fenced))
             continue
-        finished.append(row)
     return finished, problems
 
 
@@ -839,13 +856,13 @@ def _prune_source(source: Source, me: str, dry_run: bool, result: dict) -> bool:
         if not claimed:
             continue
         try:
-            _delete_owned(claimed, me, moves)
+            gone = _delete_owned(claimed, me, moves)
         except PruneFenced as fenced:
             logger.warning("%s", fenced)
             result["keep"].extend(keep)
             result["problems"].append(str(fenced))
             return False
-        result["remove"].extend(_entry(run, source) for run in claimed if run.pk in leaving)
+        result["remove"].extend(_entry(run, source) for run in gone)
     result["keep"].extend(keep)
     return True
 
