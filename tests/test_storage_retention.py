@@ -17,6 +17,7 @@ from django.core.management import CommandError, call_command
 from django.urls import reverse
 
 from backups.models import AuditEvent, Copy, Run, Source, Storage
+from backups.services.prune import prune_recover
 from tests.prune_helpers import make_backups, paths_of
 from tests.s3server import BUCKET
 
@@ -323,3 +324,75 @@ def test_the_source_page_previews_retention_per_storage(data_dir, tmp_path, clie
     page = response.content.decode()
     assert "offsite: copies, by its own rules (keep last 2): keeps 2, removes 1" in page
     assert "copy in offsite" in page
+
+
+def test_a_move_interrupted_by_a_dead_pruner_keeps_the_copy_when_finished(
+    data_dir, tmp_path, settings
+):
+    source = setup(data_dir, tmp_path, "--keep-last", "1", offsite_rules=("--keep-last", "5"))
+    now = datetime.now(UTC)
+    runs = make_backups(source, [now - timedelta(hours=n) for n in (1, 0)])
+    copy_to(runs, "offsite")
+    silent = now - timedelta(seconds=settings.ABANDON_AFTER_S + 1)
+    Run.objects.filter(pk=runs[0].pk).update(
+        status=Run.Status.PRUNING, worker="lost-host:77:gone", heartbeat_at=silent
+    )
+
+    assert prune_recover() == []
+
+    moved = Run.objects.get(pk=runs[0].pk)
+    assert moved.status == Run.Status.SUCCEEDED
+    assert moved.copy_only and moved.storage.name == "offsite"
+    assert ids_in(source.archive_dir) == {runs[1].pk}
+    assert ids_in(tmp_path / "offsite" / source.slug) == {runs[0].pk, runs[1].pk}
+    assert Path(moved.archive).is_file()
+
+
+def test_an_offsite_folder_that_cannot_be_listed_holds_the_whole_source_back(data_dir, tmp_path):
+    source = setup(data_dir, tmp_path, "--keep-last", "1", offsite_rules=("--keep-last", "1"))
+    now = datetime.now(UTC)
+    runs = make_backups(source, [now - timedelta(hours=n) for n in (2, 1, 0)])
+    copy_to(runs, "offsite")
+    folder = tmp_path / "offsite" / source.slug
+    folder.rename(folder.with_name("moved"))
+
+    report = call_json("prune", "--source", "files")
+
+    assert report["remove"] == []
+    assert [problem for problem in report["problems"] if "offsite:files/" in problem] == [
+        "offsite:files/ holds none of the 3 copies the catalog has there: nothing of this "
+        "source is removed."
+    ]
+    assert ids_in(source.archive_dir) == {run.pk for run in runs}
+    assert ids_in(tmp_path / "offsite" / "moved") == {run.pk for run in runs}
+    assert not Run.objects.filter(copy_only=True).exists()
+    assert set(Copy.objects.values_list("status", flat=True)) == {Copy.Status.SUCCEEDED}
+
+
+def test_objects_the_catalog_does_not_name_neither_count_nor_go(data_dir, tmp_path):
+    source = setup(data_dir, tmp_path, "--keep-last", "3", offsite_rules=("--keep-last", "1"))
+    now = datetime.now(UTC)
+    runs = make_backups(source, [now - timedelta(hours=n) for n in (2, 1, 0)])
+    copy_to(runs, "offsite")
+    # A newer-looking archive someone put in the bucket folder: not a copy the catalog has.
+    planted = tmp_path / "offsite" / source.slug / "20990101T000000Z-999999.tar.zst"
+    planted.write_bytes(b"not ours\n")
+    # A restore queued on the oldest backup may read its copy: that copy stays too.
+    Run.objects.create(
+        source=source, kind=Run.Kind.RESTORE, backup=runs[0], status=Run.Status.QUEUED
+    )
+
+    call_json("prune", "--source", "files")
+
+    assert planted.read_bytes() == b"not ours\n"
+    left = {
+        int(path.name.split(".")[0].rsplit("-", 1)[1])
+        for path in (tmp_path / "offsite" / source.slug).glob("*.tar.zst")
+    }
+    assert left == {runs[0].pk, runs[2].pk, 999999}
+    statuses = dict(Copy.objects.values_list("backup_id", "status"))
+    assert statuses == {
+        runs[0].pk: Copy.Status.SUCCEEDED,
+        runs[1].pk: Copy.Status.REMOVED,
+        runs[2].pk: Copy.Status.SUCCEEDED,
+    }
