@@ -17,6 +17,7 @@ from django.core.management import CommandError, call_command
 from django.urls import reverse
 
 from backups.models import AuditEvent, Copy, Run, Source, Storage
+from backups.services.copy import archive_due
 from backups.services.prune import prune_recover
 from tests.prune_helpers import make_backups, paths_of
 from tests.s3server import BUCKET
@@ -396,3 +397,22 @@ def test_objects_the_catalog_does_not_name_neither_count_nor_go(data_dir, tmp_pa
         runs[1].pk: Copy.Status.REMOVED,
         runs[2].pk: Copy.Status.SUCCEEDED,
     }
+
+
+def test_a_backup_kept_only_as_a_copy_stays_out_of_the_archive_tier(data_dir, tmp_path):
+    quiet("storage", "add", "cold", "--kind", "local", "--path", str(tmp_path / "cold"))
+    source = setup(
+        data_dir, tmp_path, "--keep-last", "1", "--archive-to", "cold", "--archive-after", "1d",
+        offsite_rules=("--keep-last", "5"),
+    )  # fmt: skip
+    now = datetime.now(UTC)
+    old, new = make_backups(source, [now - timedelta(days=3), now])
+    copy_to([old, new], "offsite")
+    call_json("prune", "--source", "files")
+    assert Run.objects.get(pk=old.pk).copy_only
+
+    report = archive_due()
+
+    assert report == {"copies": [], "moved": []}
+    assert Run.objects.get(pk=old.pk).storage.name == "offsite"
+    assert not Copy.objects.filter(storage__name="cold").exists()

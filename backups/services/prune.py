@@ -726,9 +726,10 @@ def _keep_as_copy(run: Run, kept: list[int], me: str) -> None:
     a restore point again."""
     old_archive = run.archive
     copy = Copy.objects.select_related("storage").get(backup=run, storage_id=kept[0])
-    Copy.objects.filter(backup=run, status=Copy.Status.SUCCEEDED).exclude(
-        storage_id__in=kept
-    ).update(status=Copy.Status.REMOVED)
+    # Failed copies too: none is to be retried from the kept copy.
+    Copy.objects.filter(backup=run).exclude(storage_id__in=kept).update(
+        status=Copy.Status.REMOVED
+    )
     status = Run.Status.WARNING if run.warnings else Run.Status.SUCCEEDED
     Run.objects.prune_undo(run.pk, worker=me, status=status)
     run.keep_as_copy(copy)
