@@ -416,3 +416,29 @@ def test_a_backup_kept_only_as_a_copy_stays_out_of_the_archive_tier(data_dir, tm
     assert report == {"copies": [], "moved": []}
     assert Run.objects.get(pk=old.pk).storage.name == "offsite"
     assert not Copy.objects.filter(storage__name="cold").exists()
+
+
+def test_the_full_of_a_chain_kept_as_copies_stays_even_when_no_storage_holds_its_copy(
+    data_dir, tmp_path
+):
+    source = setup(data_dir, tmp_path, "--keep-last", "1", offsite_rules=("--keep-last", "1"))
+    now = datetime.now(UTC)
+    full, first, second = make_backups(source, [now - timedelta(hours=h) for h in (3, 2, 1)])
+    Run.objects.filter(pk=first.pk).update(level=Run.Level.INCREMENTAL, base=full, full=full)
+    Run.objects.filter(pk=second.pk).update(level=Run.Level.INCREMENTAL, base=first, full=full)
+    (newest,) = make_backups(source, [now])
+    # The full never reached the offsite; its incrementals did.
+    copy_to([first, second], "offsite")
+
+    report = call_json("prune", "--source", "files")
+
+    assert report["remove"] == []
+    assert {entry["id"]: entry["reasons"] for entry in report["keep"]}[full.pk] == [
+        f"base of #{first.pk}"
+    ]
+    assert ids_in(source.archive_dir) == {newest.pk, full.pk}
+    assert ids_in(tmp_path / "offsite" / source.slug) == {first.pk, second.pk}
+    chain = Run.objects.get(pk=second.pk).chain()
+    assert [run.pk for run in chain] == [full.pk, first.pk, second.pk]
+    assert all(run.status in Run.GOOD for run in chain)
+    assert [run.copy_only for run in chain] == [False, True, True]

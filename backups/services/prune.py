@@ -435,6 +435,34 @@ def _outcome(plan: PrunePlan, backups: list[Run]) -> None:
             plan.keep.append((run, [f"{COPY_IN}{copy.storage.name}" for copy in held_by]))
         else:
             plan.remove.append(run)
+    _keep_bases(plan, copy_plans_by_id)
+
+
+def _keep_bases(plan: PrunePlan, copy_plans: dict[int, StoragePlan]) -> None:
+    """Keep in the catalog, where it is, every base of a backup that stays or moves.
+
+    Each storage keeps its chains whole, but a chain may span storages (its full kept
+    by the policy, its incrementals only as copies): no link may leave while a later one
+    stays a restore point.
+    """
+    leaving = {run.pk: run for run in plan.remove}
+    pending = [run for run, _reasons in plan.keep]
+    while pending and leaving:
+        run = pending.pop()
+        base = leaving.pop(run.base_id, None) if run.base_id is not None else None
+        if base is None:
+            continue
+        reasons = [f"{BASE_OF}{run.pk}"]
+        plan.keep.append((base, reasons))
+        pending.append(base)
+        home = copy_plans.get(base.storage_id) if base.copy_only else plan.storages[0]
+        if home is not None and base in home.remove:
+            home.remove.remove(base)
+            home.keep.append((base, reasons))
+            _newest_first(home.keep)
+    if len(leaving) < len(plan.remove):
+        plan.remove = [run for run in plan.remove if run.pk in leaving]
+        _newest_first(plan.keep)
 
 
 def _keep_chains(plan: StoragePlan) -> None:
@@ -727,9 +755,7 @@ def _keep_as_copy(run: Run, kept: list[int], me: str) -> None:
     old_archive = run.archive
     copy = Copy.objects.select_related("storage").get(backup=run, storage_id=kept[0])
     # Failed copies too: none is to be retried from the kept copy.
-    Copy.objects.filter(backup=run).exclude(storage_id__in=kept).update(
-        status=Copy.Status.REMOVED
-    )
+    Copy.objects.filter(backup=run).exclude(storage_id__in=kept).update(status=Copy.Status.REMOVED)
     status = Run.Status.WARNING if run.warnings else Run.Status.SUCCEEDED
     Run.objects.prune_undo(run.pk, worker=me, status=status)
     run.keep_as_copy(copy)
