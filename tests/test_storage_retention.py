@@ -121,6 +121,9 @@ def test_the_primary_keeps_7_dailies_and_the_offsite_12_monthlies_over_a_year(
     assert {entry["id"] for entry in report["remove"]} == set(every) - dailies - monthlies
     moved = Run.objects.get(pk=real["id"])
     assert moved.copy_only and moved.storage.name == "offsite"
+    event = AuditEvent.objects.get(action="backup.prune", object_id=str(real["id"]))
+    assert (event.outcome, event.detail["kept_in"]) == ("moved", "offsite")
+    assert event.detail["archive"] == real["archive"]
     # Restorable from the offsite, byte for byte, and it verifies there.
     target = tmp_path / "restored"
     restored = call_json("restore", str(real["id"]), "--to", str(target), "--inline")

@@ -764,7 +764,7 @@ def _keep_as_copy(run: Run, kept: list[int], me: str) -> None:
     audit_record(
         actor=None,
         action="backup.prune",
-        outcome="kept as copy",
+        outcome="moved",
         obj=run,
         source=run.source,
         detail={"archive": old_archive, "kept_in": copy.storage.name, "pruner": me},
