@@ -144,7 +144,11 @@ class StorageAdmin(AuditedAdmin):
     list_display = ["name", "kind", "location", "checked_at", "check_error"]
     list_filter = ["kind"]
     search_fields = ["name", "path", "bucket", "prefix", "endpoint"]
-    fields = ["name", "kind", "path", "bucket", "prefix", "endpoint", "region", "credentials_env"]
+    fields = [
+        "name", "kind", "path", "bucket", "prefix", "endpoint", "region", "credentials_env",
+        # Its own rules for the copies it holds (all 0: copies go with their backups).
+        "keep_last", "keep_hourly", "keep_daily", "keep_weekly", "keep_monthly", "keep_yearly",
+    ]  # fmt: skip
 
 
 @admin.register(Run)
