@@ -195,8 +195,10 @@ def test_a_storage_without_rules_loses_its_copies_with_the_primary_archive(
         runs[2].pk: Copy.Status.SUCCEEDED,
         runs[3].pk: Copy.Status.SUCCEEDED,
     }
-    # Clearing the offsite's rules: its copies go with their backups again.
-    quiet("storage", "retention", "offsite", "--clear")
+    # Clearing the offsite's rules: its copies go with their backups again, and it warns.
+    err = StringIO()
+    call_command("storage", "retention", "offsite", "--clear", stdout=StringIO(), stderr=err)
+    assert "2 backup(s) kept only as copies there leave at the next prune" in err.getvalue()
     report = call_json("prune", "--source", "files")
     assert {entry["id"] for entry in report["remove"]} == {runs[0].pk, runs[1].pk}
     assert ids_in(tmp_path / "offsite" / source.slug) == kept_by_policy

@@ -95,6 +95,11 @@ def storage_set_retention(*, name: str, keep: dict[str, int]) -> tuple[Storage, 
     return storage, storage.set_keep_rules(keep)
 
 
+def storage_only_copies(storage: Storage) -> int:
+    """Return how many restore points live only as copies in `storage`."""
+    return Run.objects.restorable().filter(storage=storage, copy_only=True).count()
+
+
 def storage_named(name: str | None) -> Storage | None:
     """Return the storage called `name` (None and "default": ARCHIVE_ROOT, as None).
 

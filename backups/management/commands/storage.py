@@ -12,6 +12,7 @@ from backups.services.storages import (
     storage_check,
     storage_create,
     storage_named,
+    storage_only_copies,
     storage_rows,
     storage_set_retention,
 )
@@ -128,6 +129,12 @@ class Command(CliCommand):
                 f"Storage {storage.name!r} has no rules of its own: its copies go with "
                 "their backups."
             )
+            only = storage_only_copies(storage)
+            if only:
+                self.stderr.write(
+                    f"warning: {only} backup(s) kept only as copies there leave at the next "
+                    "prune, unless you set rules again before it."
+                )
 
     def list(self, options):
         rows = storage_rows()
