@@ -162,8 +162,23 @@ def read(world, key: str) -> bytes:
     return world.s3.get_object(Bucket=world.bucket, Key=key)["Body"].read()
 
 
+def wait_for_tasks(world, runs: dict[int, dict]) -> None:
+    """Wait until the task of every good backup has ended, its follow-ups done."""
+    names = {f"backup-{pk}" for pk, run in runs.items() if run["status"] in GOOD}
+
+    def ended():
+        rows = world.query(
+            "SELECT DISTINCT name FROM django_q_task WHERE func = %s",
+            ("backups.tasks.execute_run",),
+        )
+        return names <= {name for (name,) in rows}
+
+    world.wait_until("the backups' tasks to end", ended, timeout=30)
+
+
 def assert_bucket_matches_catalog(world) -> dict[int, dict]:
     """Fail unless the bucket holds exactly the three objects of each good backup, once."""
+    wait_for_tasks(world, catalog(world))
     runs = catalog(world)
     found, deleted = versions(world)
     # Each source's RUNBOOK.md is rewritten after every good backup, by design.
@@ -230,6 +245,7 @@ def test_two_hosts_writing_to_one_bucket_write_each_backup_once(world):
         return not active and delivered == 2 * total and runs
 
     runs = world.wait_until("every delivery to be processed", settled, timeout=90)
+    assert_bucket_matches_catalog(world)
     assert_never_overlapping(runs)
     statuses = [run["status"] for rs in runs.values() for run in rs]
     # A cancel that comes while the backup is being published is too late: it finishes.
@@ -237,7 +253,6 @@ def test_two_hosts_writing_to_one_bucket_write_each_backup_once(world):
     assert statuses.count("succeeded") == total - statuses.count("cancelled"), statuses
     hosts = {run["host"] for rs in runs.values() for run in rs if run["status"] == "succeeded"}
     assert hosts == {"host-a", "host-b"}, "both hosts published backups"
-    assert_bucket_matches_catalog(world)
 
 
 def test_a_host_killed_mid_upload_leaves_no_object_and_its_upload_is_aborted(world):
@@ -271,3 +286,39 @@ def test_a_host_killed_mid_upload_leaves_no_object_and_its_upload_is_aborted(wor
     assert runs_by_source(world, ["big"])["big"][-1]["host"] == "host-b"
     # Nothing of the killed run in the bucket, its upload aborted; the new backup whole.
     assert_bucket_matches_catalog(world)
+
+
+def test_a_host_paused_mid_backup_publishes_nothing_when_it_wakes(world):
+    # Under one part: the archive would be sent with one PutObject when published.
+    fleet(world, {"paced": 4})
+    paused = host(world, "host-a", SLOW_KUBECTL_BPS=500_000)
+    stalled = json.loads(world.python(FIRE_SLOT))["paced"]
+    world.wait_until(
+        "host-a to be streaming the backup",
+        lambda: world.run(stalled)["bytes_done"] > 0,
+        timeout=30,
+    )
+    # A stalled virtual machine, a long pause of the process: it beats no more.
+    os.killpg(paused.pid, signal.SIGSTOP)
+    host(world, "host-b")
+
+    def taken_over():
+        world.python(HOUSEKEEPING)
+        runs = catalog(world)
+        done = [run for pk, run in runs.items() if pk != stalled and run["status"] in GOOD]
+        return runs[stalled]["status"] == "abandoned" and done
+
+    world.wait_until("the slot to be taken over", taken_over, timeout=60)
+    os.killpg(paused.pid, signal.SIGCONT)
+    # The woken worker goes on until it finds the run taken from it, then ends its task.
+    log = world.root / "host-a.log"
+
+    def task_ended():
+        text = log.read_text(errors="replace")
+        return f"(backup-{stalled})" in text.partition("Processed")[2] and text
+
+    text = world.wait_until("host-a to end the backup's task", task_ended, timeout=30)
+    assert world.run(stalled)["status"] == "abandoned"
+    # Nothing published by the worker that lost the run, not even for a moment.
+    assert_bucket_matches_catalog(world)
+    assert f"Run #{stalled} was taken from this worker" in text
