@@ -111,11 +111,17 @@ def test_a_running_backup_is_counted_and_linked(client, viewer):
 
 
 @pytest.mark.parametrize("count", [2, 20])
-def test_query_count_does_not_grow_with_the_fleet(client, viewer, count, django_assert_num_queries):
+def test_query_count_does_not_grow_with_the_fleet(
+    client, viewer, count, django_assert_num_queries, tmp_path
+):
     sources = fleet(count)
+    # Every backup copied offsite: the Offsite column is read with the sources.
+    nas = Storage.objects.create(name="nas", kind="local", path=str(tmp_path / "nas"))
+    sources[0].policy.copy_to.add(nas)
     for source in sources:
         for hours in range(2, 2 + count):
-            make_run(source, ago_s=hours * 3600)
+            backup = make_run(source, ago_s=hours * 3600)
+            Copy.objects.create(backup=backup, storage=nas, status="succeeded")
     Run.objects.filter(source=sources[-1]).update(verified=True)
     # Every sort of run the standing looks up: a drill, a verification, one running.
     backup = Run.objects.filter(source=sources[0], status="succeeded").first()
