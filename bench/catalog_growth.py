@@ -13,30 +13,16 @@ whatever the tree's size.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sqlite3
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 from bench import datasets
+from bench.incremental import catalog_with_source, manage
 
-ROOT = Path(__file__).resolve().parent.parent
 LIMIT = 1 << 20
-
-
-def _manage(env: dict, *args: str) -> tuple[float, dict]:
-    started = time.perf_counter()
-    done = subprocess.run(
-        [sys.executable, "manage.py", *args, "--json"], cwd=ROOT, env=env, capture_output=True
-    )
-    wall = time.perf_counter() - started
-    if done.returncode != 0:
-        raise SystemExit(f"{' '.join(args[:3])} failed: {done.stderr.decode()[-2000:]}")
-    return wall, json.loads(done.stdout)
 
 
 def _db_size(database: Path) -> int:
@@ -58,31 +44,10 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-growth-", dir=datasets.ROOT) as scratch:
         scratch = Path(scratch)
         database = scratch / "db.sqlite3"
-        env = dict(
-            os.environ,
-            DATABASE_URL=f"sqlite:///{database}",
-            ARCHIVE_ROOT=str(scratch / "archives"),
-            STATE_DIR=str(scratch / "state"),
-        )
-        subprocess.run(
-            [sys.executable, "manage.py", "migrate", "-v0"], cwd=ROOT, env=env, check=True
-        )
-        _manage(env, "policy", "add", "bench", "--keep-last", "100", "--no-verify")
-        _manage(
-            env,
-            "source",
-            "add",
-            "tree",
-            "--kind",
-            "directory",
-            "--location",
-            str(tree),
-            "--policy",
-            "bench",
-        )
-        full_wall, _ = _manage(env, "backup", "tree", "--inline")
+        env = catalog_with_source(scratch, tree)
+        full_wall, _ = manage(env, "backup", "tree", "--inline")
         db_before, archives_before = _db_size(database), _du(scratch / "archives")
-        incr_wall, run = _manage(env, "backup", "tree", "--inline", "--level", "incremental")
+        incr_wall, run = manage(env, "backup", "tree", "--inline", "--level", "incremental")
         db_growth = _db_size(database) - db_before
         with sqlite3.connect(database) as connection:
             (rows,) = connection.execute(

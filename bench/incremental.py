@@ -43,7 +43,7 @@ def _run(argv: list[str], env: dict, **kwargs) -> tuple[float, bytes]:
     return wall, done.stdout
 
 
-def _manage(env: dict, *args: str) -> tuple[float, dict]:
+def manage(env: dict, *args: str) -> tuple[float, dict]:
     wall, out = _run([sys.executable, "manage.py", *args, "--json"], env, cwd=ROOT)
     return wall, json.loads(out)
 
@@ -78,22 +78,18 @@ def _compressed_size(tree: Path, paths: list[Path]) -> int:
     return int(done.stdout)
 
 
-def bench_one(name: str, source: Path, scratch: Path) -> list[tuple[str, str, str, str]]:
-    """Measure one data set; return table rows (what, ours, other, ratio)."""
-    tree = scratch / "tree"
-    shutil.copytree(source, tree, symlinks=True)
+def catalog_with_source(scratch: Path, tree: Path) -> dict:
+    """Make a fresh SQLite catalog in `scratch` with one directory source `tree` (policy
+    "bench": keep 100, no verification after a backup); return the environment to use it."""
     env = dict(
         os.environ,
         DATABASE_URL=f"sqlite:///{scratch / 'db.sqlite3'}",
         ARCHIVE_ROOT=str(scratch / "archives"),
         STATE_DIR=str(scratch / "state"),
-        RESTIC_PASSWORD="bench",
-        RESTIC_REPOSITORY=str(scratch / "restic"),
-        RESTIC_CACHE_DIR=str(scratch / "restic-cache"),
     )
     subprocess.run([sys.executable, "manage.py", "migrate", "-v0"], cwd=ROOT, env=env, check=True)
-    _manage(env, "policy", "add", "bench", "--keep-last", "100", "--no-verify")
-    _manage(
+    manage(env, "policy", "add", "bench", "--keep-last", "100", "--no-verify")
+    manage(
         env,
         "source",
         "add",
@@ -104,6 +100,19 @@ def bench_one(name: str, source: Path, scratch: Path) -> list[tuple[str, str, st
         str(tree),
         "--policy",
         "bench",
+    )
+    return env
+
+
+def bench_one(name: str, source: Path, scratch: Path) -> list[tuple[str, str, str, str]]:
+    """Measure one data set; return table rows (what, ours, other, ratio)."""
+    tree = scratch / "tree"
+    shutil.copytree(source, tree, symlinks=True)
+    env = catalog_with_source(scratch, tree)
+    env.update(
+        RESTIC_PASSWORD="bench",
+        RESTIC_REPOSITORY=str(scratch / "restic"),
+        RESTIC_CACHE_DIR=str(scratch / "restic-cache"),
     )
     _run(["restic", "init", "-q"], env)
     database = scratch / "db.sqlite3"
@@ -117,7 +126,7 @@ def bench_one(name: str, source: Path, scratch: Path) -> list[tuple[str, str, st
 
     def ours(*level: str) -> tuple[float, int, dict]:
         before = _du(archives)
-        wall, run = _manage(env, "backup", "tree", "--inline", *level)
+        wall, run = manage(env, "backup", "tree", "--inline", *level)
         return wall, _du(archives) - before, run
 
     full_wall, _size, _ = ours()
@@ -191,9 +200,9 @@ def bench_one(name: str, source: Path, scratch: Path) -> list[tuple[str, str, st
     _wall, _stored, last = ours("--level", "incremental")
     _w, _s, full = ours("--level", "full")
     target = scratch / "restored-chain"
-    chain_wall, _ = _manage(env, "restore", str(last["id"]), "--to", str(target), "--inline")
+    chain_wall, _ = manage(env, "restore", str(last["id"]), "--to", str(target), "--inline")
     shutil.rmtree(target)
-    full_restore, _ = _manage(env, "restore", str(full["id"]), "--to", str(target), "--inline")
+    full_restore, _ = manage(env, "restore", str(full["id"]), "--to", str(target), "--inline")
     shutil.rmtree(target)
     target.mkdir()
     plain, _ = _run(

@@ -1,70 +1,42 @@
 """Two worker hosts sharing one database, one Redis and one archive folder.
 
-Each host is a real `qcluster` in a UTS namespace of its own (`unshare --uts`), so it has
-its own host name, as a second machine would: a run's owner on the other host can only be
-judged by its heartbeat. Slots are fired the way the scheduler fires them (the scheduled
-backup task of every source), and housekeeping, a minutely django-q schedule in
-production, is called by the test so that minutes pass in seconds.
+Each host is a real `qcluster` with a host name of its own (see tests/fleet_helpers.py):
+a run's owner on the other host can only be judged by its heartbeat.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
-import sys
 
 import pytest
 
-from tests.test_workers import _group, _world
+from tests.fleet_helpers import (
+    FIRE_SLOT,
+    assert_never_overlapping,
+    fleet_world,
+    host,
+    needs_unshare,
+    redis_flushed,
+)
+from tests.fleet_helpers import wait_for_backups as _wait_for_backups
+from tests.test_workers import _group
 
 REDIS_URL = "redis://127.0.0.1:6379/12"
 SOURCES = [f"s{index}" for index in range(6)]
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.timeout(240),
-    pytest.mark.skipif(shutil.which("unshare") is None, reason="needs util-linux's unshare"),
-]
-
-FIRE_SLOT = """
-from backups.models import Source
-from backups.services.schedules import backup_scheduled
-runs = {}
-for source in Source.objects.order_by("name"):
-    run = backup_scheduled(source_id=source.pk)
-    runs[source.name] = run.pk if run else None
-print(json.dumps(runs))
-"""
-
-HOUSEKEEPING = """
-from backups.tasks import housekeeping
-print(json.dumps(housekeeping()))
-"""
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(240), needs_unshare]
 
 
 @pytest.fixture
 def redis_db():
-    import redis
-
-    client = redis.Redis.from_url(REDIS_URL)
-    client.flushdb()
-    yield REDIS_URL
-    client.flushdb()
+    yield from redis_flushed(REDIS_URL)
 
 
 @pytest.fixture
 def world(tmp_path, redis_db):
-    for world in _world(tmp_path):
-        world.env.update(REDIS_URL=redis_db, QUEUE_RESEND_AFTER_S="10")
-        yield world
-
-
-def host(world, name: str, **env):
-    """Start a worker cluster as the host `name`: its own host name, its own process group."""
-    script = f"hostname {name} && exec {sys.executable} manage.py qcluster"
-    return world.spawn(["unshare", "--uts", "sh", "-c", script], name, **env)
+    yield from fleet_world(tmp_path, redis_db)
 
 
 def fleet(world, megabytes: int) -> None:
@@ -81,20 +53,6 @@ def fleet(world, megabytes: int) -> None:
     """)
 
 
-def runs_by_source(world) -> dict[str, list[dict]]:
-    rows = world.query(
-        "SELECT s.name, r.id, r.status, r.started_at, r.finished_at, r.worker_host "
-        "FROM backups_run r JOIN backups_source s ON s.id = r.source_id "
-        "WHERE r.kind = 'backup' ORDER BY r.id"
-    )
-    runs: dict[str, list[dict]] = {name: [] for name in SOURCES}
-    for name, run_id, status, started, finished, worker_host in rows:
-        runs[name].append(
-            {"id": run_id, "status": status, "span": (started, finished), "host": worker_host}
-        )
-    return runs
-
-
 def archives_of(world, name: str, run_id: int) -> int:
     return len(list((world.archives / name).glob(f"*-{run_id}.tar.zst")))
 
@@ -105,26 +63,12 @@ def assert_once_and_never_overlapping(world, runs: dict[str, list[dict]]) -> Non
             # Executed once: a second execution would have found its archive there.
             expected = 1 if run["status"] == "succeeded" else 0
             assert archives_of(world, name, run["id"]) == expected, (name, run)
-        spans = sorted(run["span"] for run in source_runs if run["span"][0] is not None)
-        for (_start, end), (next_start, _end) in zip(spans, spans[1:], strict=False):
-            assert next_start >= end, f"{name}: overlapping runs {spans}"
+    assert_never_overlapping(runs)
 
 
 def wait_for_backups(world, count: int, timeout: float, housekeeping: bool = False):
     """Wait until every source has `count` succeeded backups and nothing is active."""
-
-    def done():
-        if housekeeping:
-            world.python(HOUSEKEEPING)
-        runs = runs_by_source(world)
-        settled = all(
-            sum(run["status"] == "succeeded" for run in source_runs) >= count
-            and not any(run["status"] in ("queued", "running") for run in source_runs)
-            for source_runs in runs.values()
-        )
-        return runs if settled else None
-
-    return world.wait_until(f"{count} backup(s) of every source", done, timeout=timeout)
+    return _wait_for_backups(world, SOURCES, count, timeout, housekeeping)
 
 
 def test_two_hosts_run_each_slot_once_and_never_two_backups_of_a_source_at_a_time(world):

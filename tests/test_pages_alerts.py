@@ -9,6 +9,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from backups.models import Alert, AlertEvent, AuditEvent, Notification, Run, Silence, WorkerBeat
+from backups.services.alerts import alerts_housekeeping
 from backups.services.backup import backup_request
 from backups.services.catalog import policy_create, source_create
 from backups.services.execution import run_execute
@@ -163,3 +164,39 @@ def test_alert_pages_cost_the_same_however_many_alerts(
     # 2 + 2 + 1 (the alert) + 1 (its events) + 1 (their messages) + 1 (silences).
     with django_assert_num_queries(8):
         client.get(reverse("alert-detail", args=[alert.pk]))
+
+
+def test_housekeeping_forgets_old_sent_messages_but_each_targets_last_delivery(db):
+    source = make_source("s", policy=make_policy())
+    alert = fire(source)
+    long_ago = timezone.now() - timedelta(days=91)
+    lately = timezone.now() - timedelta(days=5)
+
+    def message(key: str, status: str, created_at) -> Notification:
+        # One event per message: a target gets one message per transition.
+        event = AlertEvent.objects.create(
+            alert=alert, at=created_at, state="firing", title=alert.summary, body="b"
+        )
+        return Notification.objects.create(
+            event=event,
+            target_key=key,
+            target=f"json://{key}/",
+            status=status,
+            created_at=created_at,
+        )
+
+    sent_long_ago = message("a", "delivered", long_ago)
+    last_of_a = message("a", "delivered", long_ago + timedelta(hours=1))  # old, yet its last
+    given_up_long_ago = message("b", "failed", long_ago)
+    still_trying = message("b", "pending", long_ago + timedelta(hours=1))
+    sent_lately = message("c", "delivered", lately)
+    message("c", "delivered", lately + timedelta(hours=1))
+
+    history = set(AlertEvent.objects.values_list("pk", flat=True))
+    report = alerts_housekeeping()
+
+    left = set(Notification.objects.values_list("pk", flat=True))
+    assert not {sent_long_ago.pk, given_up_long_ago.pk} & left
+    assert {last_of_a.pk, still_trying.pk, sent_lately.pk} <= left
+    assert report["messages_forgotten"] == 2
+    assert history <= set(AlertEvent.objects.values_list("pk", flat=True))  # it stays

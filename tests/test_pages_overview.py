@@ -1,12 +1,13 @@
 """The overview: the fleet's standing at a glance, worst first, refreshing itself."""
 
+import re
 from datetime import timedelta
 
 import pytest
 from django.urls import reverse
 from django.utils import timezone
 
-from backups.models import Alert, Run, Silence
+from backups.models import Alert, Copy, Run, Silence, Storage
 from tests.pages_helpers import make_policy, make_run, make_source
 
 pytestmark = pytest.mark.django_db
@@ -110,11 +111,17 @@ def test_a_running_backup_is_counted_and_linked(client, viewer):
 
 
 @pytest.mark.parametrize("count", [2, 20])
-def test_query_count_does_not_grow_with_the_fleet(client, viewer, count, django_assert_num_queries):
+def test_query_count_does_not_grow_with_the_fleet(
+    client, viewer, count, django_assert_num_queries, tmp_path
+):
     sources = fleet(count)
+    # Every backup copied offsite: the Offsite column is read with the sources.
+    nas = Storage.objects.create(name="nas", kind="local", path=str(tmp_path / "nas"))
+    sources[0].policy.copy_to.add(nas)
     for source in sources:
         for hours in range(2, 2 + count):
-            make_run(source, ago_s=hours * 3600)
+            backup = make_run(source, ago_s=hours * 3600)
+            Copy.objects.create(backup=backup, storage=nas, status="succeeded")
     Run.objects.filter(source=sources[-1]).update(verified=True)
     # Every sort of run the standing looks up: a drill, a verification, one running.
     backup = Run.objects.filter(source=sources[0], status="succeeded").first()
@@ -154,3 +161,73 @@ def test_a_column_declared_once_heads_the_table_and_fills_every_row(client, view
         assert f'<td data-label="Slug">slug:{name}</td>' in text
     # Sortable columns get a sort link; the new one, declared without a sort, none.
     assert 'title="Sort by rpo"' in text and 'title="Sort by slug"' not in text
+
+
+def offsite_fleet(tmp_path):
+    """Three sources: one with a copy older than its 2 h RPO, one whose policy copies but
+    has no copy yet, one whose policy copies nowhere."""
+    nas = Storage.objects.create(name="nas", kind="local", path=str(tmp_path / "nas"))
+    copied = make_policy("copied")
+    copied.copy_to.add(nas)
+    stale = make_source("stale", policy=copied)
+    old = make_run(stale, ago_s=3 * 3600)
+    Copy.objects.create(backup=old, storage=nas, status="succeeded", copied_at=timezone.now())
+    make_run(stale, ago_s=600)  # its newest backup is not copied yet
+    make_run(make_source("uncopied", policy=copied), ago_s=600)
+    make_run(make_source("local-only", policy=make_policy("plain")), ago_s=600)
+
+
+def offsite_cells(text: str) -> dict[str, str]:
+    """Return each row's Offsite cell, by the source named in the row."""
+    cells = {}
+    for row in re.findall(r"<tr class=\"health-.*?</tr>", text, re.S):
+        name = re.search(r'<a href="/sources/([^/]+)/">', row).group(1)
+        cells[name] = re.search(r'<td data-label="Offsite">(.*?)</td>', row, re.S).group(1)
+    return cells
+
+
+def test_the_offsite_column_marks_a_stale_copy_and_a_missing_one_against_the_rpo(
+    client, viewer, tmp_path
+):
+    offsite_fleet(tmp_path)
+    client.force_login(viewer)
+    text = client.get(reverse("overview")).text
+    assert 'title="Sort by offsite"' in text
+    cells = offsite_cells(text)
+    # The newest copied backup started 3 h ago: later than the 2 h RPO allows.
+    assert 'data-status="at_risk"' in cells["stale"]
+    assert "3h old / target 2h" in cells["stale"]
+    # Copies asked for, none made: at risk, and said so.
+    assert 'data-status="at_risk"' in cells["uncopied"]
+    assert "none / target 2h" in cells["uncopied"]
+    # No copy asked for: nothing to judge.
+    assert cells["local-only"] == "—"
+
+
+def test_a_fresh_copy_shows_ok_in_the_offsite_column(client, viewer, tmp_path):
+    nas = Storage.objects.create(name="nas", kind="local", path=str(tmp_path / "nas"))
+    policy = make_policy("copied")
+    policy.copy_to.add(nas)
+    source = make_source("fresh", policy=policy)
+    backup = make_run(source, ago_s=1200)
+    Copy.objects.create(backup=backup, storage=nas, status="succeeded", copied_at=timezone.now())
+    client.force_login(viewer)
+    cell = offsite_cells(client.get(reverse("overview")).text)["fresh"]
+    assert 'data-status="ok"' in cell and "20m old / target 2h" in cell
+
+
+def test_sorting_by_offsite_puts_the_missing_copy_first_and_no_copy_target_last(
+    client, viewer, tmp_path
+):
+    offsite_fleet(tmp_path)
+    client.force_login(viewer)
+    assert rows_of(client.get(reverse("overview"), {"sort": "-offsite"})) == [
+        "uncopied",
+        "stale",
+        "local-only",
+    ]
+    assert rows_of(client.get(reverse("overview"), {"sort": "offsite"})) == [
+        "stale",
+        "uncopied",
+        "local-only",
+    ]

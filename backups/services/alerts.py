@@ -58,6 +58,7 @@ from backups.services.notify import (
     notifications_due,
     notifications_enabled,
     notifications_kick,
+    notifications_prune,
     notifications_queue,
     targets_load,
 )
@@ -691,6 +692,7 @@ def alerts_housekeeping(*, now: datetime | None = None) -> dict:
     if not report["queued"] and notifications_due():
         # Retries whose time came, and rows a dead sender left claimed.
         notifications_kick()
+    report["messages_forgotten"] = notifications_prune(now=now)
     return report
 
 

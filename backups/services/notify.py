@@ -31,7 +31,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import connection, transaction
@@ -51,6 +51,9 @@ MAX_ATTEMPTS = 12
 SENDING_STALE = timedelta(minutes=5)
 # One delivery pass stops starting new messages after this long; the rest wait for the next.
 DELIVERY_BUDGET_S = 60
+# Sent and given-up messages are kept this long (each target's newest one for ever: it is
+# the target's last delivery); the alert history itself (AlertEvent) is kept.
+KEEP_SENT = timedelta(days=90)
 BATCH = 50
 
 
@@ -385,6 +388,21 @@ def notify_test(tag: str) -> list[tuple[Target, str | None]]:
         "`notify test`. Alerts routed to this tag arrive here."
     )
     return [(target, target_send(target, title=title, body=body)) for target in tagged]
+
+
+def notifications_prune(*, now: datetime | None = None) -> int:
+    """Forget messages that ended (delivered or given up) more than KEEP_SENT ago.
+
+    Each target's newest message stays, as its last delivery. Return how many went.
+    """
+    cutoff = (now or timezone.now()) - KEEP_SENT
+    newest = (
+        Notification.objects.order_by().values("target_key").annotate(last=Max("pk")).values("last")
+    )
+    ended = (Notification.Status.DELIVERED, Notification.Status.FAILED)
+    old = Notification.objects.filter(status__in=ended, created_at__lt=cutoff)
+    deleted, _ = old.exclude(pk__in=newest).delete()
+    return deleted
 
 
 def targets_last_delivery(limit: int = 50) -> list[Notification]:

@@ -6,6 +6,7 @@ its cell renders feed both the header and the rows.
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -111,6 +112,24 @@ def _integrity_cell(row: FleetRow, now: datetime) -> str:
     )
 
 
+def _offsite_cell(row: FleetRow, now: datetime) -> str:
+    standing = row.standing
+    if standing.offsite_status is None:
+        return "—"  # the policy copies nowhere
+    return format_html(
+        '{}<br><span class="measure">{} / target {}</span>',
+        badge(standing.offsite_status),
+        "none" if standing.offsite_age_s is None else f"{duration(standing.offsite_age_s)} old",
+        duration(standing.rpo_s),
+    )
+
+
+def _offsite_sort(row: FleetRow) -> tuple:
+    # A source that should have a copy and has none is the stalest of all.
+    age_s = row.standing.offsite_age_s
+    return (row.standing.offsite_status is None, math.inf if age_s is None else age_s)
+
+
 def _next_cell(row: FleetRow, now: datetime) -> str:
     running = row.standing.running
     if running:
@@ -178,6 +197,7 @@ COLUMNS = (
     Column("age", "RPO", _rpo_cell, lambda r: (r.age_s is None, r.age_s or 0)),
     Column("rto", "RTO", _rto_cell),
     Column("integrity", "Integrity", _integrity_cell),
+    Column("offsite", "Offsite", _offsite_cell, _offsite_sort),
     Column(
         "next",
         "Next run",
