@@ -382,5 +382,5 @@ def test_the_housekeeping_task_reports_what_it_did(source):
         # The fixture's source never had a run ended, so no standing was stored yet.
         "standing": {"stale": 1, "derived": 1},
         # Nothing fires: its RTO target waits for its first backup and a drill interval.
-        "alerts": {"transitions": 0, "queued": 0, "firing": 0},
+        "alerts": {"transitions": 0, "queued": 0, "firing": 0, "messages_forgotten": 0},
     }
