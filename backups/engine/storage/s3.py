@@ -652,13 +652,13 @@ class S3Storage(Storage):
 
 
 def _unsigned_payload(request, **_) -> None:
-    """Sign an archive part's headers but not its bytes (UNSIGNED-PAYLOAD).
+    """Sign a multipart upload's part with its headers but not its bytes (UNSIGNED-PAYLOAD).
 
     botocore otherwise hashes every part with sha256 for the signature, over plain http
-    and (without a checksum header) over https too: a third pass over every stored byte,
-    which the backup already hashes once for the archive's checksum file. That checksum
-    file and the manifest keep their signed PutObject, and every restore, verify and
-    copy checks the archive's bytes against them, so an altered part is still caught.
+    and (without a checksum header) over https too: a second pass over every stored byte,
+    which the backup already hashes for the archive's checksum file. That checksum file is
+    a small object, sent whole with a signed PutObject, and every restore, verification
+    and copy checks the archive's bytes against it, so an altered part is still caught.
     """
     config = request.context.get("client_config")
     if config is not None:
