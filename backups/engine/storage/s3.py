@@ -416,7 +416,10 @@ class S3Storage(Storage):
             raise StorageError(
                 f"The S3 storage {self.describe()} cannot be opened: {error}."
             ) from None
-        self.client.meta.events.register("before-sign.s3.UploadPart", _unsigned_payload)
+        if endpoint_url is None or endpoint_url.lower().startswith("https://"):
+            # Over plain http a part's signed sha256 is what lets the server refuse bytes
+            # altered on the way; over TLS the channel already does.
+            self.client.meta.events.register("before-sign.s3.UploadPart", _unsigned_payload)
         self._session = session
 
     def describe(self) -> str:
@@ -654,11 +657,11 @@ class S3Storage(Storage):
 def _unsigned_payload(request, **_) -> None:
     """Sign a multipart upload's part with its headers but not its bytes (UNSIGNED-PAYLOAD).
 
-    botocore otherwise hashes every part with sha256 for the signature, over plain http
-    and (without a checksum header) over https too: a second pass over every stored byte,
-    which the backup already hashes for the archive's checksum file. That checksum file is
-    a small object, sent whole with a signed PutObject, and every restore, verification
-    and copy checks the archive's bytes against it, so an altered part is still caught.
+    Used over https only. botocore otherwise hashes every part with sha256 for the
+    signature (without a checksum header): a second pass over every stored byte, which the
+    backup already hashes for the archive's checksum file. TLS keeps the bytes intact on
+    the way; the checksum file, a small object sent whole with a signed PutObject, is what
+    every restore, verification and copy checks the archive's bytes against.
     """
     config = request.context.get("client_config")
     if config is not None:
