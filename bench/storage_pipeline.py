@@ -9,8 +9,9 @@ loopback for the run (`weed`, from the test extras; data under var/bench/pipelin
 or without an age recipient; then `restore_archive` of that backup into a tmpfs (/dev/shm),
 verifying every byte, decrypting with the matching identity. Each run is a child process
 measured alone with wait4() (wall, and CPU of the child and everything it started);
-its wall time counts from the engine call, not the interpreter's start. Runs are
-interleaved, each pipeline's best kept. For reference, the command-line pipelines
+its wall time counts from the engine call, not the interpreter's start; the SeaweedFS
+server's CPU during each run that touches S3 is reported beside it, since it shares the
+cores. Runs are interleaved, each pipeline's best kept. For reference, the command-line pipelines
 `tar -cf - | zstd -T0 -3 | tee OUT | sha256sum` and `zstd -d < A | tar -xf -` run on the
 same data and folders.
 
@@ -58,11 +59,24 @@ class Measure:
     wall: float
     cpu: float
     rss_mb: float
+    server_cpu: float = 0.0
 
 
-def _timed_child(config: dict) -> tuple[Measure, dict]:
-    """Run one backup or restore in a fresh interpreter; measure it with wait4()."""
+def _process_cpu(pid: int) -> float:
+    """Return the CPU seconds (user + system) process `pid` has used so far."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _timed_child(config: dict, server=None) -> tuple[Measure, dict]:
+    """Run one backup or restore in a fresh interpreter; measure it with wait4().
+
+    With `server` (the SeaweedFS process), its CPU during the run is measured too: it
+    runs on the same cores, so what it spends is time the run cannot have.
+    """
     os.sync()
+    server_before = _process_cpu(server.process.pid) if server is not None else 0.0
     child = subprocess.Popen(
         [sys.executable, "-m", "bench.storage_pipeline", "--child", json.dumps(config)],
         stdout=subprocess.PIPE,
@@ -74,7 +88,8 @@ def _timed_child(config: dict) -> tuple[Measure, dict]:
         raise SystemExit(f"the {config['action']} child failed: {output.decode()[-2000:]}")
     result = json.loads(output)
     cpu = usage.ru_utime + usage.ru_stime
-    return Measure(result["wall"], cpu, result["peak_kib"] / 1024), result
+    server_cpu = _process_cpu(server.process.pid) - server_before if server is not None else 0.0
+    return Measure(result["wall"], cpu, result["peak_kib"] / 1024, server_cpu), result
 
 
 def _storage(config: dict):
@@ -231,7 +246,8 @@ def main(argv: list[str] | None = None) -> int:
                     "recipients": recipients,
                     "size_hint": sizes.get(name),
                 }
-                measure, result = _timed_child(config)
+                weed = server if kind == "s3" else None
+                measure, result = _timed_child(config, weed)
                 runs[name]["backup"].append(measure)
                 sizes[name] = result["size"]
                 archive, _sidecar, manifest = result["keys"]
@@ -243,7 +259,8 @@ def main(argv: list[str] | None = None) -> int:
                         "target": settings[offsite],
                         "archive": archive,
                         "manifest": manifest,
-                    }
+                    },
+                    server if "s3" in (kind, offsite) else None,
                 )
                 runs[name]["copy"].append(measure)
                 copied = _storage({"storage": settings[offsite]})
@@ -259,7 +276,8 @@ def main(argv: list[str] | None = None) -> int:
                         "target": str(target),
                         "identity": identity if recipients else None,
                         "recipients": recipients,
-                    }
+                    },
+                    weed,
                 )
                 runs[name]["restore"].append(measure)
                 shutil.rmtree(target)
@@ -352,6 +370,15 @@ def print_table(runs, cli, payload: int, repeat: int) -> None:
             f"{copy.wall:.2f} s, {mib / copy.wall:.0f} MiB/s, RSS {copy.rss_mb:.0f} MB; "
             f"x{ratio:.2f} the backup's throughput (target >= {COPY_TARGET}) {verdict}"
         )
+    for name in best:
+        sides = best[name]
+        if any(measure.server_cpu for measure in sides.values()):
+            print(
+                f"S3 server (weed) CPU in {name}'s best runs, on the same cores: "
+                f"backup {sides['backup'].server_cpu:.2f} s, "
+                f"restore {sides['restore'].server_cpu:.2f} s, "
+                f"copy {sides['copy'].server_cpu:.2f} s"
+            )
     peak = max(m.rss_mb for sides in runs.values() for measures in sides.values() for m in measures)
     verdict = "ok" if peak < RSS_TARGET_MB else "ABOVE"
     print(f"peak RSS {peak:.0f} MB (target < {RSS_TARGET_MB}) {verdict}")

@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from botocore.awsrequest import AWSResponse
 
 from backups.engine.errors import MissingObjectError, StorageError
 from backups.engine.manifest import sidecar_text
@@ -235,7 +236,16 @@ def test_the_s3_server_killed_mid_upload_fails_the_write_and_leaves_an_upload_to
         server.stop()
 
 
-def test_a_read_broken_half_way_resumes_where_it_stopped(s3_server, s3_env):
+def read_all_by_read(stream) -> bytes:
+    """Read a raw stream to its end with read, 1 MiB at a time."""
+    out = bytearray()
+    while data := stream.read(MiB):
+        out += data
+    return bytes(out)
+
+
+@pytest.mark.parametrize("read", [read_all, read_all_by_read], ids=["readinto", "read"])
+def test_a_read_broken_half_way_resumes_where_it_stopped(s3_server, s3_env, read):
     writer = s3_storage_for(s3_server, s3_env)
     data = random.Random(5).randbytes(20 * MiB)
     writer.put_atomic(KEY, data)
@@ -243,10 +253,94 @@ def test_a_read_broken_half_way_resumes_where_it_stopped(s3_server, s3_env):
     try:
         reader = s3_storage_for(proxy, s3_env, prefix=writer.prefix, max_attempts=1)
         with reader.open_read(KEY) as stream:
-            assert read_all(stream) == data
+            assert read(stream) == data
     finally:
         proxy.close()
     assert proxy.cuts == 1
+
+
+def _record_sent(storage, sent: list) -> None:
+    """Record (operation, x-amz-content-sha256, body) of every request `storage` sends."""
+
+    def record(request, event_name, **_):
+        operation = event_name.rsplit(".", 1)[-1]
+        body = request.body or b""
+        if hasattr(body, "read"):
+            position = body.tell()
+            body, _ = body.read(), body.seek(position)
+        sent.append((operation, request.headers.get("X-Amz-Content-SHA256"), bytes(body)))
+
+    storage.client.meta.events.register("before-send.s3", record)
+
+
+def test_over_plain_http_every_request_signs_its_bytes_parts_included(s3_server, s3_env):
+    # Without TLS the signed sha256 of a part is what lets the server refuse altered bytes.
+    storage = s3_storage_for(s3_server, s3_env, part_size=5 * MiB)
+    sent = []
+    _record_sent(storage, sent)
+    data = random.Random(9).randbytes(12 * MiB)
+    with storage.open_write(KEY) as upload:
+        upload.write(data)
+        upload.finish()
+        upload.publish()
+    storage.put_atomic(KEY + ".sha256", sidecar_text(hashlib.sha256(data).hexdigest(), NAME))
+
+    assert [op for op, _header, _body in sent].count("UploadPart") == 3
+    assert {op for op, _header, _body in sent} >= {
+        "CreateMultipartUpload",
+        "CompleteMultipartUpload",
+        "PutObject",
+    }
+    for _operation, header, body in sent:
+        assert header == hashlib.sha256(body).hexdigest().encode()
+    with storage.open_read(KEY) as stream:
+        assert read_all(stream) == data
+
+
+def test_over_https_parts_are_signed_without_their_bytes_and_the_rest_with_them(s3_env):
+    # No TLS server runs here: the requests are stopped just before they would be sent
+    # (botocore's before-send event answers instead), after they were signed.
+    storage = S3Storage(BUCKET, endpoint_url="https://s3.example.invalid", credentials_env=s3_env)
+    sent = []
+    _record_sent(storage, sent)
+
+    class Raw:
+        def stream(self, *args, **kwargs):
+            yield b""
+
+    def answer(request, **_):
+        return AWSResponse(request.url, 200, {"ETag": '"e"'}, Raw())
+
+    storage.client.meta.events.register_last("before-send.s3", answer)
+    storage.client.upload_part(
+        Bucket=BUCKET, Key=KEY, PartNumber=1, UploadId="u", Body=b"part bytes"
+    )
+    storage.client.put_object(Bucket=BUCKET, Key=KEY + ".sha256", Body=b"sidecar")
+
+    (part,) = [header for op, header, _body in sent if op == "UploadPart"]
+    assert part == b"UNSIGNED-PAYLOAD"
+    (put,) = [(header, body) for op, header, body in sent if op == "PutObject"]
+    assert put[0] == hashlib.sha256(b"sidecar").hexdigest().encode()
+
+
+def test_an_upload_fills_the_same_few_part_buffers_again(s3_server, s3_env):
+    storage = s3_storage_for(s3_server, s3_env, part_size=5 * MiB, upload_threads=2)
+    bodies = set()
+
+    def record(params, **_):
+        bodies.add(id(params["Body"]))
+
+    storage.client.meta.events.register("provide-client-params.s3.UploadPart", record)
+    data = random.Random(10).randbytes(41 * MiB)
+    with storage.open_write(KEY) as upload:
+        for chunk in odd_chunks(data):
+            upload.write(chunk)
+        upload.finish()
+        upload.publish()
+    # Nine parts, through at most one buffer being filled and two in flight.
+    assert 1 < len(bodies) <= 3
+    with storage.open_read(KEY) as stream:
+        assert hashlib.sha256(read_all(stream)).digest() == hashlib.sha256(data).digest()
 
 
 def test_check_passes_on_a_working_storage(storage):

@@ -47,6 +47,8 @@ MAX_PARTS = 10_000
 PARTS_PER_STEP = 1000
 # A stream that breaks while an object is read is resumed where it stopped, this often.
 READ_RESUMES = 3
+# What `readall` asks the response for at a time.
+READ_PIECE = 1 << 20
 
 _BUCKET = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{1,61}[A-Za-z0-9]")
 _ENV_PREFIX = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -104,6 +106,8 @@ class S3Upload(Upload):
         self._lock = threading.Lock()
         self._failure: BaseException | None = None
         self._finished = False
+        # Part buffers whose upload is done, filled again rather than allocated anew.
+        self._spare: list[bytearray] = []
 
     def write(self, data) -> int:
         """Append bytes; a full part goes to an upload thread (waiting for a free one)."""
@@ -151,8 +155,17 @@ class S3Upload(Upload):
             self._slots.release()
             raise
         self._number = number
-        self._buffer = bytearray(part_size(number + 1, self._base))
+        self._buffer = self._new_buffer(part_size(number + 1, self._base))
         self._fill = 0
+
+    def _new_buffer(self, size: int) -> bytearray:
+        """Return a part buffer of `size` bytes: one whose upload is done, or a new one."""
+        with self._lock:
+            while self._spare:
+                buffer = self._spare.pop()
+                if len(buffer) == size:
+                    return buffer
+        return bytearray(size)
 
     def _upload_part(self, number: int, body: bytearray) -> None:
         try:
@@ -165,6 +178,8 @@ class S3Upload(Upload):
             )
             with self._lock:
                 self._etags[number] = response["ETag"]
+                if len(body) == part_size(number, self._base):
+                    self._spare.append(body)
         except BaseException as error:  # the writer raises it at its next call
             with self._lock:
                 if self._failure is None:
@@ -223,6 +238,7 @@ class S3Upload(Upload):
                     raise
         self.published = True
         self._buffer = bytearray()
+        self._spare = []
 
     def discard(self) -> None:
         """Stop the upload threads and abort the upload; never raises.
@@ -232,6 +248,7 @@ class S3Upload(Upload):
         if self.published:
             return
         self._buffer = bytearray()
+        self._spare = []
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
         if self._upload_id is not None:
@@ -279,14 +296,13 @@ class S3Reader(io.RawIOBase):
         """Return True: this stream is for reading."""
         return True
 
-    def readinto(self, buffer) -> int:
-        """Read up to len(buffer) bytes into it; return how many (0 at the end)."""
+    def _next(self, size: int) -> bytes:
+        """Return up to `size` bytes from the response (b"" at the end), resuming a break."""
         if self._body is None:
-            return 0
-        view = memoryview(buffer).cast("B")
+            return b""
         for attempt in range(READ_RESUMES + 1):
             try:
-                data = self._body.read(len(view))
+                data = self._body.read(size)
                 break
             except _BROKEN_STREAM as error:
                 with contextlib.suppress(Exception):
@@ -295,10 +311,29 @@ class S3Reader(io.RawIOBase):
                     raise self._storage.explain(error, "read", self._key) from None
                 self._open()
                 if self._body is None:
-                    return 0
+                    return b""
+        self._position += len(data)
+        return data
+
+    def read(self, size: int = -1) -> bytes:
+        """Return up to `size` bytes as the response gives them, with no copy on the way."""
+        if size is None or size < 0:
+            return self.readall()
+        return self._next(size)
+
+    def readall(self) -> bytes:
+        """Return the rest of the object."""
+        pieces = []
+        while data := self._next(READ_PIECE):
+            pieces.append(data)
+        return b"".join(pieces)
+
+    def readinto(self, buffer) -> int:
+        """Read up to len(buffer) bytes into it; return how many (0 at the end)."""
+        view = memoryview(buffer).cast("B")
+        data = self._next(len(view))
         count = len(data)
         view[:count] = data
-        self._position += count
         return count
 
     def close(self) -> None:
@@ -381,6 +416,10 @@ class S3Storage(Storage):
             raise StorageError(
                 f"The S3 storage {self.describe()} cannot be opened: {error}."
             ) from None
+        if endpoint_url is None or endpoint_url.lower().startswith("https://"):
+            # Over plain http a part's signed sha256 is what lets the server refuse bytes
+            # altered on the way; over TLS the channel already does.
+            self.client.meta.events.register("before-sign.s3.UploadPart", _unsigned_payload)
         self._session = session
 
     def describe(self) -> str:
@@ -613,6 +652,21 @@ class S3Storage(Storage):
 
     def __getstate__(self):
         raise TypeError("An S3 storage holds credentials and is never pickled.")
+
+
+def _unsigned_payload(request, **_) -> None:
+    """Sign a multipart upload's part with its headers but not its bytes (UNSIGNED-PAYLOAD).
+
+    Used over https only. botocore otherwise hashes every part with sha256 for the
+    signature (without a checksum header): a second pass over every stored byte, which the
+    backup already hashes for the archive's checksum file. TLS keeps the bytes intact on
+    the way; the checksum file, a small object sent whole with a signed PutObject, is what
+    every restore, verification and copy checks the archive's bytes against.
+    """
+    config = request.context.get("client_config")
+    if config is not None:
+        s3 = {**(config.s3 or {}), "payload_signing_enabled": False}
+        request.context["client_config"] = config.merge(Config(s3=s3))
 
 
 def _coded(error: StorageError, code: str | None) -> StorageError:
