@@ -380,8 +380,9 @@ def test_pages_status_and_metrics_cost_the_same_queries_at_any_history(
         # 2 + 1 (the source) + 5 (standing, runs in progress, 30-day counts, RPO gaps,
         # schedules) + 1 (runs page) + 1 (restore points) + 2 (retention) + 3 (charts)
         # + 2 (the viewer's permissions) + 1 (slots skipped recently) + 2 (the source's
-        # alerts, the silences in force) + 1 (the restore points' proven copies).
-        "source page": (lambda: client.get(reverse("source-detail", args=["h0"])), 21),
+        # alerts, the silences in force) + 1 (the restore points' proven copies) + 1 (the
+        # copies in storages with their own retention rules, for the retention preview).
+        "source page": (lambda: client.get(reverse("source-detail", args=["h0"])), 22),
         # The 5 of the standing, nothing else.
         "status": (lambda: call_json("status"), 5),
         # 2 (the logged-in client's session and user; a scraper has none) + the 5 of the
