@@ -15,18 +15,10 @@ from django.urls import reverse
 
 from backups.models import Manifest, ManifestEntry, Run, Source
 from backups.services.backup import backup_request
+from tests.cli_helpers import call_json
 from tests.db_faults import database_refuses
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-def call_json(*args) -> dict:
-    out = StringIO()
-    try:
-        call_command(*args, "--json", stdout=out)
-    except SystemExit as exit_:
-        assert exit_.code == 0, out.getvalue()
-    return json.loads(out.getvalue())
 
 
 def test_inline_backup_publishes_an_archive_that_plain_tools_verify_and_restore(

@@ -2,26 +2,15 @@
 
 import json
 import subprocess
-from io import StringIO
 
 import pytest
 from django.core.management import CommandError, call_command
 
 from backups.models import AuditEvent, Run
+from tests.cli_helpers import call_json
 from tests.db_faults import database_refuses
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-def call_json(*args, expect: int = 0) -> dict:
-    out = StringIO()
-    try:
-        call_command(*args, "--json", stdout=out, stderr=StringIO())
-        code = 0
-    except SystemExit as exit_:
-        code = exit_.code
-    assert code == expect, out.getvalue()
-    return json.loads(out.getvalue())
 
 
 @pytest.fixture

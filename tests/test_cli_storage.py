@@ -6,6 +6,7 @@ of the shared bucket. Nothing here mocks S3.
 
 from __future__ import annotations
 
+import functools
 import json
 import secrets
 import subprocess
@@ -18,19 +19,14 @@ from backups.engine.storage.s3 import part_size
 from backups.models import Manifest, Policy, Run, Storage
 from backups.services.catalog import policy_create, source_create
 from backups.services.runs import reap_abandoned
+from tests import cli_helpers
 from tests.s3server import BUCKET, READER_KEY, READER_SECRET, credentials_env, free_ports
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-def call_json(*args) -> dict:
-    """Run a command with --json and return its object, whatever its exit status."""
-    out = StringIO()
-    try:
-        call_command(*args, "--json", stdout=out, stderr=StringIO())
-    except SystemExit as exit_:
-        assert exit_.code in (0, 1), out.getvalue()
-    return json.loads(out.getvalue())
+# Commands here may exit 1 (a refusal, a failed check): their JSON is what is checked.
+call_json = functools.partial(cli_helpers.call_json, expect=(0, 1))
 
 
 def refused(*args) -> CommandError:

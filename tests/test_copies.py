@@ -5,37 +5,28 @@ Real storages only: a second local folder and SeaweedFS's S3 (tests/s3server.py)
 
 from __future__ import annotations
 
-import json
+import functools
 import secrets
 import subprocess
 from datetime import timedelta
-from io import StringIO
 from pathlib import Path
 
 import pytest
-from django.core.management import CommandError, call_command
+from django.core.management import CommandError
 from django.utils import timezone
 
 from backups.models import Copy, Run
 from backups.services.copy import copies_retry_due, copy_retry_delay
 from backups.services.execution import run_execute
+from tests import cli_helpers
+from tests.cli_helpers import quiet
 from tests.s3server import BUCKET
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-def call_json(*args) -> dict:
-    """Run a command with --json and return its object, whatever its exit status."""
-    out = StringIO()
-    try:
-        call_command(*args, "--json", stdout=out, stderr=StringIO())
-    except SystemExit as exit_:
-        assert exit_.code in (0, 1), out.getvalue()
-    return json.loads(out.getvalue())
-
-
-def quiet(*args) -> None:
-    call_command(*args, stdout=StringIO(), stderr=StringIO())
+# Commands here may exit 1 (a refusal, a failed check): their JSON is what is checked.
+call_json = functools.partial(cli_helpers.call_json, expect=(0, 1))
 
 
 @pytest.fixture

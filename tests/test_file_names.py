@@ -20,6 +20,7 @@ from django.urls import reverse
 from backups.engine.names import catalog_to_name
 from backups.models import ManifestEntry, Run, Source
 from backups.services.execution import run_execute
+from tests.cli_helpers import call_json
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -56,17 +57,6 @@ def tree(root: Path) -> dict[bytes, bytes]:
             with open(path, "rb") as handle:
                 found[os.path.relpath(path, base)] = handle.read()
     return found
-
-
-def call_json(*args, expect: int = 0) -> dict:
-    out = StringIO()
-    try:
-        call_command(*args, "--json", stdout=out, stderr=StringIO())
-        code = 0
-    except SystemExit as exit_:
-        code = exit_.code
-    assert code == expect, out.getvalue()
-    return json.loads(out.getvalue())
 
 
 @pytest.fixture

@@ -16,21 +16,9 @@ from django.utils import timezone
 from backups.models import AuditEvent, Run, Source
 from backups.services.catalog import policy_create, source_create
 from backups.services.standing import standing_refresh
+from tests.cli_helpers import call_json
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-def call_json(*args, expect: int = 0) -> dict:
-    out = StringIO()
-    try:
-        call_command(*args, "--json", stdout=out, stderr=StringIO())
-        code = 0
-    except SystemExit as exit_:
-        code = exit_.code
-    except CommandError as error:
-        code = error.returncode
-    assert code == expect, out.getvalue()
-    return json.loads(out.getvalue()) if out.getvalue() else {}
 
 
 @pytest.fixture

@@ -15,19 +15,11 @@ from django.core.management import CommandError, call_command
 
 from backups.models import ManifestEntry, Policy, Run
 from backups.services.catalog import source_create
+from tests.cli_helpers import call_json
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "restore-chain.sh"
-
-
-def call_json(*args) -> dict:
-    out = StringIO()
-    try:
-        call_command(*args, "--json", stdout=out)
-    except SystemExit as exit_:
-        assert exit_.code == 0, out.getvalue()
-    return json.loads(out.getvalue())
 
 
 def tree_of(root: Path) -> dict:

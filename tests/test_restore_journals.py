@@ -2,25 +2,15 @@
 
 import json
 import os
-from io import StringIO
 
 import pytest
-from django.core.management import call_command
 
 from backups.models import Run
 from backups.services.runs import reap_abandoned
 from backups.services.schedules import housekeeping_run
+from tests.cli_helpers import call_json
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-def call_json(*args) -> dict:
-    out = StringIO()
-    try:
-        call_command(*args, "--json", stdout=out, stderr=StringIO())
-    except SystemExit as exit_:
-        assert exit_.code == 0, out.getvalue()
-    return json.loads(out.getvalue())
 
 
 def tree(root):

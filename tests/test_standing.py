@@ -1,7 +1,6 @@
 """The stored standing: it follows every way a run ends, heals, and costs the same at any
 history length."""
 
-import json
 import random
 import threading
 from datetime import timedelta
@@ -24,22 +23,10 @@ from backups.services.compliance import WINDOW, rpo_backup_times
 from backups.services.execution import run_execute
 from backups.services.runs import reap_abandoned
 from backups.services.standing import standing_recompute, standing_refresh
+from tests.cli_helpers import call_json
 from tests.pages_helpers import make_policy, make_run, make_source
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-def call_json(*args, expect: int = 0) -> dict:
-    out = StringIO()
-    try:
-        call_command(*args, "--json", stdout=out, stderr=StringIO())
-        code = 0
-    except CommandError as error:
-        code = error.returncode
-    except SystemExit as exit_:
-        code = exit_.code
-    assert code == expect, out.getvalue()
-    return json.loads(out.getvalue())
 
 
 def status_of(name: str) -> dict:

@@ -5,7 +5,7 @@ Real local storages, and SeaweedFS's S3 (tests/s3server.py) for one bucket.
 
 from __future__ import annotations
 
-import json
+import functools
 import secrets
 import shutil
 from datetime import UTC, datetime, timedelta
@@ -19,26 +19,16 @@ from django.urls import reverse
 from backups.models import AuditEvent, Copy, Run, Source, Storage
 from backups.services.copy import archive_due
 from backups.services.prune import prune_recover
+from tests import cli_helpers
+from tests.cli_helpers import quiet
 from tests.prune_helpers import make_backups, paths_of
 from tests.s3server import BUCKET
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-def call_json(*args) -> dict:
-    """Run a command with --json and return its object, whatever its exit status."""
-    out = StringIO()
-    try:
-        call_command(*args, "--json", stdout=out, stderr=StringIO())
-    except SystemExit as exit_:
-        assert exit_.code in (0, 1), out.getvalue()
-    return json.loads(out.getvalue())
-
-
-def quiet(*args) -> str:
-    out = StringIO()
-    call_command(*args, stdout=out, stderr=StringIO())
-    return out.getvalue()
+# Commands here may exit 1 (a refusal, a failed check): their JSON is what is checked.
+call_json = functools.partial(cli_helpers.call_json, expect=(0, 1))
 
 
 def setup(data_dir, tmp_path, *policy_args, offsite_rules=("--keep-monthly", "12")) -> Source:
