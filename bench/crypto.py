@@ -221,8 +221,8 @@ def print_table(runs, sides, size, stored_mb, repeat: int, quick: bool) -> int:
         f"{TARGET_OVERHEAD:.0%}); median: of the per-run overheads; CPU +: extra CPU seconds "
         "(child processes included); own: CPU of the pipeline's process alone (without the\n"
         "crypto child), what stays on the critical path when another core is free.\n"
-        "thread: pyrage in a thread (it holds the GIL while it works); process: the age "
-        "command (pyrage where it is not installed) in a child process, on another core."
+        "thread: pyrage in a thread (it holds the GIL while it works); process: pyrage in a "
+        "child process, on another core."
     )
     if quick:
         print("(quick: not meaningful)")

@@ -30,7 +30,6 @@ from backups.engine.crypto import (
     load_identities,
     load_recipients_file,
     parse_recipients,
-    stream,
     stream_mode,
 )
 from backups.engine.errors import (
@@ -50,23 +49,6 @@ from backups.engine.sources import Output, open_source
 from .conftest import make_tree
 
 MODES = [THREAD, PROCESS]
-PYRAGE_CHILD = "process, pyrage child"
-
-
-@pytest.fixture(params=[THREAD, PROCESS, PYRAGE_CHILD])
-def mode(request, monkeypatch):
-    """Each way the crypto runs: a thread, the age command in a child, pyrage in a child.
-
-    Process mode runs the age command where it is installed (as here) and the pyrage
-    child where it is not: both children speak the same pipes and their failures must
-    read the same.
-    """
-    if request.param == PYRAGE_CHILD:
-        monkeypatch.setattr(stream, "age_program", lambda: None)
-        return PROCESS
-    return request.param
-
-
 BLOCK = 64 << 10
 STORED_BLOCK = BLOCK + 16
 
@@ -214,6 +196,7 @@ def test_fingerprint_is_short_and_keeps_both_ends(keys):
 # Round trips
 
 
+@pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("size", [0, 1, BLOCK - 1, BLOCK, BLOCK + 1, 3 * BLOCK])
 def test_streaming_round_trip_decrypts_with_the_age_cli(keys, mode, size):
     data = os.urandom(size)
@@ -223,6 +206,7 @@ def test_streaming_round_trip_decrypts_with_the_age_cli(keys, mode, size):
     assert decrypt_stream(blob, identities, mode=mode, size=len(blob)) == data
 
 
+@pytest.mark.parametrize("mode", MODES)
 def test_fifty_mib_of_random_bytes_round_trip(keys, mode, tmp_path):
     data = os.urandom(50 << 20)
     archive = tmp_path / "big.age"
@@ -289,6 +273,7 @@ def test_engine_tar_zstd_stream_extracts_with_age_zstd_and_tar(keys, tmp_path):
     assert hashing.sha.hexdigest() == sidecar
 
 
+@pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("armor", [False, True])
 def test_files_the_age_cli_encrypts_decrypt_with_the_reader(keys, tmp_path, mode, armor):
     data = os.urandom(3 * BLOCK + 5)
@@ -330,6 +315,7 @@ def sealed(keys) -> bytes:
     return encrypt_stream(os.urandom(5 * BLOCK + 1000), [keys[0].recipient])
 
 
+@pytest.mark.parametrize("mode", MODES)
 def test_a_wrong_identity_names_the_recipients_and_the_identity_files(keys, sealed, mode):
     bob = load_identities([keys[1].path])
     with pytest.raises(NoMatchingIdentityError) as caught:
@@ -345,6 +331,7 @@ def test_no_identity_at_all_says_to_set_age_identity_file(keys, sealed):
         DecryptingReader(io.BytesIO(sealed), [], what="The archive X")
 
 
+@pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("cut", ["mid-block", "block-boundary", "header", "nonce"])
 def test_a_truncated_archive_says_it_ends_early(keys, sealed, mode, cut):
     header = header_length(sealed)
@@ -367,6 +354,7 @@ def test_a_truncation_without_the_recorded_size_still_says_truncated(keys, seale
             decrypt_stream(sealed[:at], identities, what="The archive X")
 
 
+@pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("block", [0, 2, 5])
 def test_a_flipped_byte_says_where_authentication_failed(keys, sealed, mode, block):
     header = header_length(sealed)
@@ -429,6 +417,7 @@ def threads_settle(before: int) -> bool:
 
 
 @pytest.mark.timeout(30)
+@pytest.mark.parametrize("mode", MODES)
 def test_a_failing_archive_file_fails_the_next_write_with_the_same_error(keys, mode):
     before = threading.active_count()
     piece = os.urandom(1 << 20)
@@ -442,6 +431,7 @@ def test_a_failing_archive_file_fails_the_next_write_with_the_same_error(keys, m
 
 
 @pytest.mark.timeout(30)
+@pytest.mark.parametrize("mode", MODES)
 def test_a_failing_producer_aborts_and_leaves_no_complete_age_file(keys, mode):
     before = threading.active_count()
     out = io.BytesIO()
@@ -471,6 +461,7 @@ class SlowDisk:
 
 
 @pytest.mark.timeout(30)
+@pytest.mark.parametrize("mode", MODES)
 def test_cancelling_mid_stream_returns_promptly_while_the_disk_is_slow(keys, mode):
     before = threading.active_count()
     disk = SlowDisk()
@@ -490,6 +481,7 @@ def test_cancelling_mid_stream_returns_promptly_while_the_disk_is_slow(keys, mod
 
 
 @pytest.mark.timeout(30)
+@pytest.mark.parametrize("mode", MODES)
 def test_closing_the_reader_mid_stream_stops_reading_the_archive(keys, mode, tmp_path):
     blob = encrypt_stream(os.urandom(20 << 20), [keys[0].recipient])
     path = tmp_path / "a.age"
@@ -528,6 +520,7 @@ class BrokenDisk(io.RawIOBase):
 
 
 @pytest.mark.timeout(30)
+@pytest.mark.parametrize("mode", MODES)
 def test_a_failing_archive_read_is_reported_as_such(keys, sealed, mode):
     reader = DecryptingReader(
         BrokenDisk(sealed, 2 * STORED_BLOCK),
@@ -592,15 +585,15 @@ _STREAM_512_MIB = textwrap.dedent(
 
 
 @pytest.mark.timeout(240)
-@pytest.mark.parametrize("program_mode", MODES)
-def test_streaming_512_mib_keeps_memory_flat(keys, program_mode, tmp_path):
+@pytest.mark.parametrize("mode", MODES)
+def test_streaming_512_mib_keeps_memory_flat(keys, mode, tmp_path):
     root = Path(__file__).resolve().parents[2]
     result = subprocess.run(
         [
             sys.executable,
             "-c",
             _STREAM_512_MIB,
-            program_mode,
+            mode,
             keys[0].recipient,
             str(keys[0].path),
             str(tmp_path / "big.age"),

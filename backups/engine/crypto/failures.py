@@ -1,9 +1,7 @@
 """Turn what age says about a file it could not decrypt into one sentence a user can act on.
 
-age reports little: rage (through pyrage) says "No matching keys found", "Header MAC is
-invalid", "decryption error", "age file is truncated"; the age command says "no identity
-matched any of the recipients", "bad header MAC", "failed to decrypt and authenticate
-payload chunk". What the decryption saw (the first
+age (rage, through pyrage) reports little: "No matching keys found", "Header MAC is
+invalid", "decryption error", "age file is truncated". What the decryption saw (the first
 bytes, how many stored bytes it read and whether it reached the end, how much plaintext
 came out) says the rest: whether the file is not age at all, ends early, or was altered,
 and at which stored byte the 64 KiB block that failed begins.
@@ -33,14 +31,8 @@ STORED_CHUNK = PLAIN_CHUNK + 16
 # Enough for any header of X25519 stanzas (each about 100 bytes).
 PREFIX = 64 << 10
 
-_NO_KEY = ("No matching keys found", "no identity matched")
-_HEADER_DAMAGE = (
-    "Header is invalid",
-    "Header MAC is invalid",
-    "Unknown age format",
-    "bad header MAC",
-    "failed to read header",
-)
+_NO_KEY = "No matching keys found"
+_HEADER_DAMAGE = ("Header is invalid", "Header MAC is invalid", "Unknown age format")
 _PAYLOAD_TRUNCATED = "age file is truncated"
 _SHORT_READ = "failed to fill whole buffer"
 

@@ -2,8 +2,7 @@
 
 pyrage only offers pull-style streaming (`encrypt_io(reader, writer)`), which runs until
 its reader ends. So the work runs beside the caller, fed through an OS pipe of 1 MiB: in a
-thread ("thread" mode) or in a child process ("process" mode: the `age` command where it is
-installed, else pyrage in `child`; both are the same age format). A pipe rather
+thread ("thread" mode) or in a child process ("process" mode, see `child`). A pipe rather
 than a queue because both ends then block, and wake, outside the GIL, and because closing
 one end is how either side tells the other to stop: the writer of a closed pipe gets
 EPIPE, its reader gets end-of-file. That is what makes a failure on either side end the
@@ -21,7 +20,6 @@ import fcntl
 import io
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -143,40 +141,18 @@ def _write_all(out, data) -> None:
         view = view[written:]
 
 
-def age_program() -> str | None:
-    """Return the `age` command when it is installed, else None (the pyrage child is used).
-
-    Its Go code does the same work for about half pyrage's CPU (600 MB: 0.4 s of user time
-    against 1 s), and in process mode that CPU is the second core's whole share of a restore.
-    """
-    return shutil.which("age")
-
-
-def _spawn(operation: str, keys: Sequence[str]) -> tuple[subprocess.Popen, object]:
-    """Start the crypto child for `operation` ("encrypt" to recipients, "decrypt" with keys).
-
-    The child is the `age` command when there is one, else `child` (pyrage). Secret keys go
-    through a pipe of their own (read as the identity file /dev/fd/N), never argv.
-    """
+def _spawn(argv: list[str], *, secrets: str | None = None) -> tuple[subprocess.Popen, object]:
+    """Start the crypto child; `secrets` go through a pipe of their own, never argv."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [_ROOT, env.get("PYTHONPATH")]))
     errors = tempfile.TemporaryFile()  # noqa: SIM115 - closed with the stream
     keys_read = keys_write = None
-    program = age_program()
-    if operation == "decrypt":
+    if secrets is not None:
         keys_read, keys_write = os.pipe()
-        argv = (
-            [program, "--decrypt", "--identity", f"/dev/fd/{keys_read}"]
-            if program
-            else [sys.executable, "-m", "backups.engine.crypto.child", "decrypt", str(keys_read)]
-        )
-    elif program:
-        argv = [program, "--encrypt", *(f"--recipient={text}" for text in keys)]
-    else:
-        argv = [sys.executable, "-m", "backups.engine.crypto.child", "encrypt", *keys]
+        argv = [*argv, str(keys_read)]
     try:
         child = subprocess.Popen(
-            argv,
+            [sys.executable, "-m", "backups.engine.crypto.child", *argv],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=errors,
@@ -191,19 +167,15 @@ def _spawn(operation: str, keys: Sequence[str]) -> tuple[subprocess.Popen, objec
         if keys_read is not None:
             os.close(keys_read)
     if keys_write is not None:
-        with contextlib.suppress(BrokenPipeError), open(keys_write, "wb", buffering=0) as pipe:
-            pipe.write("".join(f"{key}\n" for key in keys).encode("ascii"))
+        with contextlib.suppress(BrokenPipeError), open(keys_write, "wb", buffering=0) as keys:
+            keys.write(secrets.encode("ascii"))
     for pipe in (child.stdin, child.stdout):
         widen_pipe(pipe.fileno())
     return child, errors
 
 
 def _child_failure(child: subprocess.Popen, errors) -> tuple[str, str] | None:
-    """Return the child's (error type, message) when it failed, None when it succeeded.
-
-    The pyrage child reports one JSON object; the age command prints "age: error: ..."
-    (then a line asking for bug reports), whose first line is kept.
-    """
+    """Return the child's (error type, message) when it failed, None when it succeeded."""
     if child.wait() == 0:
         return None
     errors.seek(0)
@@ -212,9 +184,7 @@ def _child_failure(child: subprocess.Popen, errors) -> tuple[str, str] | None:
         report = json.loads(text)
         return str(report["error"]), str(report["message"])
     except (ValueError, KeyError, TypeError):
-        first = text.splitlines()[0] if text else ""
-        message = first.removeprefix("age: error: ").strip()
-        return "ChildError", message or f"exit status {child.returncode}"
+        return "ChildError", text or f"exit status {child.returncode}"
 
 
 def _release(shared: _Shared, pipe, child: subprocess.Popen | None) -> None:
@@ -264,7 +234,7 @@ class EncryptingWriter:
                 daemon=True,
             )
         else:
-            self._child, self._errors = _spawn("encrypt", texts)
+            self._child, self._errors = _spawn(["encrypt", *texts])
             self._pipe = self._child.stdin
             self._worker = threading.Thread(
                 target=_pump,
@@ -452,8 +422,8 @@ class DecryptingReader(io.RawIOBase):
                 daemon=True,
             )
         else:
-            keys = [str(identity.key) for identity in identities]
-            self._child, self._errors = _spawn("decrypt", keys)
+            secrets = "".join(f"{identity.key}\n" for identity in identities)
+            self._child, self._errors = _spawn(["decrypt"], secrets=secrets)
             self._pipe = self._child.stdout
             self._worker = threading.Thread(
                 target=_feed,
