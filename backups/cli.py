@@ -61,6 +61,11 @@ class OneLineParser(CommandParser):
 class CliCommand(BaseCommand):
     """A management command that prints `error: …` on one line and exits with its code."""
 
+    # Django's system checks guard the start of the web server and the workers (`serve`,
+    # `qcluster` and `migrate` run them); an operator's command skips them, as they load the
+    # URLs and the admin on every call, and the settings are checked as they load anyway.
+    requires_system_checks = []
+
     def create_parser(self, prog_name, subcommand, **kwargs):
         parser = super().create_parser(prog_name, subcommand, **kwargs)
         # Subparsers are built from type(parser), so they inherit the one-line errors.

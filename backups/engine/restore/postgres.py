@@ -9,8 +9,6 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from psycopg.conninfo import make_conninfo
-
 from ..crypto.keys import Identity
 from ..errors import ArchiveError, EngineError, TargetError
 from ..manifest import Manifest
@@ -178,6 +176,14 @@ def restore_postgres(job: RestoreJob) -> str:
     finally:
         remove_path(scratch)
     return request.target
+
+
+def make_conninfo(conninfo: str = "", **params) -> str:
+    """psycopg's make_conninfo, imported when a PostgreSQL restore needs it (libpq is slow
+    to load, and most commands never do)."""
+    from psycopg.conninfo import make_conninfo as make
+
+    return make(conninfo, **params)
 
 
 def _maintenance(target: PostgresTarget) -> str:
