@@ -54,7 +54,7 @@ RUN_COLUMNS = [
     "in_place", "paths", "drill", "checks", "restore_seconds", "verified", "verified_at",
     "requested_by_id", "resent_at", "resends", "worker_host", "worker_pid", "worker_started",
     "worker_pid_ns", "publishing_at", "storage_id", "level", "level_asked", "rehash",
-    "base_id", "full_id", "picked_storage", "recipients", "checks_skipped",
+    "base_id", "full_id", "picked_storage", "recipients", "checks_skipped", "copy_only",
 ]  # fmt: skip
 
 
@@ -65,7 +65,7 @@ def later_run_columns(boolean) -> dict:
         "worker_pid": None, "worker_started": None, "worker_pid_ns": "", "publishing_at": None,
         "storage_id": None, "level": "full", "level_asked": "", "rehash": boolean(False),
         "base_id": None, "full_id": None, "picked_storage": boolean(False), "recipients": "[]",
-        "checks_skipped": boolean(False),
+        "checks_skipped": boolean(False), "copy_only": boolean(False),
     }  # fmt: skip
 
 
