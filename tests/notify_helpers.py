@@ -127,3 +127,19 @@ def mailbox():
     box = Mailbox().start()
     yield box
     box.stop()
+
+
+@pytest.fixture
+def watched(db, data_dir, settings, tmp_path, webhook):
+    """A directory source routed to the webhook (tag `ops`), RPO 2h, workers alive."""
+    from backups.models import WorkerBeat
+    from backups.services.catalog import policy_create, source_create
+
+    settings.APPRISE_CONFIG = write_config(tmp_path / "apprise.yml", [(webhook.url, "ops")])
+    settings.DASHBOARD_URL = "https://backups.example.com"
+    policy = policy_create(name="watched", rpo_s=7200)
+    source = source_create(
+        name="files", kind="directory", location=str(data_dir), policy=policy, notify="ops"
+    )
+    WorkerBeat.beat("housekeeping", worker="test")
+    return source

@@ -24,7 +24,6 @@ from backups.services.alerts import (
     silence_end,
 )
 from backups.services.backup import backup_request
-from backups.services.catalog import policy_create, source_create
 from backups.services.execution import run_execute
 from backups.services.notify import notifications_deliver
 from backups.services.schedules import housekeeping_run
@@ -36,19 +35,6 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 FIRING = "[FIRING] Backup failed: files"
 RESOLVED = "[RESOLVED] Backup failed: files"
-
-
-@pytest.fixture
-def watched(db, data_dir, settings, tmp_path, webhook):
-    """A directory source routed to the webhook (tag `ops`), workers alive."""
-    settings.APPRISE_CONFIG = write_config(tmp_path / "apprise.yml", [(webhook.url, "ops")])
-    settings.DASHBOARD_URL = "https://backups.example.com"
-    policy = policy_create(name="watched", rpo_s=7200)
-    source = source_create(
-        name="files", kind="directory", location=str(data_dir), policy=policy, notify="ops"
-    )
-    WorkerBeat.beat("housekeeping", worker="test")
-    return source
 
 
 def backup(source) -> Run:

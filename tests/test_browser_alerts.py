@@ -8,12 +8,10 @@ import shutil
 import pytest
 from playwright.sync_api import expect
 
-from backups.models import Run, WorkerBeat
+from backups.models import Run
 from backups.services.backup import backup_request
-from backups.services.catalog import policy_create, source_create
 from backups.services.execution import run_execute
 from backups.services.notify import notifications_deliver
-from tests.notify_helpers import write_config
 from tests.test_browser_dashboard import browse, chromium  # noqa: F401
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
@@ -23,16 +21,10 @@ def test_an_operator_acknowledges_a_firing_alert_from_the_browser(
     browse,  # noqa: F811
     operator,
     data_dir,
-    settings,
-    tmp_path,
+    watched,
     webhook,
 ):
-    settings.APPRISE_CONFIG = write_config(tmp_path / "apprise.yml", [(webhook.url, "ops")])
-    policy = policy_create(name="watched", rpo_s=7200)
-    source = source_create(
-        name="files", kind="directory", location=str(data_dir), policy=policy, notify="ops"
-    )
-    WorkerBeat.beat("housekeeping", worker="test")
+    source = watched
     run_execute(backup_request(source=source, trigger=Run.Trigger.CLI).pk)
     shutil.rmtree(data_dir)
     run_execute(backup_request(source=source, trigger=Run.Trigger.CLI).pk)

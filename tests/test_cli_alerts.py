@@ -8,9 +8,8 @@ from io import StringIO
 import pytest
 from django.core.management import CommandError, call_command
 
-from backups.models import Alert, AuditEvent, Policy, Run, Silence, Source, WorkerBeat
+from backups.models import Alert, AuditEvent, Policy, Run, Silence, Source
 from backups.services.backup import backup_request
-from backups.services.catalog import policy_create, source_create
 from backups.services.execution import run_execute
 from tests.notify_helpers import free_port, write_config
 
@@ -19,14 +18,9 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 
 @pytest.fixture
-def firing(db, data_dir, settings, tmp_path, webhook):
+def firing(watched, data_dir):
     """A source whose newest backup failed: its `backup_failed` alert is firing."""
-    settings.APPRISE_CONFIG = write_config(tmp_path / "apprise.yml", [(webhook.url, "ops")])
-    policy = policy_create(name="watched", rpo_s=7200)
-    source = source_create(
-        name="files", kind="directory", location=str(data_dir), policy=policy, notify="ops"
-    )
-    WorkerBeat.beat("housekeeping", worker="test")
+    source = watched
     shutil.rmtree(data_dir)
     run_execute(backup_request(source=source, trigger=Run.Trigger.CLI).pk)
     return Alert.objects.get(source=source, condition="backup_failed")

@@ -8,13 +8,11 @@ import pytest
 from django.urls import reverse
 from django.utils import timezone
 
-from backups.models import Alert, AlertEvent, AuditEvent, Notification, Run, Silence, WorkerBeat
+from backups.models import Alert, AlertEvent, AuditEvent, Notification, Run, Silence
 from backups.services.alerts import alerts_housekeeping
 from backups.services.backup import backup_request
-from backups.services.catalog import policy_create, source_create
 from backups.services.execution import run_execute
 from backups.services.notify import notifications_deliver
-from tests.notify_helpers import write_config
 from tests.pages_helpers import make_policy, make_source
 
 # Runs are executed as a worker does, which opens its own database connection.
@@ -22,14 +20,9 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 
 @pytest.fixture
-def broken(db, data_dir, settings, tmp_path, webhook):
+def broken(watched, data_dir, webhook):
     """A source whose folder was removed and whose backup then failed, notified."""
-    settings.APPRISE_CONFIG = write_config(tmp_path / "apprise.yml", [(webhook.url, "ops")])
-    policy = policy_create(name="watched", rpo_s=7200)
-    source = source_create(
-        name="files", kind="directory", location=str(data_dir), policy=policy, notify="ops"
-    )
-    WorkerBeat.beat("housekeeping", worker="test")
+    source = watched
     run_execute(backup_request(source=source, trigger=Run.Trigger.CLI).pk)
     shutil.rmtree(data_dir)
     run_execute(backup_request(source=source, trigger=Run.Trigger.CLI).pk)
