@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from django import forms
 from django.contrib import admin
+from django.core.exceptions import ValidationError
 from django.utils.html import format_html_join
 from django.utils.safestring import mark_safe
 
@@ -43,8 +45,20 @@ class AuditedAdmin(admin.ModelAdmin):
             self.delete_model(request, obj)
 
 
+class PolicyForm(forms.ModelForm):
+    def clean(self):
+        data = super().clean()
+        storage, copies = data.get("storage"), data.get("copy_to") or ()
+        try:
+            Policy.check_copy_to(storage.pk if storage else None, [copy.pk for copy in copies])
+        except ValidationError as error:
+            self.add_error(None, error)
+        return data
+
+
 @admin.register(Policy)
 class PolicyAdmin(AuditedAdmin):
+    form = PolicyForm
     list_display = [
         "name",
         "schedule",

@@ -124,6 +124,9 @@ class Storage(KeepRules):
     def __str__(self) -> str:
         return self.name
 
+    # Where its archives are: what the runs' and copies' locators were made from.
+    PLACE_FIELDS = ("kind", "path", "bucket", "prefix")
+
     def clean(self) -> None:
         if self.name == DEFAULT_STORAGE_NAME:
             raise ValidationError(
@@ -137,6 +140,25 @@ class Storage(KeepRules):
             self._clean_local()
         else:
             self._clean_s3()
+        self._clean_place()
+
+    def _clean_place(self) -> None:
+        """Refuse to move a storage that holds archives: the catalog would lose them."""
+        if self.pk is None:
+            return
+        saved = Storage.objects.filter(pk=self.pk).values(*self.PLACE_FIELDS).first()
+        moved = [name for name in self.PLACE_FIELDS if saved and saved[name] != getattr(self, name)]
+        if not moved:
+            return
+        held = self.runs.count() + self.copies.count()
+        if held:
+            raise ValidationError(
+                {
+                    moved[0]: f"Storage {self.name!r} holds {held} archive(s) at "
+                    f"{Storage(**saved).location}; its {moved[0]} cannot change under them. "
+                    "Add a storage for the new place and point the policies at it."
+                }
+            )
 
     def _clean_local(self) -> None:
         if self.bucket or self.prefix or self.endpoint or self.region or self.credentials_env:
@@ -189,12 +211,18 @@ class Storage(KeepRules):
         return open_storage(**self._settings())
 
     @property
+    def url(self) -> str:
+        """Return an S3 storage's `s3://bucket[/prefix]` ("" for a local one)."""
+        if self.kind != self.Kind.S3:
+            return ""
+        return "s3://" + "/".join(part for part in (self.bucket, self.prefix) if part)
+
+    @property
     def location(self) -> str:
         """Return where the storage is, for people: a folder, or `s3://bucket/prefix`."""
         if self.kind == self.Kind.LOCAL:
             return self.path
-        where = "s3://" + "/".join(part for part in (self.bucket, self.prefix) if part)
-        return f"{where} at {self.endpoint}" if self.endpoint else where
+        return f"{self.url} at {self.endpoint}" if self.endpoint else self.url
 
     def set_keep_rules(self, rules: dict[str, int]) -> dict[str, list]:
         """Replace the storage's keep rules (all 0: none); return `{field: [old, new]}`."""
@@ -330,6 +358,14 @@ class Policy(KeepRules):
 
     def __str__(self) -> str:
         return self.name
+
+    @staticmethod
+    def check_copy_to(storage_id: int | None, copy_to_ids) -> None:
+        """Refuse a copy to the storage the backups are written to: it would be no copy."""
+        if storage_id is not None and storage_id in set(copy_to_ids):
+            raise ValidationError(
+                {"copy_to": "A backup cannot be copied to the storage it is written to."}
+            )
 
     def clean(self) -> None:
         self.notify = normalized_tags(self.notify)

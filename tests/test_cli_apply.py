@@ -296,7 +296,7 @@ def test_a_source_that_gets_a_run_between_plan_and_apply_is_not_deleted(tmp_path
     with pytest.raises(FleetRefused) as caught:
         fleet_apply(plan)
 
-    assert "a source to delete got a run while applying; nothing was changed" in str(caught.value)
+    assert "to delete got a run while applying; nothing was changed" in str(caught.value)
     assert catalog() == before
 
 
@@ -422,9 +422,10 @@ def test_a_name_written_twice_is_refused_with_both_lines(tmp_path, folders):
 @pytest.mark.parametrize(
     "text, fragment",
     [
-        ("", "expected a mapping with `version: 1`"),
-        ("policies: {}\n", "add `version: 1` at the top of the file."),
-        ("version: 2\npolicies: {}\n", "written for fleet file version 2"),
+        ("", "expected a mapping with `version: 2`"),
+        ("policies: {}\n", "add `version: 2` at the top of the file."),
+        ("version: 3\npolicies: {}\n", "written for fleet file version 3"),
+        ("version: 0\npolicies: {}\n", "version must be a whole number from 1 to 2, not 0"),
         ("version: 1\nsources:\n", ":2: sources must be a mapping of names to fields"),
         ("version: 1\nsources:\n  web: [1]\n", "source 'web': give its fields as a mapping"),
         (
@@ -490,7 +491,7 @@ def test_export_replaces_the_file_atomically_and_leaves_no_temporary_file(tmp_pa
 
     call_command("export", str(target), stdout=StringIO())
 
-    assert target.read_text().startswith("version: 1\npolicies:\n")
+    assert target.read_text().startswith("version: 2\nstorages: {}\npolicies:\n")
     assert os.listdir(target.parent) == ["fleet.yaml"]
     with pytest.raises(CommandError) as caught:
         call_command("export", str(tmp_path / "missing" / "fleet.yaml"))
@@ -567,8 +568,8 @@ def test_the_audit_log_records_the_apply_and_each_changed_object(tmp_path, folde
     assert event.actor_name == "system" and event.outcome == "succeeded"
     assert event.detail["sha256"] == digest
     assert event.detail["file"] == str(changed_path)
-    assert event.detail["counts"]["changed"] == {"policies": 1, "sources": 0}
-    assert event.detail["counts"]["removed"] == {"policies": 0, "sources": 2}
+    assert event.detail["counts"]["changed"] == {"storages": 0, "policies": 1, "sources": 0}
+    assert event.detail["counts"]["removed"] == {"storages": 0, "policies": 0, "sources": 2}
     change = AuditEvent.objects.get(action="policy.change")
     assert change.object_repr == "hourly"
     assert change.detail["changes"] == {"rpo_s": [3600, 7200]}
@@ -590,7 +591,7 @@ def test_json_output_lists_the_changes_in_the_files_form(tmp_path, folders):
     assert report["changes"] == [
         {"op": "~", "type": "policy", "name": "hourly", "changes": {"rpo": ["1h", "2h"]}}
     ]
-    assert report["counts"]["changed"] == {"policies": 1, "sources": 0}
+    assert report["counts"]["changed"] == {"storages": 0, "policies": 1, "sources": 0}
 
 
 def test_apply_as_a_process_reads_standard_input_and_exits_2_on_bad_input(tmp_path, folders):

@@ -1,19 +1,24 @@
-"""The fleet file: policies and sources declared as YAML, read strictly, written stably.
+"""The fleet file: storages, policies and sources as YAML, read strictly, written stably.
 
 ```
-version: 1
+version: 2
+storages:
+  offsite: {kind: s3, url: s3://acme-backups/site-a, keep_monthly: 12}
 policies:
-  hourly: {schedule: "0 * * * *", rpo: 2h, keep_hourly: 24, encrypt_to: [age1…]}
+  hourly: {schedule: "0 * * * *", rpo: 2h, keep_hourly: 24, copy_to: [offsite]}
 sources:
   web: {kind: directory, location: /srv/web, policy: hourly}
 ```
 
 Each top-level section is a mapping from a name to that object's fields. A section the file
-leaves out is not managed by it (so later sections, such as storages, can be added without
-old files pruning them); a section that is present is the whole truth for its kind. A field
-left out, or given as null, takes its default. Anything the format does not know (a key, a
-field, a second copy of a name) is refused with its file and line, so a typo never passes
-silently. Values come back in the catalog's units: durations as whole seconds.
+leaves out is not managed by it; a section that is present is the whole truth for its kind.
+A field left out, or given as null, takes its default. Anything the format does not know (a
+key, a field, a second copy of a name) is refused with its file and line, so a typo never
+passes silently. Values come back in the catalog's units: durations as whole seconds.
+
+The version says what the file manages. Version 2 added storages and the policy fields
+that name them; a version 1 file cannot use them, and leaves them as they are (as it always
+did), so a file written before them never moves a policy's backups back to ARCHIVE_ROOT.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ from .crypto import parse_recipients
 from .durations import parse_duration
 from .errors import EngineError, KeyFileError
 
-VERSION = 1
+VERSION = 2
 
 try:  # libyaml's parser when PyYAML was built with it: several times faster on big fleets
     _BaseLoader = yaml.CSafeLoader
@@ -106,6 +111,24 @@ def _recipients(value: Any) -> str:
         raise ValueError(str(error).rstrip(".")) from None
 
 
+def _names(value: Any) -> tuple[str, ...]:
+    """Return one name or a list of names as a sorted tuple (the order means nothing)."""
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list) or not all(isinstance(item, str) and item for item in items):
+        raise ValueError("give a storage name or a list of them, e.g. [nas, offsite]")
+    repeated = sorted({item for item in items if items.count(item) > 1})
+    if repeated:
+        raise ValueError(f"{repeated[0]!r} is named twice")
+    return tuple(sorted(items))
+
+
+def _s3_url(value: Any) -> str:
+    text = _text(value)
+    if not text.startswith("s3://"):
+        raise ValueError(f"{text!r} is not an S3 URL: give s3://BUCKET or s3://BUCKET/PREFIX")
+    return text.rstrip("/")
+
+
 _QUERY_KEYS = ("sql", "expect")
 
 
@@ -134,6 +157,12 @@ class Field:
     attr: str
     parse: Callable[[Any], Any]
     required: bool = False
+    since: int = 1  # the file version that added it
+
+
+def fields_of(fields: dict[str, Field], version: int) -> list[Field]:
+    """Return the fields a file of `version` manages: the ones it may write."""
+    return [spec for spec in fields.values() if spec.since <= version]
 
 
 POLICY_FIELDS = {
@@ -158,6 +187,30 @@ POLICY_FIELDS = {
         Field("check_queries", "check_queries", _queries),
         Field("notify", "notify", _tags),
         Field("encrypt_to", "recipients", _recipients),
+        # Storages by name; `storage: default` (or none) is ARCHIVE_ROOT.
+        Field("storage", "storage", _text, since=2),
+        Field("copy_to", "copy_to", _names, since=2),
+        Field("archive_to", "archive_to", _text, since=2),
+        Field("archive_after", "archive_after_s", _duration, since=2),
+    )
+}
+
+STORAGE_FIELDS = {
+    f.key: f
+    for f in (
+        Field("kind", "kind", _text, required=True),
+        Field("path", "path", _text),
+        Field("url", "url", _s3_url),
+        Field("endpoint", "endpoint", _text),
+        Field("region", "region", _text),
+        Field("credentials_env", "credentials_env", _text),
+        # Its own keep rules for the copies it holds (none: they go with their backups).
+        Field("keep_last", "keep_last", _count),
+        Field("keep_hourly", "keep_hourly", _count),
+        Field("keep_daily", "keep_daily", _count),
+        Field("keep_weekly", "keep_weekly", _count),
+        Field("keep_monthly", "keep_monthly", _count),
+        Field("keep_yearly", "keep_yearly", _count),
     )
 }
 
@@ -176,8 +229,22 @@ SOURCE_FIELDS = {
     )
 }
 
-# Section name -> (what one object is called, its fields). New sections go here.
-SECTIONS = {"policies": ("policy", POLICY_FIELDS), "sources": ("source", SOURCE_FIELDS)}
+
+@dataclass(frozen=True)
+class Section:
+    """One top-level section: what one of its objects is called, its fields, since when."""
+
+    what: str
+    fields: dict[str, Field]
+    since: int = 1
+
+
+# In the order they are written and applied: an object may name one of an earlier section.
+SECTIONS = {
+    "storages": Section("storage", STORAGE_FIELDS, since=2),
+    "policies": Section("policy", POLICY_FIELDS),
+    "sources": Section("source", SOURCE_FIELDS),
+}
 TOP_LEVEL_KEYS = ("version", *SECTIONS)
 
 
@@ -204,7 +271,12 @@ class FleetFile:
     """A parsed fleet file. A section is None when the file leaves it out (not managed)."""
 
     name: str
+    version: int
     sections: dict[str, dict[str, Item] | None]
+
+    @property
+    def storages(self) -> dict[str, Item] | None:
+        return self.sections["storages"]
 
     @property
     def policies(self) -> dict[str, Item] | None:
@@ -267,7 +339,9 @@ def _suggest(key: str, known) -> str:
     return f"{hint}known: {', '.join(known)}"
 
 
-def _parse_item(filename: str, what: str, name: Any, body: Any, line: int, fields) -> Item:
+def _parse_item(
+    filename: str, version: int, what: str, name: Any, body: Any, line: int, fields
+) -> Item:
     where = f"{filename}:{line}"
     if not isinstance(name, str) or not name.strip():
         raise FleetFileError(f"{where}: the {what} name {name!r} is not text; put it in quotes.")
@@ -288,6 +362,11 @@ def _parse_item(filename: str, what: str, name: Any, body: Any, line: int, field
             raise FleetFileError(
                 f"{filename}:{key_line}: {what} {name!r}: unknown field {key!r}; "
                 f"{_suggest(str(key), fields)}."
+            )
+        if spec.since > version:
+            raise FleetFileError(
+                f"{filename}:{key_line}: {what} {name!r}: {key} needs `version: {spec.since}` "
+                f"at the top of the file (a version {version} file leaves it as it is)."
             )
         item.lines[spec.attr] = key_line
         if value is None:
@@ -338,7 +417,8 @@ def load_fleet(data: bytes | str, filename: str) -> FleetFile:
         raise FleetFileError(f"{filename}: add `version: {VERSION}` at the top of the file.")
     if isinstance(version, bool) or not isinstance(version, int) or version < 1:
         raise FleetFileError(
-            f"{filename}:{key_lines['version']}: version must be {VERSION}, not {version!r}."
+            f"{filename}:{key_lines['version']}: version must be a whole number from 1 to "
+            f"{VERSION}, not {version!r}."
         )
     if version > VERSION:
         raise FleetFileError(
@@ -346,12 +426,17 @@ def load_fleet(data: bytes | str, filename: str) -> FleetFile:
             f"program reads version {VERSION}. Upgrade it first."
         )
     sections: dict[str, dict[str, Item] | None] = {}
-    for section, (what, fields) in SECTIONS.items():
+    for section, spec in SECTIONS.items():
         if section not in document:
             sections[section] = None
             continue
         body = document[section]
         line = key_lines[section]
+        if spec.since > version:
+            raise FleetFileError(
+                f"{filename}:{line}: {section} needs `version: {spec.since}` at the top of "
+                "the file."
+            )
         if not isinstance(body, dict):
             raise FleetFileError(
                 f"{filename}:{line}: {section} must be a mapping of names to fields "
@@ -361,11 +446,13 @@ def load_fleet(data: bytes | str, filename: str) -> FleetFile:
         sections[section] = {
             item.name: item
             for item in (
-                _parse_item(filename, what, name, value, names.get(name, line), fields)
+                _parse_item(
+                    filename, version, spec.what, name, value, names.get(name, line), spec.fields
+                )
                 for name, value in body.items()
             )
         }
-    return FleetFile(name=filename, sections=sections)
+    return FleetFile(name=filename, version=version, sections=sections)
 
 
 class _Dumper(_BaseDumper):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils.text import slugify
 
@@ -57,10 +56,7 @@ def policy_create(*, name: str, copy_to=(), **fields) -> Policy:
     """
     policy = Policy(name=name, **fields)
     policy.full_clean()
-    if any(storage.pk == policy.storage_id for storage in copy_to):
-        raise ValidationError(
-            {"copy_to": "A backup cannot be copied to the storage it is written to."}
-        )
+    Policy.check_copy_to(policy.storage_id, [storage.pk for storage in copy_to])
     policy.save()
     policy.copy_to.set(copy_to)
     return policy

@@ -1,7 +1,7 @@
 """Fleet as code: bring the catalog in line with a fleet file, and write the catalog as one.
 
 `fleet_plan` reads the catalog once, validates every object the file creates or changes
-(`full_clean`, policy references, folder names) and returns the plan; nothing is written
+(`full_clean`, references by name, folder names) and returns the plan; nothing is written
 until everything is valid. `fleet_apply` then writes the plan in one transaction with bulk
 statements, so the number of queries does not grow with the number of sources, and records
 it in the audit log. `fleet_export` writes the catalog in the same format.
@@ -11,7 +11,12 @@ restorable and its history stays in the reports. With `prune_with_backups` such 
 retired instead: disabled (so its schedule goes), its policy and backups kept, so
 retention (`prune`) goes on thinning them; later applies leave a disabled source that is
 not in the file alone. A policy that a source outside the file still uses is kept, with a
-note.
+note, and so is a storage that a policy outside the file still names. A storage that holds
+archives is never deleted, and never moved (see `Storage.clean`).
+
+A policy names storages by name: `storage` (None: ARCHIVE_ROOT), `archive_to` and the sorted
+tuple `copy_to`. The plan compares and shows those names; the ids are bound when written, as
+a new storage has none before.
 """
 
 from __future__ import annotations
@@ -33,15 +38,19 @@ from backups.engine.errors import EngineError
 from backups.engine.fleetfile import (
     POLICY_FIELDS,
     SOURCE_FIELDS,
+    STORAGE_FIELDS,
+    VERSION,
     FleetFile,
     FleetFileError,
     Item,
     dump_fleet,
+    fields_of,
     load_fleet,
 )
 from backups.fields import exact_duration
-from backups.models import AuditEvent, Policy, Run, Source
+from backups.models import DEFAULT_STORAGE_NAME, AuditEvent, Copy, Policy, Run, Source, Storage
 from backups.services.schedules import schedule_sync_all
+from backups.services.storages import StorageRefused, parse_s3_url
 
 DURATION_ATTRS = {
     "rpo_s",
@@ -50,14 +59,24 @@ DURATION_ATTRS = {
     "run_timeout_s",
     "full_every_s",
     "differential_every_s",
+    "archive_after_s",
 }
-POLICY_ATTRS = [spec.attr for spec in POLICY_FIELDS.values()]
+# Policy fields that name storages, and their values when the file names none.
+REF_DEFAULTS = {"storage": None, "archive_to": None, "copy_to": ()}
 # The slug is not compared like the others: it names the archive folder and never changes.
 SOURCE_ATTRS = [spec.attr for spec in SOURCE_FIELDS.values() if spec.attr != "slug"]
+STORAGE_ATTRS = [spec.attr for spec in STORAGE_FIELDS.values()]
 KEYS = {
+    "storage": {spec.attr: spec.key for spec in STORAGE_FIELDS.values()},
     "policy": {spec.attr: spec.key for spec in POLICY_FIELDS.values()},
     "source": {spec.attr: spec.key for spec in SOURCE_FIELDS.values()},
 }
+TYPES = {"storage": "storages", "policy": "policies", "source": "sources"}
+
+
+def policy_attrs(version: int) -> list[str]:
+    """Return the policy attributes a file of `version` manages."""
+    return [spec.attr for spec in fields_of(POLICY_FIELDS, version)]
 
 
 class FleetRefused(Exception):
@@ -78,6 +97,9 @@ class Change:
     def describe(self) -> str:
         """Return the line the command prints for this change."""
         if self.op == "+":
+            if self.type == "storage":
+                new = {attr: new for attr, (_, new) in self.changes.items()}
+                return f"+ storage {self.name} ({new['kind']} {new['url'] or new['path']})"
             if self.type == "source":
                 new = {attr: new for attr, (_, new) in self.changes.items()}
                 policy = f", policy {new['policy']}" if new.get("policy") else ""
@@ -126,6 +148,9 @@ class FleetPlan:
     sha256: str
     changes: list[Change] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    new_storages: list[Storage] = field(default_factory=list)
+    changed_storages: list[Storage] = field(default_factory=list)
+    removed_storages: list[Storage] = field(default_factory=list)
     new_policies: list[Policy] = field(default_factory=list)
     changed_policies: list[Policy] = field(default_factory=list)
     removed_policies: list[Policy] = field(default_factory=list)
@@ -135,17 +160,20 @@ class FleetPlan:
     retired_sources: list[Source] = field(default_factory=list)
     # New and changed sources by name -> the policy they must point at (None: none).
     source_policies: dict[str, str | None] = field(default_factory=dict)
+    # New and changed policies by name -> the storages they name (version 2 files).
+    policy_refs: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def counts(self) -> dict[str, dict[str, int]]:
         """Return how many objects of each type are created, changed, removed, retired."""
         counts = {
-            op: {"policies": 0, "sources": 0} for op in ("created", "changed", "removed", "retired")
+            op: dict.fromkeys(TYPES.values(), 0)
+            for op in ("created", "changed", "removed", "retired")
         }
         names = {"+": "created", "~": "changed", "-": "removed"}
         for change in self.changes:
             op = "retired" if change.retired_backups is not None else names[change.op]
-            counts[op]["policies" if change.type == "policy" else "sources"] += 1
+            counts[op][TYPES[change.type]] += 1
         return counts
 
 
@@ -153,7 +181,7 @@ def show(attr: str, value: Any) -> str:
     """Return a value as a plan line shows it: durations as `2h`, texts quoted if needed."""
     value = file_value(attr, value)
     if value is None:
-        return "none"
+        return DEFAULT_STORAGE_NAME if attr == "storage" else "none"
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, str):
@@ -170,11 +198,50 @@ def file_value(attr: str, value: Any) -> Any:
         return value.split(",") if value else []
     if attr == "recipients":
         return value.splitlines()
+    if attr == "copy_to":
+        return list(value)
     return value
 
 
 def _policy_default(attr: str) -> Any:
+    if attr in REF_DEFAULTS:
+        return REF_DEFAULTS[attr]
     return Policy._meta.get_field(attr).get_default()
+
+
+def _storage_default(attr: str) -> Any:
+    return "" if attr == "url" else Storage._meta.get_field(attr).get_default()
+
+
+def _storage_values(storage: Storage) -> dict[str, Any]:
+    """Return a storage's values by file attribute (`url` for its bucket and prefix)."""
+    return {
+        attr: storage.url if attr == "url" else getattr(storage, attr) for attr in STORAGE_ATTRS
+    }
+
+
+def _policy_values(
+    policy: Policy, attrs: list[str], storage_names: dict[int, str], copies: dict[int, tuple]
+) -> dict[str, Any]:
+    """Return a policy's values by attribute, the storages it names by name."""
+    values = {}
+    for attr in attrs:
+        if attr in ("storage", "archive_to"):
+            values[attr] = storage_names.get(getattr(policy, f"{attr}_id"))
+        elif attr == "copy_to":
+            values[attr] = copies.get(policy.pk, ())
+        else:
+            values[attr] = getattr(policy, attr)
+    return values
+
+
+def _copy_targets() -> dict[int, tuple[str, ...]]:
+    """Return each policy's copy-to storages by name, sorted, with one query."""
+    targets: dict[int, list[str]] = {}
+    rows = Policy.copy_to.through.objects.values_list("policy_id", "storage__name")
+    for policy_id, name in rows:
+        targets.setdefault(policy_id, []).append(name)
+    return {policy_id: tuple(sorted(names)) for policy_id, names in targets.items()}
 
 
 def _source_default(attr: str) -> Any:
@@ -184,6 +251,8 @@ def _source_default(attr: str) -> Any:
 
 
 def _refuse(fleet: FleetFile, item: Item, what: str, attr: str | None, message: str):
+    if what == "storage" and attr in ("bucket", "prefix"):
+        attr = "url"  # the file gives both as one URL
     key = KEYS[what].get(attr) if attr else None
     field_text = f" {key}:" if key else ""
     line = item.line_of(attr) if attr else item.line
@@ -217,12 +286,16 @@ def fleet_plan(
     """
     prune = prune or prune_with_backups
     plan = FleetPlan(fleet=fleet, sha256=sha256)
+    # A version 1 file never names a storage.
+    storages = {s.name: s for s in Storage.objects.all()} if fleet.version >= 2 else {}
     policies = {policy.name: policy for policy in Policy.objects.all()}
     policy_names = {policy.pk: policy.name for policy in policies.values()}
     sources = {source.name: source for source in Source.objects.all()}
 
+    if fleet.storages is not None:
+        _plan_storages(plan, fleet, storages)
     if fleet.policies is not None:
-        _plan_policies(plan, fleet, policies)
+        _plan_policies(plan, fleet, policies, storages)
         known_policies = set(fleet.policies)
         missing_hint = "declare it under policies"
     else:
@@ -245,33 +318,118 @@ def fleet_plan(
 
     if prune and fleet.policies is not None:
         _plan_policy_removals(plan, fleet, policies, policy_names, remaining)
+    if prune and fleet.storages is not None:
+        _plan_storage_removals(plan, fleet, storages, policies)
     return plan
 
 
-def _plan_policies(plan: FleetPlan, fleet: FleetFile, policies: dict[str, Policy]) -> None:
+def _plan_storages(plan: FleetPlan, fleet: FleetFile, storages: dict[str, Storage]) -> None:
+    for item in fleet.storages.values():
+        wanted = {attr: item.values.get(attr, _storage_default(attr)) for attr in STORAGE_ATTRS}
+        if wanted["kind"] == Storage.Kind.S3 and not wanted["url"]:
+            raise _refuse(fleet, item, "storage", None, "an S3 storage needs url: s3://BUCKET.")
+        try:
+            bucket, prefix = parse_s3_url(wanted["url"]) if wanted["url"] else ("", "")
+        except StorageRefused as error:
+            raise _refuse(fleet, item, "storage", "url", str(error)) from None
+        place = {"bucket": bucket, "prefix": prefix}
+        current = storages.get(item.name)
+        if current is None:
+            storage = Storage(name=item.name, **place, **_without(wanted, "url"))
+            _validate(fleet, item, "storage", storage)
+            plan.new_storages.append(storage)
+            plan.changes.append(
+                Change("+", "storage", item.name, {a: (None, v) for a, v in wanted.items()})
+            )
+            continue
+        old = _storage_values(current)
+        diff = {attr: (old[attr], value) for attr, value in wanted.items() if old[attr] != value}
+        if not diff:
+            continue
+        for attr, value in {**_without(wanted, "url"), **place}.items():
+            setattr(current, attr, value)
+        # Storage.clean refuses to move a storage under the archives it holds.
+        _validate(fleet, item, "storage", current)
+        plan.changed_storages.append(current)
+        plan.changes.append(Change("~", "storage", item.name, diff))
+
+
+def _plan_policies(
+    plan: FleetPlan, fleet: FleetFile, policies: dict[str, Policy], storages: dict[str, Storage]
+) -> None:
+    attrs = policy_attrs(fleet.version)
+    names = {storage.pk: storage.name for storage in storages.values()}
+    copies = _copy_targets() if "copy_to" in attrs else {}
+    # Stand-in ids for the storages the file creates, so that the rules comparing a
+    # policy's storages by id (Policy.clean, check_copy_to) can run before they exist.
+    ids = {name: pk for pk, name in names.items()}
+    ids.update({s.name: -index for index, s in enumerate(plan.new_storages, 1)})
+    known = set(fleet.storages) if fleet.storages is not None else set(storages)
     for item in fleet.policies.values():
-        wanted = {attr: item.values.get(attr, _policy_default(attr)) for attr in POLICY_ATTRS}
+        wanted = {attr: item.values.get(attr, _policy_default(attr)) for attr in attrs}
+        if wanted.get("storage") == DEFAULT_STORAGE_NAME:
+            wanted["storage"] = None
+        _check_storage_names(fleet, item, wanted, known)
         current = policies.get(item.name)
         if current is None:
-            policy = Policy(name=item.name, **wanted)
-            _validate(fleet, item, "policy", policy)
+            policy = Policy(name=item.name, **_without(wanted, *REF_DEFAULTS))
+            _bind_storages(plan, fleet, item, policy, wanted, ids)
             plan.new_policies.append(policy)
             plan.changes.append(
                 Change("+", "policy", item.name, {a: (None, v) for a, v in wanted.items()})
             )
             continue
-        diff = {
-            attr: (getattr(current, attr), value)
-            for attr, value in wanted.items()
-            if getattr(current, attr) != value
-        }
+        old = _policy_values(current, attrs, names, copies)
+        diff = {attr: (old[attr], value) for attr, value in wanted.items() if old[attr] != value}
         if not diff:
             continue
         for attr, (_, value) in diff.items():
-            setattr(current, attr, value)
-        _validate(fleet, item, "policy", current)
+            if attr not in REF_DEFAULTS:
+                setattr(current, attr, value)
+        _bind_storages(plan, fleet, item, current, wanted, ids)
         plan.changed_policies.append(current)
         plan.changes.append(Change("~", "policy", item.name, diff))
+
+
+def _check_storage_names(fleet: FleetFile, item: Item, wanted: dict, known: set[str]) -> None:
+    """Refuse a policy naming a storage that is not there (after the apply)."""
+    hint = (
+        "declare it under storages"
+        if fleet.storages is not None
+        else "add it with `storage add` first, or declare it under storages"
+    )
+    if "storage" not in wanted:
+        return  # a version 1 file leaves a policy's storages as they are
+    for attr in REF_DEFAULTS:
+        for name in wanted[attr] if attr == "copy_to" else [wanted[attr]]:
+            if name is None or name in known:
+                continue
+            if name == DEFAULT_STORAGE_NAME:
+                raise _refuse(
+                    fleet,
+                    item,
+                    "policy",
+                    attr,
+                    f"{DEFAULT_STORAGE_NAME!r} (ARCHIVE_ROOT) is where backups are written; "
+                    "name a storage apart from it.",
+                )
+            raise _refuse(fleet, item, "policy", attr, f"unknown storage {name!r}; {hint}.")
+
+
+def _bind_storages(
+    plan: FleetPlan, fleet: FleetFile, item: Item, policy: Policy, wanted: dict, ids
+) -> None:
+    """Point `policy` at its storages (stand-in ids for new ones) and validate it."""
+    if "storage" in wanted:
+        plan.policy_refs[item.name] = {attr: wanted[attr] for attr in REF_DEFAULTS}
+        policy.storage_id = ids.get(wanted["storage"])
+        policy.archive_to_id = ids.get(wanted["archive_to"])
+    _validate(fleet, item, "policy", policy, exclude=list(REF_DEFAULTS))
+    if "copy_to" in wanted:
+        try:
+            Policy.check_copy_to(policy.storage_id, [ids[name] for name in wanted["copy_to"]])
+        except ValidationError as error:
+            raise _refuse(fleet, item, "policy", "copy_to", " ".join(error.messages)) from None
 
 
 def _plan_sources(
@@ -296,7 +454,7 @@ def _plan_sources(
                     f"its archive folder name {slug!r} is already taken by source "
                     f"{slugs[slug]!r}; give it another `slug:`.",
                 )
-            source = Source(name=item.name, slug=slug, **_without_policy(wanted))
+            source = Source(name=item.name, slug=slug, **_without(wanted, "policy"))
             _validate(fleet, item, "source", source, exclude=["policy"])
             slugs[source.slug] = item.name
             plan.new_sources.append(source)
@@ -329,8 +487,8 @@ def _plan_sources(
         plan.changes.append(Change("~", "source", item.name, diff))
 
 
-def _without_policy(values: dict[str, Any]) -> dict[str, Any]:
-    return {attr: value for attr, value in values.items() if attr != "policy"}
+def _without(values: dict[str, Any], *attrs: str) -> dict[str, Any]:
+    return {attr: value for attr, value in values.items() if attr not in attrs}
 
 
 def _plan_source_removals(
@@ -393,6 +551,56 @@ def _plan_policy_removals(
         plan.changes.append(Change("-", "policy", name))
 
 
+def _plan_storage_removals(
+    plan: FleetPlan, fleet: FleetFile, storages: dict[str, Storage], policies: dict[str, Policy]
+) -> None:
+    gone = {name: storage for name, storage in storages.items() if name not in fleet.storages}
+    if not gone:
+        return
+    # Policies that stay and that the file does not manage keep naming their storages.
+    managed = set(fleet.policies or ()) | {policy.name for policy in plan.removed_policies}
+    copies = _copy_targets()
+    users: dict[int, list[str]] = {}
+    for policy in policies.values():
+        if policy.name in managed:
+            continue
+        named = {policy.storage_id, policy.archive_to_id}
+        named.update(s.pk for s in storages.values() if s.name in copies.get(policy.pk, ()))
+        for pk in named - {None}:
+            users.setdefault(pk, []).append(policy.name)
+    ids = [storage.pk for storage in gone.values()]
+    runs = dict(
+        Run.objects.filter(storage_id__in=ids)
+        .values("storage_id")
+        .annotate(n=Count("pk"))
+        .values_list("storage_id", "n")
+    )
+    held = dict(
+        Copy.objects.filter(storage_id__in=ids)
+        .values("storage_id")
+        .annotate(n=Count("pk"))
+        .values_list("storage_id", "n")
+    )
+    for name in sorted(gone):
+        storage = gone[name]
+        if storage.pk in users:
+            holders = ", ".join(sorted(users[storage.pk]))
+            plan.notes.append(
+                f"storage {name} is kept: policy(ies) outside the file still name it ({holders})"
+            )
+            continue
+        count = runs.get(storage.pk, 0) + held.get(storage.pk, 0)
+        if count:
+            raise FleetRefused(
+                f"{fleet.name}: storage {name!r} is not in the file but {count} backup(s), "
+                "copies or runs are recorded in it; --prune never deletes a storage that "
+                "holds archives. Put it back in the file; it can go once retention has "
+                "removed them (`storage list` shows what it holds)."
+            )
+        plan.removed_storages.append(storage)
+        plan.changes.append(Change("-", "storage", name))
+
+
 def fleet_apply(plan: FleetPlan, *, actor=None) -> None:
     """Write the plan in one transaction, sync the schedules and record it in the audit log.
 
@@ -408,8 +616,8 @@ def fleet_apply(plan: FleetPlan, *, actor=None) -> None:
             AuditEvent.objects.bulk_create(_audit_events(plan, actor, now))
     except ProtectedError:
         raise FleetRefused(
-            f"{plan.fleet.name}: a source to delete got a run while applying; nothing was "
-            "changed, run the apply again."
+            f"{plan.fleet.name}: a source or storage to delete got a run while applying; "
+            "nothing was changed, run the apply again."
         ) from None
     except IntegrityError as error:
         raise FleetRefused(
@@ -419,14 +627,27 @@ def fleet_apply(plan: FleetPlan, *, actor=None) -> None:
 
 
 def _write(plan: FleetPlan, now) -> None:
+    # Storages are few: one statement each, so each new one has its id for the policies.
+    for storage in [*plan.new_storages, *plan.changed_storages]:
+        storage.save()
+    storage_ids = {}
+    if plan.policy_refs:
+        storage_ids = dict(Storage.objects.values_list("name", "pk"))
+    for policy in [*plan.new_policies, *plan.changed_policies]:
+        refs = plan.policy_refs.get(policy.name)
+        if refs is not None:
+            policy.storage_id = storage_ids.get(refs["storage"])
+            policy.archive_to_id = storage_ids.get(refs["archive_to"])
     Policy.objects.bulk_create(plan.new_policies)
     for policy in plan.changed_policies:
         policy.updated_at = now
     if plan.changed_policies:
-        Policy.objects.bulk_update(plan.changed_policies, [*POLICY_ATTRS, "updated_at"])
+        attrs = [attr for attr in policy_attrs(plan.fleet.version) if attr != "copy_to"]
+        Policy.objects.bulk_update(plan.changed_policies, [*attrs, "updated_at"])
     policy_ids = dict(Policy.objects.values_list("name", "pk"))
     for policy in plan.new_policies:
         policy.pk = policy_ids[policy.name]
+    _write_copy_targets(plan, policy_ids, storage_ids)
 
     removed = [source.pk for source in plan.removed_sources]
     if removed:
@@ -449,14 +670,32 @@ def _write(plan: FleetPlan, now) -> None:
         Source.objects.bulk_update(plan.changed_sources, [*fields, "policy", "updated_at"])
     if plan.removed_policies:
         Policy.objects.filter(pk__in=[policy.pk for policy in plan.removed_policies]).delete()
+    if plan.removed_storages:
+        Storage.objects.filter(pk__in=[storage.pk for storage in plan.removed_storages]).delete()
+
+
+def _write_copy_targets(plan: FleetPlan, policy_ids: dict, storage_ids: dict) -> None:
+    """Replace the copy-to storages of the policies the plan creates or changes."""
+    through = Policy.copy_to.through
+    ids = [policy_ids[name] for name in plan.policy_refs]
+    through.objects.filter(policy_id__in=ids).delete()
+    through.objects.bulk_create(
+        through(policy_id=policy_ids[name], storage_id=storage_ids[storage])
+        for name, refs in plan.policy_refs.items()
+        for storage in refs["copy_to"]
+    )
 
 
 def _audit_events(plan: FleetPlan, actor, now) -> list[AuditEvent]:
     user = actor if getattr(actor, "is_authenticated", False) else None
     who = {"actor": user, "actor_name": user.get_username() if user else "system"}
     objects = {
-        ("policy", obj.name): obj
-        for obj in [*plan.new_policies, *plan.changed_policies, *plan.removed_policies]
+        (kind, obj.name): obj
+        for kind, group in (
+            ("storage", [*plan.new_storages, *plan.changed_storages, *plan.removed_storages]),
+            ("policy", [*plan.new_policies, *plan.changed_policies, *plan.removed_policies]),
+        )
+        for obj in group
     }
     objects.update(
         {
@@ -510,14 +749,25 @@ def _audit_events(plan: FleetPlan, actor, now) -> list[AuditEvent]:
 
 
 def fleet_export() -> str:
-    """Return the catalog's policies and sources as a fleet file, fields at their default
-    left out, objects sorted by name, so that applying it changes nothing."""
+    """Return the catalog's storages, policies and sources as a fleet file, fields at their
+    default left out, objects sorted by name, so that applying it changes nothing."""
+    storages = {}
+    names = {}
+    for storage in Storage.objects.order_by("name"):
+        names[storage.pk] = storage.name
+        storages[storage.name] = {
+            KEYS["storage"][attr]: value
+            for attr, value in _storage_values(storage).items()
+            if attr == "kind" or value != _storage_default(attr)
+        }
+    attrs = policy_attrs(VERSION)
+    copies = _copy_targets()
     policies = {}
     for policy in Policy.objects.order_by("name"):
         policies[policy.name] = {
-            KEYS["policy"][attr]: file_value(attr, getattr(policy, attr))
-            for attr in POLICY_ATTRS
-            if getattr(policy, attr) != _policy_default(attr)
+            KEYS["policy"][attr]: file_value(attr, value)
+            for attr, value in _policy_values(policy, attrs, names, copies).items()
+            if value != _policy_default(attr)
         }
     sources = {}
     for source in Source.objects.select_related("policy").order_by("name"):
@@ -533,7 +783,7 @@ def fleet_export() -> str:
         if source.slug != slugify(source.name)[:100]:
             fields["slug"] = source.slug
         sources[source.name] = fields
-    return dump_fleet({"policies": policies, "sources": sources})
+    return dump_fleet({"storages": storages, "policies": policies, "sources": sources})
 
 
 def fleet_write(path: Path, text: str) -> None:

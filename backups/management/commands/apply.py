@@ -16,7 +16,7 @@ from backups.services.fleet import (
 
 class Command(CliCommand):
     help = (
-        "Make the catalog's policies and sources match a YAML fleet file, in one "
+        "Make the catalog's storages, policies and sources match a YAML fleet file, in one "
         "transaction; print one line per object changed. See `export` for the format."
     )
 
@@ -28,7 +28,7 @@ class Command(CliCommand):
         parser.add_argument(
             "--prune",
             action="store_true",
-            help="remove policies and sources the file no longer lists (never one with backups)",
+            help="remove what the file no longer lists (never a source or storage with backups)",
         )
         parser.add_argument(
             "--prune-with-backups",

@@ -1,4 +1,4 @@
-"""`export [FILE]`: write the catalog's policies and sources as a fleet file."""
+"""`export [FILE]`: write the catalog's storages, policies and sources as a fleet file."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from backups.services.fleet import FleetRefused, fleet_export, fleet_write
 
 class Command(CliCommand):
     help = (
-        "Write the policies and sources as a fleet file (see `apply`), to standard output "
-        "or to FILE, replaced atomically."
+        "Write the storages, policies and sources as a fleet file (see `apply`), to standard "
+        "output or to FILE, replaced atomically."
     )
 
     def add_arguments(self, parser):
