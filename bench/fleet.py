@@ -2,7 +2,8 @@
 
     .venv/bin/python -m bench.fleet [--quick] [--sources N] [--only sqlite postgresql]
 
-Writes a fleet file of N sources (default 1,000; `--quick` 100) over three policies, a
+Writes a fleet file of N sources (default 1,000; `--quick` 100) over three policies (each
+writing to a storage and copying to another), a
 third of them directories that exist, the rest pod paths and PostgreSQL URIs, and times
 each whole command as a user runs it, start-up included: the first apply (everything
 created, with its schedules), the same apply again (nothing to do), a dry run after one
@@ -32,10 +33,14 @@ POLICIES = {"hourly": "0 * * * *", "nightly": "0 3 * * *", "weekly": "0 4 * * 0"
 
 def fleet_yaml(count: int, folders: Path, *, hourly_cron: str = POLICIES["hourly"]) -> str:
     """Return a fleet file of `count` sources spread over the three policies."""
-    lines = ["version: 1", "policies:"]
+    lines = ["version: 2", "storages:"]
+    for name in ("nas", "offsite"):
+        lines.append(f"  {name}: {{kind: local, path: {folders.parent / name}}}")
+    lines.append("policies:")
     for name, cron in POLICIES.items():
         cron = hourly_cron if name == "hourly" else cron
         lines += [f"  {name}:", f"    schedule: '{cron}'", "    rpo: 2h", "    keep_daily: 7"]
+        lines += ["    storage: nas", "    copy_to: [offsite]"]
     lines.append("sources:")
     names = list(POLICIES)
     for number in range(count):
