@@ -194,6 +194,11 @@ def test_bad_storages_are_refused_with_the_models_sentence(tmp_path, places, set
     assert not Storage.objects.exists()
 
 
+# A backup run inline ends with the database connection closed: the tests using one need
+# real transactions.
+with_backups = pytest.mark.django_db(transaction=True)
+
+
 @pytest.fixture
 def backed_up(tmp_path, places, data_dir):
     """The fleet applied, and one backup written to the storage `nas`."""
@@ -209,6 +214,7 @@ def backed_up(tmp_path, places, data_dir):
     return run
 
 
+@with_backups
 def test_a_storage_holding_archives_is_never_moved(tmp_path, places, backed_up):
     moved = fleet(places, policy="storage: nas\n").replace(str(places["nas"]), "/mnt/elsewhere")
     before = {storage.name: storage.location for storage in Storage.objects.all()}
@@ -235,6 +241,7 @@ def test_an_empty_storage_may_move(tmp_path, places):
     assert Storage.objects.get(name="cold").path == str(elsewhere)
 
 
+@with_backups
 def test_prune_deletes_only_an_unused_empty_storage(tmp_path, places, backed_up):
     without_cold = fleet(places, policy="storage: nas\n").replace(
         f"  cold: {{kind: local, path: {places['cold']}}}\n", ""
@@ -280,6 +287,7 @@ def test_the_audit_log_records_each_storage_the_apply_changes(tmp_path, places):
     assert offsite.object_id == str(Storage.objects.get(name="offsite").pk)
 
 
+@with_backups
 def test_the_admin_refuses_to_move_a_storage_holding_archives(
     client, admin_user, places, backed_up
 ):
@@ -319,6 +327,7 @@ def test_the_admin_refuses_a_policy_copying_to_its_own_storage(client, admin_use
     assert not Policy.objects.exists()
 
 
+@with_backups
 def test_a_copy_record_counts_as_an_archive_held(tmp_path, places, backed_up):
     offsite = Storage.objects.get(name="offsite")
     Copy.objects.create(backup_id=backed_up["id"], storage=offsite, status=Copy.Status.FAILED)
