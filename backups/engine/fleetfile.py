@@ -23,6 +23,7 @@ did), so a file written before them never moves a policy's backups back to ARCHI
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import re
 from collections.abc import Callable
@@ -34,6 +35,7 @@ import yaml
 from .crypto import parse_recipients
 from .durations import parse_duration
 from .errors import EngineError, KeyFileError
+from .retention import Rules
 
 VERSION = 2
 
@@ -165,6 +167,11 @@ def fields_of(fields: dict[str, Field], version: int) -> list[Field]:
     return [spec for spec in fields.values() if spec.since <= version]
 
 
+# The retention rules, one count each: keep_last, keep_hourly ... keep_yearly.
+KEEP_FIELDS = tuple(
+    Field(f"keep_{rule.name}", f"keep_{rule.name}", _count) for rule in dataclasses.fields(Rules)
+)
+
 POLICY_FIELDS = {
     f.key: f
     for f in (
@@ -173,12 +180,7 @@ POLICY_FIELDS = {
         Field("rto", "rto_s", _duration),
         Field("compression", "compression", _text),
         Field("compression_level", "compression_level", _count),
-        Field("keep_last", "keep_last", _count),
-        Field("keep_hourly", "keep_hourly", _count),
-        Field("keep_daily", "keep_daily", _count),
-        Field("keep_weekly", "keep_weekly", _count),
-        Field("keep_monthly", "keep_monthly", _count),
-        Field("keep_yearly", "keep_yearly", _count),
+        *KEEP_FIELDS,
         Field("drill_every", "drill_every_s", _duration),
         Field("full_every", "full_every_s", _duration),
         Field("differential_every", "differential_every_s", _duration),
@@ -205,12 +207,7 @@ STORAGE_FIELDS = {
         Field("region", "region", _text),
         Field("credentials_env", "credentials_env", _text),
         # Its own keep rules for the copies it holds (none: they go with their backups).
-        Field("keep_last", "keep_last", _count),
-        Field("keep_hourly", "keep_hourly", _count),
-        Field("keep_daily", "keep_daily", _count),
-        Field("keep_weekly", "keep_weekly", _count),
-        Field("keep_monthly", "keep_monthly", _count),
-        Field("keep_yearly", "keep_yearly", _count),
+        *KEEP_FIELDS,
     )
 }
 
