@@ -14,6 +14,7 @@ import pytest
 
 from tests.fleet_helpers import (
     FIRE_SLOT,
+    archives_of,
     assert_never_overlapping,
     fleet_world,
     host,
@@ -51,10 +52,6 @@ def fleet(world, megabytes: int) -> None:
         for name, location in {locations!r}.items():
             source_create(name=name, kind="kubernetes", location=location, policy=policy)
     """)
-
-
-def archives_of(world, name: str, run_id: int) -> int:
-    return len(list((world.archives / name).glob(f"*-{run_id}.tar.zst")))
 
 
 def assert_once_and_never_overlapping(world, runs: dict[str, list[dict]]) -> None:
