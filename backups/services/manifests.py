@@ -1,8 +1,8 @@
 """A backup's file catalog: loaded from its manifest.json, listed, searched, compared.
 
-A million entries is a normal backup, so entries stream from the file in two passes (the
-folders first, then the entries in batches) and memory stays flat. On PostgreSQL the
-entries go in with COPY, several times faster than INSERT.
+A million entries is a normal backup, so entries stream from the file and memory stays
+flat. On PostgreSQL they take two passes (the folders first, then the entries, with COPY,
+several times faster than INSERT); on SQLite one, each folder inserted when first needed.
 
 Reading it, every answer is a bounded slice through an index: a folder is one lookup of
 (manifest, path) and a range of its entries in name order (keyset pagination, no
@@ -64,7 +64,11 @@ def split(path: str) -> tuple[str, str]:
     has no name: its folder row stands for it.
     """
     path = name_to_catalog(path).strip("/")
-    return ("", "") if path == "." else posixpath.split(path)
+    if path == ".":
+        return "", ""
+    folder, _, name = path.rpartition("/")
+    # posixpath.split's answer, without its cost on every row; it also folds "a//b".
+    return posixpath.split(path) if folder.endswith("/") else (folder, name)
 
 
 def _folders(entries: Iterable[Entry]) -> tuple[set[str], int]:
@@ -141,18 +145,73 @@ def _insert_postgres_first_copies(rows: Iterator[tuple]) -> int:
     return count
 
 
-def _insert_sqlite(rows: Iterator[tuple]) -> None:
-    """Insert every row in one executemany; a path already stored is skipped (first copy wins).
+def _store_sqlite(manifest: Manifest, entries: Iterator[Entry]) -> tuple[int, int]:
+    """Insert the folders and rows of `entries` in one pass; return (listed, stored).
 
-    The ORM's bulk_create builds a model and compiles SQL for each of a million rows, several
-    times the cost of the insert itself: the rows are plain values already.
+    Each folder gets its row the first time an entry needs it (its parents first), so the
+    manifest is read once, not once for the folders and again for the rows. Rows go in by
+    executemany in batches: the ORM's bulk_create builds a model and compiles SQL for each
+    of a million rows, several times the cost of the insert itself. A path already stored
+    is skipped (INSERT OR IGNORE: the first copy wins), and the changes SQLite counts are
+    the rows stored.
     """
     table = connection.ops.quote_name(ManifestEntry._meta.db_table)
+    dirs = connection.ops.quote_name(ManifestDir._meta.db_table)
     marks = ", ".join(["%s"] * len(COLUMNS))
+    insert = f"INSERT OR IGNORE INTO {table} ({', '.join(COLUMNS)}) VALUES ({marks})"
+    manifest_id = manifest.pk
+    dir_ids: dict[str, int] = {}
+    listed = stored = 0
     with connection.cursor() as cursor:
-        cursor.executemany(
-            f"INSERT OR IGNORE INTO {table} ({', '.join(COLUMNS)}) VALUES ({marks})", rows
-        )
+
+        def add_folder(path: str) -> int:
+            missing = []
+            while path not in dir_ids:
+                missing.append(path)
+                path = posixpath.dirname(path)
+            for folder in reversed(missing):
+                cursor.execute(
+                    f"INSERT INTO {dirs} (manifest_id, path) VALUES (%s, %s)", [manifest_id, folder]
+                )
+                dir_ids[folder] = cursor.lastrowid
+            return dir_ids[missing[0]] if missing else dir_ids[path]
+
+        cursor.execute(f"INSERT INTO {dirs} (manifest_id, path) VALUES (%s, %s)", [manifest_id, ""])
+        dir_ids[""] = cursor.lastrowid
+        batch: list[tuple] = []
+        get_id = dir_ids.get
+        for entry in entries:
+            folder, name = split(entry.path)
+            if not name:
+                continue  # the root itself ("."): its folder row stands for it
+            listed += 1
+            kind = entry.type
+            if kind == DIR:
+                path = f"{folder}/{name}" if folder else name
+                if path not in dir_ids:
+                    add_folder(path)
+            sha256 = entry.sha256
+            target = entry.target
+            batch.append(
+                (
+                    get_id(folder) or add_folder(folder),
+                    name,
+                    TYPE_CODES.get(kind, "f"),
+                    entry.size,
+                    entry.mode & 0o7777,
+                    int(entry.mtime),
+                    bytes.fromhex(sha256) if sha256 else None,
+                    name_to_catalog(target) if target is not None else None,
+                )
+            )
+            if len(batch) >= BATCH:
+                cursor.executemany(insert, batch)
+                stored += cursor.rowcount
+                batch.clear()
+        if batch:
+            cursor.executemany(insert, batch)
+            stored += cursor.rowcount
+    return listed, stored
 
 
 def name_index_add(manifest: Manifest) -> None:
@@ -201,7 +260,6 @@ def manifest_store(
     )
     Manifest.objects.filter(run=run).delete()
     header = reader.header
-    folders, listed = _folders(_with_deleted(reader.entries(), header))
     totals = header.get("totals", {})
     manifest = Manifest.objects.create(
         run=run,
@@ -209,6 +267,11 @@ def manifest_store(
         files=int(totals.get("files", 0)),
         bytes=int(totals.get("bytes", 0)),
     )
+    if connection.vendor != "postgresql":
+        listed, stored = _store_sqlite(manifest, _with_deleted(reader.entries(), header))
+        name_index_add(manifest)
+        return _stored(run, reader, manifest, listed, stored)
+    folders, listed = _folders(_with_deleted(reader.entries(), header))
     created = ManifestDir.objects.bulk_create(
         [ManifestDir(manifest=manifest, path=folder) for folder in sorted(folders)],
         batch_size=BATCH,
@@ -216,20 +279,21 @@ def manifest_store(
     if any(folder.pk is None for folder in created):  # backends that cannot return ids
         created = ManifestDir.objects.filter(manifest=manifest)
     dir_ids = {folder.path: folder.pk for folder in created}
-    if connection.vendor == "postgresql":
-        try:
-            with transaction.atomic():
-                stored = _insert_postgres(_rows(_with_deleted(reader.entries(), header), dir_ids))
-        except IntegrityError:
-            # Rare (a tar that lists a path twice): only then pay for the scratch table.
-            stored = _insert_postgres_first_copies(
-                _rows(_with_deleted(reader.entries(), header), dir_ids)
-            )
-    else:
-        _insert_sqlite(_rows(_with_deleted(reader.entries(), header), dir_ids))
-        name_index_add(manifest)
-        # The batches do not say how many conflicts they ignored: count what was stored.
-        stored = ManifestEntry.objects.filter(directory__manifest=manifest).count()
+    try:
+        with transaction.atomic():
+            stored = _insert_postgres(_rows(_with_deleted(reader.entries(), header), dir_ids))
+    except IntegrityError:
+        # Rare (a tar that lists a path twice): only then pay for the scratch table.
+        stored = _insert_postgres_first_copies(
+            _rows(_with_deleted(reader.entries(), header), dir_ids)
+        )
+    return _stored(run, reader, manifest, listed, stored)
+
+
+def _stored(
+    run: Run, reader: ManifestReader, manifest: Manifest, listed: int, stored: int
+) -> Manifest:
+    """Record how many entries `manifest` holds, and say how many copies were skipped."""
     manifest.entries = stored
     manifest.duplicates = listed - stored
     manifest.save(update_fields=["entries"])

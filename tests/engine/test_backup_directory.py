@@ -354,3 +354,33 @@ def test_progress_reports_totals_and_the_bytes_done(tree, tmp_path):
 
     result, _ = backup(tree, tmp_path / "dest", hooks=Hooks())
     assert seen[-1] == (result.bytes, result.bytes, result.files)
+
+
+def test_a_tree_of_many_long_names_is_fed_to_tar_in_turns_and_every_entry_has_its_stat(tmp_path):
+    # Far more names than one batch and than tar's input pipe holds: the walk and tar's
+    # reading of names take turns, and each entry still gets its own file's hash and stat.
+    source = tmp_path / "many"
+    folder = source / ("f" * 120)
+    folder.mkdir(parents=True)
+    for index in range(3000):
+        (folder / f"{index:05d}-{'n' * 150}.txt").write_bytes(b"x" * (index % 7))
+    result, _ = backup(source, tmp_path / "dest")
+
+    entries = {entry.path: entry for entry in load_manifest(result.manifest).entries}
+    files = sorted(folder.iterdir())
+    assert len(entries) == len(files) + 1 and result.files == len(files)
+    for path in files:
+        entry = entries[str(path.relative_to(source))]
+        info = path.lstat()
+        assert (entry.ino, entry.mtime_ns, entry.ctime_ns) == (
+            info.st_ino,
+            info.st_mtime_ns,
+            info.st_ctime_ns,
+        )
+        assert entry.sha256 == sha256_of(path) and entry.size == info.st_size
+    listing = subprocess.run(
+        f"zstd -d < '{result.archive}' | tar -tf -", shell=True, check=True, capture_output=True
+    ).stdout.decode()
+    assert listing.splitlines() == [f"{folder.name}/"] + [
+        str(path.relative_to(source)) for path in files
+    ]

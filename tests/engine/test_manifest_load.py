@@ -193,3 +193,24 @@ def test_an_out_of_range_mtime_is_written_clamped_so_the_manifest_reads_back(tmp
     entries = [Entry("far.txt", "file", 0, 0o644, clamp_mtime(1e12), None)]
     assert load_manifest(written(tmp_path, entries)).entries[0].mtime == MTIME_MAX
     assert clamp_mtime(-1e12) == MTIME_MIN and clamp_mtime(1_700_000_000.5) == 1_700_000_000.5
+
+
+def test_a_spool_reads_back_what_it_was_given_whatever_the_names():
+    # Plain names decode on the fast path; a name that is not UTF-8, or one spelling a
+    # NUL escape, makes its chunk go through the checked reader: all must come back.
+    odd = [
+        Entry("caf\udce9.txt", "file", 3, 0o644, 1, "ef" * 32),
+        Entry("docs/\\u0000.txt", "file", 1, 0o600, 2, "01" * 32),
+    ]
+    spool = build_spool([*ENTRIES, *odd])
+    assert list(spool.entries()) == [*ENTRIES, *odd]
+    assert list(build_spool(ENTRIES).entries()) == ENTRIES
+    spool.close()
+
+
+def test_a_spool_refuses_a_nul_character_and_a_surrogate_that_is_no_byte():
+    for name, what in (("a\u0000.txt", "holds a NUL character"), ("\ud800.txt", "surrogate")):
+        spool = build_spool([*ENTRIES, Entry(name, "file", 1, 0o644, 1, None)])
+        with pytest.raises(ArchiveError, match=what):
+            list(spool.entries())
+        spool.close()

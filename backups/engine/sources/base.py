@@ -21,7 +21,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
 
 from ..errors import SourceError
 from ..hooks import Hooks, Progress
@@ -185,6 +185,22 @@ def command_env() -> dict[str, str]:
     return env
 
 
+class Feed(Protocol):
+    """The input a command reads while `Command.pump` reads its output."""
+
+    def more(self) -> bool:
+        """Make some more input; return False once no more will come."""
+
+    def low(self) -> bool:
+        """Return whether little input is left to write (make more even with output waiting)."""
+
+    def pending(self) -> memoryview:
+        """Return the input made and not written yet (empty when there is none now)."""
+
+    def sent(self, count: int) -> None:
+        """Record that the first `count` bytes of `pending()` were written."""
+
+
 class Command:
     """A source command whose stdout is streamed; stderr is kept in a temp file.
 
@@ -244,11 +260,20 @@ class Command:
         with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(timeout=10)
 
-    def pump(self, consume: Callable[[memoryview], None], check: Callable[[], None]) -> None:
+    def pump(
+        self,
+        consume: Callable[[memoryview], None],
+        check: Callable[[], None],
+        feed: Feed | None = None,
+    ) -> None:
         """Feed the command's stdout to `consume` in chunks until it closes.
 
         `check` runs between chunks and whenever a read has waited CHECK_INTERVAL_MS, so a
-        cancel stops a stalled command too.
+        cancel stops a stalled command too. With `feed` (the command made with
+        stdin=True), the command's input is made and written in the same loop: the
+        output is read first, so the command never waits on a full stdout; `feed.more()`
+        runs when there is no output to read (or the input not yet written runs low), and
+        stdin is closed once everything is written and `more` has said it is done.
         """
         fd = self.proc.stdout.fileno()
         poller = select.poll()
@@ -256,15 +281,56 @@ class Command:
         view = memoryview(bytearray(CHUNK))
         readv = os.readv
         wait = poller.poll
+        if feed is not None:
+            stdin = self.proc.stdin.fileno()
+            os.set_blocking(stdin, False)
+            poller.register(stdin, select.POLLOUT)
+        making = feed is not None
         while True:
-            if not wait(CHECK_INTERVAL_MS):
+            events = wait(0 if making else CHECK_INTERVAL_MS)
+            if not events and not making:
                 check()
                 continue
-            count = readv(fd, [view])
-            if not count:
-                return
-            consume(view[:count])
+            output = writable = False
+            for ready, _ in events:
+                if ready == fd:
+                    output = True
+                else:
+                    writable = True
+            if output:
+                count = readv(fd, [view])
+                if not count:
+                    if feed is not None:
+                        self._end_input(poller)
+                    return
+                consume(view[:count])
+            if feed is not None:
+                if making and (not output or feed.low()):
+                    making = feed.more()
+                if writable:
+                    pending = feed.pending()
+                    try:
+                        if pending:
+                            feed.sent(os.write(stdin, pending))
+                    except BlockingIOError:
+                        pass
+                    except BrokenPipeError:
+                        # The command stopped reading its input: its status says why.
+                        making, feed = False, None
+                        self._end_input(poller)
+                    else:
+                        if not pending and not making:
+                            feed = None
+                            self._end_input(poller)
             check()
+
+    def _end_input(self, poller: select.poll) -> None:
+        """Close the command's stdin (the end of its input) and stop polling it."""
+        stdin = self.proc.stdin
+        with contextlib.suppress(OSError, ValueError):
+            poller.unregister(stdin.fileno())
+        with contextlib.suppress(OSError):
+            stdin.close()
 
     def wait(self, check: Callable[[], None]) -> int:
         """Wait for the command to exit (checking for a cancel meanwhile); return its status."""

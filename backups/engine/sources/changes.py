@@ -19,6 +19,8 @@ from typing import BinaryIO
 from ..manifest import FILE, Entry
 
 _RECORD = struct.Struct("<QqqI")
+# Records are read back this many bytes at a time.
+_WINDOW = 1 << 20
 
 
 class ChangeFilter:
@@ -79,42 +81,55 @@ class ChangeFilter:
 
 
 class StatSpool:
-    """The stat of each path handed to tar, in tar's order, kept in a temporary file."""
+    """The stat of each path handed to tar, in tar's order, kept in a temporary file.
+
+    The walk appends while tar's members read back from the front: both go on in one
+    loop, so reads use their own offset (os.pread) and a window of the file.
+    """
 
     def __init__(self, folder: str | None) -> None:
         # Closed by close(); it lives as long as the stream that fills and reads it.
         self._file: BinaryIO = tempfile.TemporaryFile(dir=folder, prefix=".stats-")  # noqa: SIM115
         self._buffer: list[bytes] = []
-        self._reader: BinaryIO | None = None
+        self._window = b""
+        self._pos = 0  # in the window
+        self._offset = 0  # in the file, of the window's end
 
     def add(self, name: bytes, info: os.stat_result) -> None:
         """Record the stat of the next name given to tar."""
         self._buffer.append(
             _RECORD.pack(info.st_ino, info.st_mtime_ns, info.st_ctime_ns, len(name)) + name
         )
-        if len(self._buffer) >= 4096:
-            self.flush()
 
     def flush(self) -> None:
-        """Write what is buffered, and rewind for reading once everything is added."""
+        """Write what is buffered: it must be, before tar can see the names it is for."""
         if self._buffer:
             self._file.write(b"".join(self._buffer))
+            self._file.flush()
             self._buffer.clear()
-
-    def rewind(self) -> None:
-        """Start reading the records back from the first."""
-        self.flush()
-        self._file.seek(0)
 
     def annotate(self, entry: Entry) -> None:
         """Fill `entry`'s stat fields from its record; skip the records of names tar left out."""
         wanted = os.fsencode(entry.path)
-        read = self._file.read
-        while head := read(_RECORD.size):
-            ino, mtime_ns, ctime_ns, length = _RECORD.unpack(head)
-            if read(length) == wanted:
-                entry.mtime_ns, entry.ino, entry.ctime_ns = mtime_ns, ino, ctime_ns
+        head = _RECORD.size
+        unpack = _RECORD.unpack_from
+        while True:
+            window, pos = self._window, self._pos
+            if len(window) - pos >= head:
+                ino, mtime_ns, ctime_ns, length = unpack(window, pos)
+                end = pos + head + length
+                if end <= len(window):
+                    self._pos = end
+                    if length == len(wanted) and window.startswith(wanted, pos + head):
+                        entry.mtime_ns, entry.ino, entry.ctime_ns = mtime_ns, ino, ctime_ns
+                        return
+                    continue
+            more = os.pread(self._file.fileno(), _WINDOW, self._offset)
+            if not more:
                 return
+            self._offset += len(more)
+            self._window = window[pos:] + more
+            self._pos = 0
 
     def close(self) -> None:
         """Remove the records."""

@@ -2,9 +2,10 @@
 
 The walk (os.scandir, sorted, no links followed) applies the exclude globs, skips FIFOs,
 sockets and devices with a warning naming each, and counts what there is for progress.
-It hands the names, NUL-separated, to GNU tar, which writes a PAX stream without
-atime/ctime records and with integer mtimes; we read that stream once, hashing each file
-as it passes (TarScanner) on its way to the compressor. GNU tar does the per-file work
+It hands the names, NUL-separated, to GNU tar as it goes (in the loop that reads tar's
+output), and tar writes a PAX stream without atime/ctime records and with integer mtimes;
+we read that stream once, hashing each file as it passes (TarScanner) on its way to the
+compressor. GNU tar does the per-file work
 in C, several times faster than Python's tarfile on small files.
 """
 
@@ -18,13 +19,13 @@ import stat
 import subprocess
 import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import BinaryIO
 
 from ..errors import ArchiveError, SourceError
 from ..locations import DIRECTORY
 from ..manifest import DIR, FILE, HARDLINK, SYMLINK, Entry
 from ..tarstream import TarScanner
 from .base import (
+    CHUNK,
     PLAN_LIST_LIMIT,
     WARNING_LIMIT,
     Command,
@@ -56,6 +57,11 @@ _NOISE = ("Exiting with failure status due to previous errors",)
 # Records of 64 KiB: fewer, larger pipe writes than tar's default 10 KiB, and the
 # end-of-archive padding stays small.
 _BLOCKING_FACTOR = "128"
+# Names handed to tar per turn of the loop that also reads its output.
+_NAMES_BATCH = 1024
+# Below this many bytes of names not yet taken by tar, the walk goes on even while tar's
+# output waits to be read, so tar never waits for names.
+_NAMES_LOW = 64 << 10
 
 _by_name = operator.attrgetter("name")
 
@@ -214,38 +220,6 @@ class DirectoryDriver(SourceDriver):
             notes=[f"{walk.dirs} folders"],
         )
 
-    @staticmethod
-    def _write_names(
-        walk: Walk,
-        names: BinaryIO,
-        check: Callable[[], None],
-        stats: StatSpool,
-        changes: ChangeFilter | None,
-    ) -> None:
-        """Write the paths tar is to store, NUL-terminated, checking for a cancel as it goes.
-
-        Without `changes` that is every walked path; with it, only the new and changed.
-        """
-        batch: list[bytes] = []
-        fsencode = os.fsencode
-        record = stats.add
-        changed = changes.changed if changes is not None else None
-        for path, kind, size, info in walk:
-            if changed is not None and not changed(path, kind, size, info):
-                continue
-            name = fsencode(path)
-            record(name, info)
-            batch.append(name)
-            if len(batch) >= 2048:
-                batch.append(b"")
-                names.write(b"\0".join(batch))
-                batch.clear()
-                check()
-        if batch:
-            batch.append(b"")
-            names.write(b"\0".join(batch))
-        names.flush()
-
     def stream(self, out: Output) -> None:
         """Stream the tree through GNU tar into `out`, hashing every file once."""
         _check_gnu_tar()
@@ -297,15 +271,7 @@ class DirectoryDriver(SourceDriver):
             write(chunk)
             advance(bytes_done=scanner.payload_bytes, files_done=files)
 
-        # The walk comes first, into an unnamed temporary file that becomes tar's stdin:
-        # totals are known before the first byte, memory stays flat on huge trees, and no
-        # thread competes with the stream for the interpreter.
-        with (
-            contextlib.closing(stats),
-            tempfile.TemporaryFile(dir=self.scratch, prefix=".names-") as names,
-        ):
-            self._write_names(walk, names, out.hooks.check, stats, changes)
-            stats.rewind()
+        def walked() -> None:
             if changes is None:
                 out.totals(files=walk.files, bytes=walk.bytes)
             else:
@@ -316,29 +282,120 @@ class DirectoryDriver(SourceDriver):
                         f"{path}: its content changed while its size, mtime, inode and ctime "
                         "did not; stored again"
                     )
-            names.seek(0)
-            with Command(argv, what=f"the directory {self.root}", stdin=names) as command:
-                command.pump(consume, out.hooks.check)
-                status = command.wait(out.hooks.check)
-                if status not in (0, 1):
-                    raise command.failure(status)
-                try:
-                    scanner.close()
-                except ArchiveError as error:
-                    reason = "; ".join(command.stderr_lines(5)) or "tar gave no reason"
-                    raise SourceError(
-                        f"tar's output for {self.root} ended early ({error}); {reason}"
-                    ) from None
-                for message in walk.skipped + walk.problems:
-                    out.warn(message)
-                out.suppressed += walk.unlisted
-                for line in command.iter_stderr():
-                    message = line[5:] if line.startswith("tar: ") else line
-                    if any(noise in message for noise in _NOISE):
-                        continue
-                    if not any(known in message for known in _FILE_WARNINGS):
-                        message = f"tar: {message}"
-                    out.warn(message)
+
+        # The walk runs in the loop that reads tar's output, whenever no output waits:
+        # tar starts on the first names rather than after the whole walk, and the walk
+        # takes the time the loop would spend waiting for tar. It still runs ahead of tar
+        # (the totals are known early), into temporary files, so memory stays flat; no
+        # thread competes with the stream for the interpreter.
+        names = _Names(walk, out.hooks.check, stats, changes, walked, self.scratch)
+        with (
+            contextlib.closing(stats),
+            contextlib.closing(names),
+            Command(argv, what=f"the directory {self.root}", stdin=True) as command,
+        ):
+            command.pump(consume, out.hooks.check, names)
+            status = command.wait(out.hooks.check)
+            if status not in (0, 1) or not names.ended:
+                raise command.failure(status)
+            try:
+                scanner.close()
+            except ArchiveError as error:
+                reason = "; ".join(command.stderr_lines(5)) or "tar gave no reason"
+                raise SourceError(
+                    f"tar's output for {self.root} ended early ({error}); {reason}"
+                ) from None
+            for message in walk.skipped + walk.problems:
+                out.warn(message)
+            out.suppressed += walk.unlisted
+            for line in command.iter_stderr():
+                message = line[5:] if line.startswith("tar: ") else line
+                if any(noise in message for noise in _NOISE):
+                    continue
+                if not any(known in message for known in _FILE_WARNINGS):
+                    message = f"tar: {message}"
+                out.warn(message)
         if walk.excluded_count:
             out.hooks.log(f"excluded {walk.excluded_count} path(s) matching the exclude globs")
         out.advance(bytes_done=scanner.payload_bytes, files_done=files)
+
+
+class _Names:
+    """The paths tar is to store, NUL-terminated: walked into a temporary file as the
+    pump asks for more, and handed to tar's stdin from there as tar takes them.
+
+    Without `changes` that is every walked path; with it, only the new and changed.
+    `done` runs once the walk has ended. A name's stat is in `stats` before tar can see
+    the name.
+    """
+
+    def __init__(
+        self,
+        walk: Walk,
+        check: Callable[[], None],
+        stats: StatSpool,
+        changes: ChangeFilter | None,
+        done: Callable[[], None],
+        folder: str | None,
+    ) -> None:
+        self._walked = iter(walk)
+        self._check = check
+        self._stats = stats
+        self._changed = changes.changed if changes is not None else None
+        self._done = done
+        # Closed by close(); it lives as long as the stream.
+        self._file = tempfile.TemporaryFile(dir=folder, prefix=".names-")  # noqa: SIM115
+        self._made = 0  # bytes in the file
+        self._sent = 0  # bytes of it written to tar
+        self._window = memoryview(b"")  # read back from the file at _sent, not yet written
+        self.ended = False
+
+    def more(self) -> bool:
+        """Walk the next batch of paths; return False once the walk has ended."""
+        self._check()
+        changed = self._changed
+        record = self._stats.add
+        fsencode = os.fsencode
+        batch: list[bytes] = []
+        ended = True
+        for path, kind, size, info in self._walked:
+            if changed is not None and not changed(path, kind, size, info):
+                continue
+            name = fsencode(path)
+            record(name, info)
+            batch.append(name)
+            if len(batch) >= _NAMES_BATCH:
+                ended = False
+                break
+        if batch:
+            self._stats.flush()
+            batch.append(b"")
+            data = b"\0".join(batch)
+            self._file.write(data)
+            self._file.flush()
+            self._made += len(data)
+        if ended:
+            self.ended = True
+            self._done()
+        return not ended
+
+    def low(self) -> bool:
+        """Return whether tar is close to running out of names."""
+        return self._made - self._sent < _NAMES_LOW
+
+    def pending(self) -> memoryview:
+        """Return names made and not yet written to tar."""
+        if not self._window and self._sent < self._made:
+            self._window = memoryview(
+                os.pread(self._file.fileno(), min(self._made - self._sent, CHUNK), self._sent)
+            )
+        return self._window
+
+    def sent(self, count: int) -> None:
+        """Record that tar took the first `count` bytes of `pending()`."""
+        self._sent += count
+        self._window = self._window[count:]
+
+    def close(self) -> None:
+        """Remove the names."""
+        self._file.close()
