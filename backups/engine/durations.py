@@ -8,10 +8,24 @@ is a five-field cron expression evaluated on the wall clock of one stated time z
 
 from __future__ import annotations
 
+import platform
 import re
+import struct
 from datetime import UTC, datetime, timedelta, tzinfo
 
-from croniter import CroniterBadCronError, CroniterBadDateError, CroniterError, croniter
+
+def _architecture(executable="", bits="", linkage=""):
+    return f"{struct.calcsize('P') * 8}bit", linkage
+
+
+# croniter asks at import whether this Python is 32-bit through platform.architecture(),
+# which runs file(1) on the interpreter: a process started by every command, the settings
+# included. The size of a pointer, which croniter also checks, answers without one.
+_asks_file, platform.architecture = platform.architecture, _architecture
+try:
+    from croniter import CroniterBadCronError, CroniterBadDateError, CroniterError, croniter
+finally:
+    platform.architecture = _asks_file
 
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 

@@ -11,6 +11,7 @@ Import and retention look only at their own file names and leave `RUNBOOK.md` al
 
 from __future__ import annotations
 
+import functools
 import logging
 import shlex
 from dataclasses import dataclass, field
@@ -18,7 +19,7 @@ from datetime import datetime
 from pathlib import Path
 
 from django.conf import settings
-from django.template.loader import render_to_string
+from django.template import Context, Engine
 from django.utils import timezone
 
 from backups.engine.atomic import TMP_SUFFIX
@@ -371,9 +372,18 @@ def runbook_build(source: Source, *, now: datetime | None = None) -> Runbook:
     )
 
 
+@functools.cache
+def _engine() -> Engine:
+    # RUNBOOK.md is written after every backup: the project's template engine would first
+    # load every app's template tags (the admin's among them) for this one file.
+    return Engine(
+        dirs=settings.TEMPLATES[0]["DIRS"], libraries={"dash": "dashboard.templatetags.dash"}
+    )
+
+
 def runbook_markdown(runbook: Runbook) -> str:
     """Return the runbook as RUNBOOK.md says it."""
-    return render_to_string("backups/RUNBOOK.md", {"book": runbook})
+    return _engine().get_template("backups/RUNBOOK.md").render(Context({"book": runbook}))
 
 
 def runbook_write(source: Source) -> Path:

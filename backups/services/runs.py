@@ -65,9 +65,11 @@ def connection_refresh() -> None:
 
     Django keeps a connection the database dropped (a restart, a failover) until told
     otherwise, and a run can outlast it by hours; the next query then opens a new one.
-    Inside a transaction the connection is left alone: it cannot be replaced there.
+    Inside a transaction the connection is left alone: it cannot be replaced there. So is
+    a SQLite one: a file cannot drop it, and as SQLite's connections have no age to reach
+    (CONN_MAX_AGE 0), replacing it would cost a WAL checkpoint and a new connection each time.
     """
-    if not connection.in_atomic_block:
+    if not connection.in_atomic_block and connection.vendor != "sqlite":
         connection.close_if_unusable_or_obsolete()
 
 
