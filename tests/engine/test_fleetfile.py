@@ -45,12 +45,14 @@ def test_a_key_written_twice_in_one_mapping_is_refused():
 @pytest.mark.parametrize(
     "text, message",
     [
-        ("version: 1\nstorages: {}\n", "f.yaml:2: unknown top-level key 'storages'; did you"),
+        ("version: 1\nstorage: {}\n", "f.yaml:2: unknown top-level key 'storage'; did you"),
+        ("version: 1\nstorages: {}\n", "f.yaml:2: storages needs `version: 2` at the top"),
+        ("version: 1\npolicies:\n  a: {copy_to: nas}\n", "'a': copy_to needs `version: 2`"),
         ("version: 1\npolicies:\n  yes: {}\n", "f.yaml:3: the policy name True is not text"),
         ("version: 1\npolicies:\n  a: {keep_last: '3'}\n", "f.yaml:3: policy 'a': keep_last:"),
         ("version: 1\nsources:\n  a: {kind: directory, location: 5}\n", "'a': location: 5 is"),
         ("version: 1\npolicies:\n  a: {check_queries: [{sql: x, exepct: '> 0'}]}\n", "'exepct'"),
-        ("version: '1'\n", "f.yaml:1: version must be 1, not '1'."),
+        ("version: '1'\n", "f.yaml:1: version must be a whole number from 1 to 2, not '1'."),
         (b"version: 1\nsources: {\xff}\n", "f.yaml"),
     ],
 )
