@@ -11,7 +11,9 @@ incrementals (each after another 1 % changed) make a chain of 24 on the full, an
 newest point is restored (`restore --inline`), against a restore of a new full of the same
 tree and `zstd -d | tar -x`. What each no-change incremental adds to the catalog database
 and the archive folder is measured too. Ratios: restic's time / ours (above 1: we are
-faster), and for restores our throughput / the other's.
+faster), and for restores our throughput / the other's. `--repeat N` takes each backup
+figure N times, ours and the other's in turn, and reports the medians (the sizes are the
+last round's).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import json
 import os
 import random
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -104,7 +107,21 @@ def catalog_with_source(scratch: Path, tree: Path) -> dict:
     return env
 
 
-def bench_one(name: str, source: Path, scratch: Path) -> list[tuple[str, str, str, str]]:
+def _rounds(repeat: int, *measures) -> list[tuple]:
+    """Run the `measures` in turn `repeat` times; return each one's results, wall times as
+    medians and the rest from the last round."""
+    results = [[measure() for measure in measures] for _ in range(repeat)]
+    summary = []
+    for index in range(len(measures)):
+        rounds = [result[index] for result in results]
+        wall = statistics.median(result[0] for result in rounds)
+        summary.append((wall, *rounds[-1][1:]))
+    return summary
+
+
+def bench_one(
+    name: str, source: Path, scratch: Path, repeat: int = 1
+) -> list[tuple[str, str, str, str]]:
     """Measure one data set; return table rows (what, ours, other, ratio)."""
     tree = scratch / "tree"
     shutil.copytree(source, tree, symlinks=True)
@@ -129,11 +146,11 @@ def bench_one(name: str, source: Path, scratch: Path) -> list[tuple[str, str, st
         wall, run = manage(env, "backup", "tree", "--inline", *level)
         return wall, _du(archives) - before, run
 
-    full_wall, _size, _ = ours()
-    pipe_wall, _ = _run(
-        ["bash", "-c", f"tar -cf - -C '{tree}' . | zstd -q -T0 -3 | sha256sum"], env
-    )
-    restic_wall, _ = restic_backup()
+    def pipeline() -> tuple[float, bytes]:
+        return _run(["bash", "-c", f"tar -cf - -C '{tree}' . | zstd -q -T0 -3 | sha256sum"], env)
+
+    (full_wall, *_), (pipe_wall, _) = _rounds(repeat, ours, pipeline)
+    ((restic_wall, _),) = _rounds(1, restic_backup)
     rows.append(
         (
             "full backup (whole command)",
@@ -152,9 +169,10 @@ def bench_one(name: str, source: Path, scratch: Path) -> list[tuple[str, str, st
     )
 
     db_before = database.stat().st_size
-    wall, stored, _ = ours("--level", "incremental")
-    db_growth = database.stat().st_size - db_before
-    r_wall, r_stored = restic_backup()
+    (wall, stored, _), (r_wall, r_stored) = _rounds(
+        repeat, lambda: ours("--level", "incremental"), restic_backup
+    )
+    db_growth = (database.stat().st_size - db_before) // repeat
     rows.append(
         (
             "no-change incremental",
@@ -166,11 +184,18 @@ def bench_one(name: str, source: Path, scratch: Path) -> list[tuple[str, str, st
     rows.append(("  catalog growth (SQLite)", f"{db_growth:,} B", "", ""))
 
     rng = random.Random(3)
-    before = {p: p.stat().st_mtime_ns for p in tree.rglob("*") if p.is_file()}
-    count, size = _change(tree, 0.01, rng)
-    changed = [p for p in tree.rglob("*") if p.is_file() and p.stat().st_mtime_ns != before.get(p)]
-    wall, stored, run = ours("--level", "incremental")
-    r_wall, r_stored = restic_backup()
+    changes: list = []
+
+    def change_then_ours() -> tuple[float, int, dict]:
+        before = {p: p.stat().st_mtime_ns for p in tree.rglob("*") if p.is_file()}
+        changes[:] = [_change(tree, 0.01, rng)]
+        changes.append(
+            [p for p in tree.rglob("*") if p.is_file() and p.stat().st_mtime_ns != before.get(p)]
+        )
+        return ours("--level", "incremental")
+
+    (wall, stored, run), (r_wall, r_stored) = _rounds(repeat, change_then_ours, restic_backup)
+    (count, size), changed = changes
     compressed = _compressed_size(tree, changed)
     manifest = Path(run["archive"]).with_name(
         Path(run["archive"]).name.split(".", 1)[0] + ".manifest.json"
@@ -193,7 +218,7 @@ def bench_one(name: str, source: Path, scratch: Path) -> list[tuple[str, str, st
         )
     )
 
-    for _ in range(CHAIN - 2):
+    for _ in range(CHAIN - 2 * repeat):
         _change(tree, 0.01, rng)
         ours("--level", "incremental")
     _change(tree, 0.01, rng)
@@ -233,14 +258,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.incremental")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--only", nargs="*", default=["stdlib", "small"])
+    parser.add_argument("--repeat", type=int, default=1, help="rounds per backup figure")
     args = parser.parse_args(argv)
+    if not 1 <= args.repeat <= 5:
+        parser.error("--repeat takes 1 to 5 (the chain has 24 backups in all)")
     if shutil.which("restic") is None:
         print("restic is not installed (Debian package restic): skipped.")
         return 0
     for name in args.only:
         source = datasets.DATASETS[name](args.quick)
         with tempfile.TemporaryDirectory(prefix="bench-incremental-", dir=datasets.ROOT) as scratch:
-            rows = bench_one(name, source, Path(scratch))
+            rows = bench_one(name, source, Path(scratch), args.repeat)
         print(f"\n{name} ({'quick' if args.quick else 'full'} data set)")
         print(f"| {'what':50} | {'ours':>24} | {'other':>28} | {'ratio':>16} |")
         print(f"|{'-' * 52}|{'-' * 26}:|{'-' * 30}:|{'-' * 18}:|")
