@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from io import StringIO
+from pathlib import Path
 
 from django.core.management import CommandError, call_command
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def call_json(*args, expect: int | tuple[int, ...] = 0) -> dict:
@@ -28,3 +33,17 @@ def quiet(*args) -> str:
     out = StringIO()
     call_command(*args, stdout=out, stderr=StringIO())
     return out.getvalue()
+
+
+def manage_shell(code: str, database: Path) -> str:
+    """Run `code` in a fresh `manage.py shell` process on the SQLite file `database`, with
+    nothing of the test's environment; return what it printed."""
+    done = subprocess.run(
+        [sys.executable, "manage.py", "shell", "--no-imports", "-c", code],
+        cwd=ROOT,
+        env={"PATH": "/usr/bin:/bin", "DATABASE_URL": f"sqlite:///{database}"},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return done.stdout

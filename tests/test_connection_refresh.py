@@ -1,16 +1,11 @@
 """connection_refresh: what a run calls after long engine work, before it writes again."""
 
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 from django.db import connection
 
 from backups.models import Source
 from backups.services.runs import connection_refresh
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.cli_helpers import manage_shell
 
 
 def test_a_sqlite_connection_is_kept(tmp_path):
@@ -25,15 +20,7 @@ def test_a_sqlite_connection_is_kept(tmp_path):
         "connection.cursor().execute('select 1')\n"
         "print(connection.vendor, connection.connection is opened)\n"
     )
-    done = subprocess.run(
-        [sys.executable, "manage.py", "shell", "--no-imports", "-c", probe],
-        cwd=ROOT,
-        env={"PATH": "/usr/bin:/bin", "DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}"},
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    assert done.stdout.split() == ["sqlite", "True"]
+    assert manage_shell(probe, tmp_path / "db.sqlite3").split() == ["sqlite", "True"]
 
 
 @pytest.mark.django_db(transaction=True)
