@@ -315,3 +315,21 @@ def test_rto_unproven_waits_for_a_backup_and_a_drill_interval_then_fires(
     assert "[FIRING] RTO unproven: files" in webhook.titles()
     body = webhook.messages[-1]["message"]
     assert "No restore drill has timed a restore yet; RTO target 30m; drills every 7d" in body
+
+
+def test_workers_that_never_beat_are_down_only_once_they_had_time_to_start(
+    db, settings, monkeypatch
+):
+    # A new install: the web server and the workers start together, and the first
+    # housekeeping comes within a minute; no false "workers down" meanwhile.
+    settings.WORKERS_SILENT_S = 180
+    monkeypatch.setattr(alerts_service, "_judging_since", timezone.now())
+
+    assert alerts_service.alerts_watch_workers(force=True)["down"] is False
+    assert not Alert.objects.filter(condition="workers_down").exists()
+
+    started = timezone.now() - timedelta(seconds=181)
+    monkeypatch.setattr(alerts_service, "_judging_since", started)
+    assert alerts_service.alerts_watch_workers(force=True)["down"] is True
+    alert = Alert.objects.get(condition="workers_down")
+    assert alert.is_firing and "No worker has run housekeeping yet" in alert.detail

@@ -583,10 +583,17 @@ def _workers_seen_at():
     return WorkerBeat.objects.filter(name=HOUSEKEEPING_NAME).values_list("at", flat=True).first()
 
 
+# When this process started judging: on a new install no worker has beaten yet, and the
+# workers started beside it get WORKERS_SILENT_S to run their first housekeeping.
+_judging_since = timezone.now()
+
+
 def _workers_verdict(now: datetime) -> tuple[bool, str]:
     seen = _workers_seen_at()
     silent = timedelta(seconds=settings.WORKERS_SILENT_S)
     if seen is None:
+        if now - _judging_since <= silent:
+            return False, "No worker has run housekeeping yet; the workers are given time to start."
         return True, (
             "No worker has run housekeeping yet: no backup, verification or schedule runs. "
             "Start the workers (`python manage.py qcluster`)."
