@@ -338,3 +338,26 @@ def test_a_copy_record_counts_as_an_archive_held(tmp_path, places, backed_up):
     message = apply_refused(write(tmp_path, moved, "moved.yaml"))
 
     assert "storage 'offsite': url: Storage 'offsite' holds 1 archive(s)" in message
+
+
+@pytest.mark.parametrize(
+    "storage, fragment",
+    [
+        ("{kind: s3, url: 's3://acme/../../etc'}", "url: The prefix '../../etc' is not valid"),
+        ("{kind: s3, url: 's3://acme/a?x=1'}", "url: 's3://acme/a?x=1' is not an S3 URL"),
+        ("{kind: s3, url: 's3://a'}", "url: The bucket name 'a' is not valid"),
+        ("{kind: s3, url: 's3://acme', credentials_env: 'X;sh'}", "credentials_env: 'X;sh' is"),
+        ("{kind: s3, url: 's3://acme', path: /srv}", "path: An S3 storage takes a bucket"),
+        ("{kind: local, path: 'relative/dir'}", "path: Give the folder as an absolute path."),
+        ("{kind: local, path: /}", "path: / is ARCHIVE_ROOT"),
+        ("{kind: local, path: /srv, url: 's3://acme'}", "kind: A local storage takes only"),
+        ("{kind: tape, path: /srv}", "kind: Value 'tape' is not a valid choice"),
+    ],
+)
+def test_a_hostile_storage_in_the_file_is_refused_in_a_sentence(tmp_path, storage, fragment):
+    text = f"version: 2\nstorages:\n  s: {storage}\n"
+
+    message = apply_refused(write(tmp_path, text))
+
+    assert f"fleet.yaml:3: storage 's': {fragment}" in message
+    assert not Storage.objects.exists()

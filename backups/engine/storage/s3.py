@@ -367,7 +367,7 @@ class S3Storage(Storage):
         if not isinstance(bucket, str) or not _BUCKET.fullmatch(bucket):
             raise StorageError(
                 f"The bucket name {bucket!r} is not valid: it has 3 to 63 letters, digits, "
-                "dots or hyphens, and starts and ends with a letter or digit."
+                "dots, hyphens or underscores, and starts and ends with a letter or digit."
             )
         prefix = (prefix or "").strip("/")
         if prefix:
