@@ -238,11 +238,14 @@ def test_two_hosts_writing_to_one_bucket_write_each_backup_once(world):
     def settled():
         runs = runs_by_source(world, sizes)
         active = any(r["status"] in ("queued", "running") for rs in runs.values() for r in rs)
-        # Both deliveries of every run were taken and processed by one host or the other.
+        # Both deliveries of every run were taken and processed by one host or the other;
+        # a run that waited in the queue longer than QUEUE_RESEND_AFTER_S (a loaded
+        # machine) was handed to the workers a third time, and that delivery found it
+        # claimed.
         delivered = world.query(
             "SELECT COUNT(*) FROM django_q_task WHERE func = %s", ("backups.tasks.execute_run",)
         )[0][0]
-        return not active and delivered == 2 * total and runs
+        return not active and delivered >= 2 * total and runs
 
     runs = world.wait_until("every delivery to be processed", settled, timeout=90)
     assert_bucket_matches_catalog(world)
