@@ -11,10 +11,10 @@ incrementals (each after another 1 % changed) make a chain of 24 on the full, an
 newest point is restored (`restore --inline`), against a restore of a new full of the same
 tree and `zstd -d | tar -x`. What each no-change incremental adds to the catalog database
 and the archive folder is measured too, and so is `manage.py help` in the no-change rounds:
-the start-up every command pays, which a 2x target leaves the rest of its budget after.
-The CPU time (user + system) of the full backup and of the pipeline is printed beside them.
-Ratios: restic's time / ours (above 1: we are
-faster), and for restores our throughput / the other's. `--repeat N` takes each backup
+the start-up every command pays, after which a 2x target leaves the backup itself only the
+rest of its budget. The CPU time (user + system) of the full backup and of the pipeline is
+printed beside their wall times. Ratios: restic's time / ours (above 1: we are faster),
+and for restores our throughput / the other's. `--repeat N` takes each backup
 figure N times, ours and the other's in turn, and reports the medians (the sizes are the
 last round's).
 """
